@@ -1,0 +1,8 @@
+"""lightning-dfc: Deep Feedback Control (DFC) and Strong-DFC for PyTorch Lightning."""
+
+from .__about__ import __version__
+from .activations import Activation
+from .config import SimulationConfig, sleep_defaults
+from .network import DFCNetwork, LayerParams, MLP
+
+__all__ = ["__version__", "Activation", "SimulationConfig", "sleep_defaults", "DFCNetwork", "LayerParams", "MLP"]

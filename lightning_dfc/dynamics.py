@@ -1,0 +1,377 @@
+"""Network and controller dynamics of DFC (paper eqs. 1 and 4), as pure tensor functions.
+
+Notation (shapes): B batch, n_i width of layer i (i = 1..L), n_0 input width, S = n_1 + ... + n_L.
+v_i somatic voltage, v^B_i = W_i r_{i-1} + b_i basal (feedforward) voltage, v^A_i apical
+(feedback) voltage, r_i = phi_i(v_i), u the control signal (B, n_L), Qbar = [Q_1; ...; Q_L] (S, n_L).
+
+One Euler(-Maruyama) step t -> t+1, as in the reference implementation:
+
+    e_t      = r_L* - r_L[t]
+    u_int    += dt (e_t - alpha u[t]);          u[t+1] = u_int + k_p e_t   (leak on the total u)
+    v^A[t+1] = v^A[t] + dt/tau_A (Q u[k] - v^A[t]) + sigma sqrt(dt)/tau_A xi,   k = t+1 if proactive
+    v^B_i    = W_i r_{i-1}[t+1] + b_i        (inst_transmission; r_{i-1}[t] otherwise)
+    v_i      += dt/tau_v (v^A_i + v^B_i - v_i);  r_i = phi_i(v_i)
+
+Trajectories are never stored: what the learning rules need is accumulated as running sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .config import SimulationConfig
+from .network import LayerParams
+
+__all__ = [
+    "Feedforward",
+    "SimulationResult",
+    "SteadyState",
+    "feedforward",
+    "simulate",
+    "output_jacobian",
+    "linearized_steady_state",
+    "basal_voltages",
+    "teaching_signal",
+    "RULES",
+]
+
+
+class Feedforward(NamedTuple):
+    """The feedforward pass: ``v[i]`` pre-activations and ``r[i]`` rates, each ``(B, n_{i+1})``."""
+
+    v: tuple[Tensor, ...]
+    r: tuple[Tensor, ...]
+
+
+def _linear(params: LayerParams, i: int, pre: Tensor) -> Tensor:
+    """W_i pre + b_i for 0-based layer index i; ``pre`` is (B, n_{i-1})."""
+    bias = params.biases[i]
+    if bias is None:
+        return pre @ params.weights[i].T
+    return torch.addmm(bias, pre, params.weights[i].T)
+
+
+def feedforward(params: LayerParams, x: Tensor) -> Feedforward:
+    """Feedforward pass of the network (eq. 2). ``x``: (B, n_0)."""
+    vs, rs = [], []
+    pre = x
+    for i, act in enumerate(params.activations):
+        v = _linear(params, i, pre)
+        pre = act(v)
+        vs.append(v)
+        rs.append(pre)
+    return Feedforward(tuple(vs), tuple(rs))
+
+
+def basal_voltages(params: LayerParams, x: Tensor, rates: list[Tensor] | tuple[Tensor, ...]) -> list[Tensor]:
+    """v^B_i = W_i r_{i-1} + b_i recomputed from the given rates (r_0 = x)."""
+    pres = [x, *rates[:-1]]
+    return [_linear(params, i, pre) for i, pre in enumerate(pres)]
+
+
+@dataclass
+class SimulationResult:
+    """Outcome of one simulation of T time points (t = 0 is the feedforward state).
+
+    Attributes:
+        v, r: final somatic voltages and rates, lists of (B, n_i).
+        u: final control signal (B, n_L).
+        steps_simulated: Euler steps actually run (<= T - 1; fewer after an early stop).
+        finite: False if any state became non-finite (the dynamics diverged).
+        error_initial, error_final: ||r_L* - r_L|| at t = 0 and at the end, (B,).
+        residual: ||r_L - (r_L* - alpha u)|| / ||r_L^-|| at the end, (B,) (0 at the fixed point).
+        signal_sum: with ``accumulate_forward``: sum over t = 0..T-1 of the teaching signal
+            phi(v_i[t]) - phi(v^B_i[t]), per sample, list of (B, n_i).
+        outer_sum: with ``accumulate_forward``: sum over t and the batch of
+            s_i[t]^T r_{i-1}[t], list of (n_i, n_{i-1}); ``None`` for layer 1 (its presynaptic
+            input x is constant: use ``signal_sum[0].T @ x``).
+        feedback_sum: with ``accumulate_feedback``: sum over t = 0..T-2 and the batch of
+            v^A[t]^T u[t+1], (S, n_L).
+        trajectory: with ``record``: dict of stacked ``u`` and ``r_L`` over the simulated time
+            points, (steps_simulated + 1, B, n_L) each.
+    """
+
+    v: list[Tensor]
+    r: list[Tensor]
+    u: Tensor
+    steps_simulated: int
+    finite: bool
+    error_initial: Tensor
+    error_final: Tensor
+    residual: Tensor
+    signal_sum: list[Tensor] | None = None
+    outer_sum: list[Tensor | None] | None = None
+    feedback_sum: Tensor | None = None
+    trajectory: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tensor:
+    """Per-column std of the apical noise increment, (S,)."""
+    sizes = [w.shape[0] for w in params.weights]
+    tau_a = cfg.tau_apical if cfg.tau_apical is not None else cfg.dt
+    std = torch.full((sum(sizes),), cfg.sigma, dtype=like.dtype, device=like.device)
+    std[-sizes[-1]:] = cfg.output_sigma
+    return std * (cfg.dt**0.5 / tau_a)
+
+
+def simulate(
+    params: LayerParams,
+    x: Tensor,
+    ff: Feedforward,
+    target: Tensor,
+    cfg: SimulationConfig,
+    *,
+    accumulate_forward: bool = False,
+    accumulate_feedback: bool = False,
+    generator: torch.Generator | None = None,
+    record: bool = False,
+    rule: str = "nonlinear_difference",
+) -> SimulationResult:
+    """Simulate the controlled network from its feedforward state towards ``target``.
+
+    Args:
+        params: network tensors (see :class:`LayerParams`).
+        x: input (B, n_0).
+        ff: its feedforward pass (the initial state).
+        target: output target r_L* (B, n_L).
+        cfg: simulation hyperparameters.
+        accumulate_forward: accumulate the forward-weight teaching signals (DFC rule).
+        accumulate_feedback: accumulate v^A[t]^T u[t+1] (sleep-phase feedback rule).
+        generator: random generator for the noise (``cfg.sigma > 0``).
+        record: also return the trajectories of u and r_L (costs memory O(T)).
+        rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
+            phi(v) - phi(v^B) (the paper's eq. 5) or ``voltage_difference`` v - v^B (Theorem 2).
+
+    Returns:
+        :class:`SimulationResult`. With ``cfg.early_stop`` (and no noise, no feedback
+        accumulation) the simulation stops once settled and the remaining time points are added
+        to the sums as copies of the final state: the time-averaged update is that of all T points.
+    """
+    n_layers = params.num_layers
+    acts = params.activations
+    sizes = [w.shape[0] for w in params.weights]
+    steps = cfg.steps - 1
+    dt, alpha, k_p = cfg.dt, cfg.alpha, cfg.k_p
+    soma_rate = dt / cfg.tau_v
+    apical_rate = cfg.apical_rate
+    qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
+    noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
+    early_stop = cfg.early_stop and not cfg.noisy and not accumulate_feedback and not record
+
+    v = [t.clone() for t in ff.v]
+    r = [t.clone() for t in ff.r]
+    basal_first = ff.v[0]  # W_1 x + b_1 is constant during the dynamics
+    u = torch.zeros_like(target)
+    u_int = torch.zeros_like(target)
+    v_apical = torch.zeros(x.shape[0], qbar_t.shape[1], dtype=x.dtype, device=x.device)
+    error_initial = torch.linalg.vector_norm(target - r[-1], dim=1)
+
+    signal_sum = [torch.zeros_like(t) for t in v] if accumulate_forward else None
+    # outer_sum_i = (sum_t s_i)^T r^-_{i-1} + sum_t s_i^T (r_{i-1}[t] - r^-_{i-1}): the first term is
+    # exact from signal_sum; the second is O(lambda^2) and is accumulated every `outer_every` steps.
+    correction = (
+        [None] + [x.new_zeros(sizes[i], sizes[i - 1]) for i in range(1, n_layers)]
+        if accumulate_forward
+        else None
+    )
+    outer_every = cfg.outer_every
+    pending = 0
+    feedback_sum = x.new_zeros(qbar_t.shape[1], qbar_t.shape[0]) if accumulate_feedback else None
+    traj_u, traj_r = ([u.clone()], [r[-1].clone()]) if record else ([], [])
+    check_u, check_v = u.clone(), [t.clone() for t in v]
+    finite = True
+    signals: list[Tensor] = []
+    steps_done = steps
+
+    for t in range(steps):
+        error = target - r[-1]
+        if k_p > 0:
+            u_int.add_(error - alpha * u, alpha=dt)
+            u_new = u_int + k_p * error
+        else:
+            u_new = u + dt * (error - alpha * u)
+        drive = (u_new if cfg.proactive else u) @ qbar_t
+        v_apical_new = drive if apical_rate == 1.0 else torch.lerp(v_apical, drive, apical_rate)
+        if noise_std is not None:
+            noise = torch.randn(v_apical.shape, dtype=x.dtype, device=x.device, generator=generator)
+            v_apical_new = v_apical_new + noise * noise_std
+        if feedback_sum is not None:
+            feedback_sum.addmm_(v_apical.T, u_new)
+        v_apical, u = v_apical_new, u_new
+        apical = torch.split(v_apical, sizes, dim=1)
+
+        if cfg.inst_transmission:
+            basal = []
+            for i in range(n_layers):
+                b_i = basal_first if i == 0 else _linear(params, i, r[i - 1])
+                v[i].lerp_(apical[i] + b_i, soma_rate)
+                r[i] = acts[i](v[i])
+                basal.append(b_i)
+        else:
+            basal = [basal_first] + [_linear(params, i, r[i - 1]) for i in range(1, n_layers)]
+            for i in range(n_layers):
+                v[i].lerp_(apical[i] + basal[i], soma_rate)
+                r[i] = acts[i](v[i])
+
+        if signal_sum is not None:
+            signals = [
+                teaching_signal(rule, acts[i], v[i], basal[i], r[i], ff.r[0] if i == 0 else None)
+                for i in range(n_layers)
+            ]
+            for i, s in enumerate(signals):
+                signal_sum[i].add_(s)
+            pending += 1
+            if pending == outer_every:
+                _add_correction(correction, signals, r, ff.r, pending)
+                pending = 0
+        if record:
+            traj_u.append(u.clone())
+            traj_r.append(r[-1].clone())
+
+        if early_stop and (t + 1) % cfg.check_every == 0:
+            if not bool(torch.isfinite(u).all()):
+                finite, steps_done = False, t + 1
+                break
+            if _settled(u, v, check_u, check_v, ff.v, cfg.tolerance * cfg.check_every):
+                steps_done = t + 1
+                remaining = steps - steps_done
+                if signal_sum is not None and remaining > 0:
+                    for i, s in enumerate(signals):
+                        signal_sum[i].add_(s, alpha=remaining)
+                    pending += remaining
+                break
+            check_u.copy_(u)
+            for c, t_v in zip(check_v, v):
+                c.copy_(t_v)
+
+    outer_sum = None
+    if signal_sum is not None:
+        if pending:
+            _add_correction(correction, signals, r, ff.r, pending)
+        outer_sum = [None] + [
+            torch.addmm(correction[i], signal_sum[i].T, ff.r[i - 1]) for i in range(1, n_layers)
+        ]
+    finite = finite and bool(torch.isfinite(u).all()) and all(bool(torch.isfinite(t).all()) for t in v)
+    error_final = torch.linalg.vector_norm(target - r[-1], dim=1)
+    residual = torch.linalg.vector_norm(r[-1] - (target - alpha * u), dim=1) / torch.linalg.vector_norm(
+        ff.r[-1], dim=1
+    ).clamp_min(torch.finfo(x.dtype).tiny)
+    trajectory = {"u": torch.stack(traj_u), "r_L": torch.stack(traj_r)} if record else {}
+    return SimulationResult(
+        v=v,
+        r=r,
+        u=u,
+        steps_simulated=steps_done,
+        finite=finite,
+        error_initial=error_initial,
+        error_final=error_final,
+        residual=residual,
+        signal_sum=signal_sum,
+        outer_sum=outer_sum,
+        feedback_sum=feedback_sum,
+        trajectory=trajectory,
+    )
+
+
+RULES = ("nonlinear_difference", "voltage_difference")
+
+
+def teaching_signal(
+    rule: str,
+    act,
+    v: Tensor,
+    basal: Tensor,
+    rate: Tensor | None = None,
+    rate_basal: Tensor | None = None,
+) -> Tensor:
+    """The local teaching signal of one layer, (B, n_i).
+
+    ``nonlinear_difference``: phi(v) - phi(v^B); ``voltage_difference``: v - v^B.
+    ``rate`` = phi(v) and ``rate_basal`` = phi(v^B) may be passed when already known (layer 1's
+    basal input is constant, so phi(v^B_1) = r^-_1). float64 uses phi(v) - phi(v^B); lower
+    precisions use the cancellation-free :meth:`Activation.difference`.
+    """
+    if rule == "voltage_difference":
+        return v - basal
+    if rule != "nonlinear_difference":
+        raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
+    if v.dtype == torch.float64:
+        rate = act(v) if rate is None else rate
+        return rate - (act(basal) if rate_basal is None else rate_basal)
+    return act.difference(v, basal)
+
+
+def _add_correction(correction: list, signals: list[Tensor], r: list[Tensor], r_ff: tuple[Tensor, ...], weight: int) -> None:
+    """correction_i += weight * s_i^T (r_{i-1} - r^-_{i-1})  (the O(lambda^2) part of the outer sum)."""
+    for i in range(1, len(signals)):
+        correction[i].addmm_(signals[i].T, r[i - 1] - r_ff[i - 1], alpha=weight)
+
+
+def _settled(
+    u: Tensor, v: list[Tensor], check_u: Tensor, check_v: list[Tensor], v_ff: tuple[Tensor, ...], tol: float
+) -> bool:
+    """Whether, for every sample, u and v - v_ff changed by less than ``tol`` (relative)."""
+    du = torch.linalg.vector_norm(u - check_u, dim=1)
+    dv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(v, check_v)))
+    dev = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(v, v_ff)))
+    nu = torch.linalg.vector_norm(u, dim=1)
+    return bool(((du <= tol * nu) & (dv <= tol * dev)).all())
+
+
+def output_jacobian(params: LayerParams, v: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+    """Jbar = d r_L / d vbar: Jacobian of the output w.r.t. all pre-activations.
+
+    Perturbing v_i propagates through layers i+1..L. Blocks: J_L = diag(phi_L'(v_L)),
+    J_i = J_{i+1} W_{i+1} diag(phi_i'(v_i)).
+
+    Args:
+        params: network tensors.
+        v: pre-activations at which to linearise, list of (B, n_i).
+
+    Returns:
+        (B, n_L, S) with S = n_1 + ... + n_L.
+    """
+    derivs = [act.derivative(vi) for act, vi in zip(params.activations, v)]
+    blocks = [torch.diag_embed(derivs[-1])]
+    for i in range(params.num_layers - 2, -1, -1):
+        blocks.append((blocks[-1] @ params.weights[i + 1]) * derivs[i].unsqueeze(1))
+    return torch.cat(blocks[::-1], dim=2)
+
+
+class SteadyState(NamedTuple):
+    """Linearised steady state (Lemma 1): control (B, n_L), voltages and rates lists of (B, n_i)."""
+
+    u: Tensor
+    v: list[Tensor]
+    r: list[Tensor]
+
+
+def linearized_steady_state(
+    params: LayerParams, x: Tensor, ff: Feedforward, delta: Tensor, alpha: float
+) -> SteadyState:
+    """The steady state of Lemma 1, as DFC-SSA computes it.
+
+    u_ss = (Jbar Qbar + alpha I)^{-1} delta per sample (Jbar at the feedforward point), then a
+    nonlinear forward sweep v_i = W_i r_{i-1} + b_i + Q_i u_ss, r_i = phi_i(v_i), r_0 = x.
+
+    Args:
+        delta: output error r_L* - r_L^- (B, n_L).
+        alpha: controller leak.
+    """
+    jac = output_jacobian(params, ff.v)
+    qbar = torch.cat(params.feedback, 0)
+    n_out = qbar.shape[1]
+    system = jac @ qbar + alpha * torch.eye(n_out, dtype=x.dtype, device=x.device)
+    u = torch.linalg.solve(system, delta.unsqueeze(-1)).squeeze(-1)
+    shifts = torch.split(u @ qbar.T, [w.shape[0] for w in params.weights], dim=1)
+    vs, rs, pre = [], [], x
+    for i, act in enumerate(params.activations):
+        v_i = _linear(params, i, pre) + shifts[i]
+        pre = act(v_i)
+        vs.append(v_i)
+        rs.append(pre)
+    return SteadyState(u, vs, rs)

@@ -1,0 +1,360 @@
+"""Learning rules: output targets, forward-weight updates of every variant, the sleep rule.
+
+Every update is returned in the *gradient* sign convention of the reference implementation:
+write it to ``.grad`` and let any torch optimizer subtract it. Shapes match the parameters.
+
+Scaling conventions (made explicit because the paper's text leaves them out):
+
+* ``delta = r_L* - r_L^- = -lambda * d(loss)/d(r_L)`` with the **batch-mean** loss, so delta
+  carries a 1/B (and 1/n_L for MSE).
+* Forward rules are batch means with the reference's factor 2: DFC
+  ``dW_i = -2/(B T) sum_t sum_b [phi(v_i[t]) - phi(v^B_i[t])] r_{i-1}[t]^T``.
+* The reference divides every learning rate by lambda (``normalize_lr``); that belongs to the
+  optimizer configuration, not to these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import SimulationConfig
+from .dynamics import (
+    Feedforward,
+    SimulationResult,
+    basal_voltages,
+    feedforward,
+    linearized_steady_state,
+    simulate,
+    teaching_signal,
+)
+from .network import LayerParams
+
+__all__ = [
+    "LOSSES",
+    "VARIANTS",
+    "Update",
+    "loss_value",
+    "loss_gradient",
+    "output_target",
+    "dfc_update",
+    "dfc_ss_update",
+    "dfc_ssa_update",
+    "dfa_update",
+    "bp_update",
+    "forward_update",
+    "feedback_update",
+    "ConvergenceCriterion",
+]
+
+Loss = Literal["cross_entropy", "mse"]
+LOSSES = ("cross_entropy", "mse")
+VARIANTS = ("dfc", "dfc_ss", "dfc_ssa", "dfa", "bp")
+
+
+@dataclass
+class Update:
+    """Updates shaped like the parameters (gradient sign), plus statistics of the simulation.
+
+    Attributes:
+        weights: one tensor per layer, (n_i, n_{i-1}).
+        biases: one tensor (n_i,) or ``None`` per layer.
+        stats: scalars for logging: ``steps`` simulated, ``non_converged`` and ``diverged``
+            sample counts, ``excluded`` samples, ``finite`` (1.0 / 0.0).
+    """
+
+    weights: list[Tensor]
+    biases: list[Tensor | None]
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def tensors(self) -> list[Tensor]:
+        """W_1, b_1, ..., W_L, b_L (biases only where present), matching
+        :meth:`DFCNetwork.forward_parameters`."""
+        return [t for w, b in zip(self.weights, self.biases) for t in (w, b) if t is not None]
+
+
+@dataclass(frozen=True)
+class ConvergenceCriterion:
+    """The reference's per-sample convergence test of a simulated steady state.
+
+    A sample has converged if ``||r_L - (r_L* - alpha u)|| / ||r_L^-|| < threshold`` (it sits at
+    the controller's fixed point) and ``error_final < epsilon^2 * error_initial`` (the control
+    error shrank). It has diverged if the first ratio exceeds 1 or a value is non-finite.
+
+    Args:
+        threshold: fixed-point tolerance (reference 1e-5).
+        epsilon: required error reduction factor, squared (reference ``epsilon_di`` = 0.5).
+        exclude: drop non-converged samples from the update (the reference default) instead of
+            including them. Either way they are counted.
+    """
+
+    threshold: float = 1e-5
+    epsilon: float = 0.5
+    exclude: bool = False
+
+    def classify(self, result: SimulationResult) -> tuple[Tensor, Tensor]:
+        """Boolean (B,) masks ``converged`` and ``diverged``."""
+        finite = torch.isfinite(result.residual) & torch.isfinite(result.error_final)
+        converged = (
+            finite
+            & (result.residual < self.threshold)
+            & (result.error_final <= self.epsilon**2 * result.error_initial)
+        )
+        diverged = ~finite | (result.residual > 1.0)
+        return converged, diverged
+
+
+def loss_value(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
+    """Batch-mean loss. ``output`` (B, n_L); ``y`` class indices (B,) or targets (B, n_L)."""
+    if loss == "cross_entropy":
+        return F.cross_entropy(output, y)
+    if loss == "mse":
+        return F.mse_loss(output, y)
+    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+
+
+def loss_gradient(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
+    """d(batch-mean loss)/d(output), (B, n_L), in closed form.
+
+    Cross-entropy (softmax absorbed, linear output): (softmax(output) - onehot(y)) / B.
+    MSE (mean over batch and outputs): 2 (output - y) / (B n_L).
+    """
+    batch = output.shape[0]
+    if loss == "cross_entropy":
+        if y.dtype.is_floating_point or y.dim() != 1:
+            raise ValueError("cross_entropy expects integer class labels of shape (B,)")
+        probs = torch.softmax(output, dim=1)
+        return (probs - F.one_hot(y, output.shape[1]).to(output.dtype)) / batch
+    if loss == "mse":
+        if y.shape != output.shape:
+            raise ValueError(f"mse expects targets shaped like the output {tuple(output.shape)}, got {tuple(y.shape)}")
+        return 2.0 * (output - y.to(output.dtype)) / output.numel()
+    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+
+
+def output_target(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:
+    """r_L* = r_L^- - lambda d(batch-mean loss)/d(r_L), (B, n_L). ``target_stepsize`` is lambda."""
+    return output - target_stepsize * loss_gradient(output, y, loss)
+
+
+def _steady_state_rule(
+    params: LayerParams, x: Tensor, v: list[Tensor], r: list[Tensor], mask: Tensor | None, rule: str
+) -> Update:
+    """DFC-SS / DFC-SSA rule at a steady state: -2/B sum_b [phi(v_i) - phi(W_i r_{i-1} + b_i)] r_{i-1}^T."""
+    batch = x.shape[0]
+    basal = basal_voltages(params, x, r)
+    pres = [x, *r[:-1]]
+    weights, biases = [], []
+    for i, act in enumerate(params.activations):
+        s = teaching_signal(rule, act, v[i], basal[i], r[i])
+        if mask is not None:
+            s = s * mask.unsqueeze(1)
+        weights.append((-2.0 / batch) * s.T @ pres[i])
+        biases.append(None if params.biases[i] is None else (-2.0 / batch) * s.sum(0))
+    return Update(weights, biases)
+
+
+def _simulation_stats(
+    result: SimulationResult, criterion: ConvergenceCriterion
+) -> tuple[dict[str, float], Tensor]:
+    converged, diverged = criterion.classify(result)
+    stats = {
+        "steps": float(result.steps_simulated),
+        "non_converged": float((~converged).sum()),
+        "diverged": float(diverged.sum()),
+        "finite": float(result.finite),
+        "excluded": 0.0,
+    }
+    return stats, converged
+
+
+def dfc_ss_update(
+    params: LayerParams,
+    x: Tensor,
+    ff: Feedforward,
+    target: Tensor,
+    cfg: SimulationConfig,
+    criterion: ConvergenceCriterion = ConvergenceCriterion(),
+    rule: str = "nonlinear_difference",
+) -> Update:
+    """DFC-SS: simulate, then apply the local rule at the final (steady) state only."""
+    result = simulate(params, x, ff, target, cfg)
+    stats, converged = _simulation_stats(result, criterion)
+    mask = None
+    if criterion.exclude:
+        mask = converged.to(x.dtype)
+        stats["excluded"] = stats["non_converged"]
+    update = _steady_state_rule(params, x, result.v, result.r, mask, rule)
+    update.stats = stats
+    return update
+
+
+def dfc_ssa_update(
+    params: LayerParams,
+    x: Tensor,
+    ff: Feedforward,
+    target: Tensor,
+    alpha: float,
+    rule: str = "nonlinear_difference",
+) -> Update:
+    """DFC-SSA: the local rule at the analytical linearised steady state (Lemma 1)."""
+    steady = linearized_steady_state(params, x, ff, target - ff.r[-1], alpha)
+    update = _steady_state_rule(params, x, steady.v, steady.r, None, rule)
+    update.stats = {"steps": 0.0, "non_converged": 0.0, "diverged": 0.0, "excluded": 0.0,
+                    "finite": float(all(bool(torch.isfinite(t).all()) for t in steady.v))}
+    return update
+
+
+def _continuous_rule(params: LayerParams, x: Tensor, result: SimulationResult, steps: int) -> tuple[list, list]:
+    scale = -2.0 / (x.shape[0] * steps)
+    weights, biases = [], []
+    for i in range(params.num_layers):
+        s_sum = result.signal_sum[i]
+        outer = s_sum.T @ x if i == 0 else result.outer_sum[i]
+        weights.append(scale * outer)
+        biases.append(None if params.biases[i] is None else scale * s_sum.sum(0))
+    return weights, biases
+
+
+def dfc_update(
+    params: LayerParams,
+    x: Tensor,
+    ff: Feedforward,
+    target: Tensor,
+    cfg: SimulationConfig,
+    criterion: ConvergenceCriterion = ConvergenceCriterion(),
+    generator: torch.Generator | None = None,
+    rule: str = "nonlinear_difference",
+) -> Update:
+    """DFC: the local rule applied continuously, averaged over all T time points (eq. 5).
+
+    -2/(B T) sum_{t=0}^{T-1} sum_b [phi(v_i[t]) - phi(v^B_i[t])] r_{i-1}[t]^T, with r_{i-1}[t] the
+    controlled presynaptic rate at the same time point (x for the first layer).
+    Excluded (non-converged) samples are removed exactly by re-simulating just them and
+    subtracting their sums (the dynamics of different samples are independent).
+    """
+    result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator, rule=rule)
+    stats, converged = _simulation_stats(result, criterion)
+    weights, biases = _continuous_rule(params, x, result, cfg.steps)
+    drop = ~converged
+    if criterion.exclude and bool(drop.any()) and result.finite:
+        sub_ff = Feedforward(tuple(t[drop] for t in ff.v), tuple(t[drop] for t in ff.r))
+        sub = simulate(params, x[drop], sub_ff, target[drop], cfg, accumulate_forward=True,
+                       generator=generator, rule=rule)
+        sub_w, sub_b = _continuous_rule(params, x[drop], sub, cfg.steps)
+        ratio = drop.sum().item() / x.shape[0]  # sub-rule was normalised by its own batch size
+        weights = [w - ratio * s for w, s in zip(weights, sub_w)]
+        biases = [None if b is None else b - ratio * s for b, s in zip(biases, sub_b)]
+        stats["excluded"] = stats["non_converged"]
+    return Update(weights, biases, stats)
+
+
+def dfa_update(params: LayerParams, x: Tensor, ff: Feedforward, delta: Tensor) -> Update:
+    """Direct Feedback Alignment with fixed feedback B_i = Q_i (Q_L = I for the output layer).
+
+    Hidden target h_i* = h_i + B_i delta, so dW_i = 2/B sum_b [phi'(v_i) * (-B_i delta)] r_{i-1}^T.
+    """
+    batch = x.shape[0]
+    pres = [x, *ff.r[:-1]]
+    weights, biases = [], []
+    for i, act in enumerate(params.activations):
+        s = act.derivative(ff.v[i]) * -(delta @ params.feedback[i].T)
+        weights.append((2.0 / batch) * s.T @ pres[i])
+        biases.append(None if params.biases[i] is None else (2.0 / batch) * s.sum(0))
+    return Update(weights, biases, {"steps": 0.0})
+
+
+def bp_update(params: LayerParams, x: Tensor, y: Tensor, loss: Loss) -> Update:
+    """Backpropagation: the autograd gradient of the batch-mean loss (for comparison)."""
+    with torch.enable_grad():
+        weights = [w.detach().requires_grad_() for w in params.weights]
+        biases = [None if b is None else b.detach().requires_grad_() for b in params.biases]
+        leaf = LayerParams(tuple(weights), tuple(biases), params.activations, params.feedback)
+        value = loss_value(feedforward(leaf, x).r[-1], y, loss)
+        present = [t for t in (*weights, *biases) if t is not None]
+        grads = dict(zip(map(id, present), torch.autograd.grad(value, present)))
+    return Update(
+        [grads[id(w)] for w in weights],
+        [None if b is None else grads[id(b)] for b in biases],
+        {"steps": 0.0, "loss": float(value.detach())},
+    )
+
+
+def forward_update(
+    variant: str,
+    params: LayerParams,
+    x: Tensor,
+    y: Tensor,
+    loss: Loss,
+    target_stepsize: float,
+    cfg: SimulationConfig,
+    criterion: ConvergenceCriterion = ConvergenceCriterion(),
+    generator: torch.Generator | None = None,
+    rule: str = "nonlinear_difference",
+) -> Update:
+    """Forward-weight update of any variant on one batch: ``dfc``, ``dfc_ss``, ``dfc_ssa``, ``dfa``, ``bp``.
+
+    Args:
+        x: input (B, n_0); y: labels (B,) or regression targets (B, n_L).
+        target_stepsize: lambda of the output target.
+        cfg: simulation hyperparameters (``alpha`` is also the SSA leak).
+        rule: ``nonlinear_difference`` (default, the paper's eq. 5) or ``voltage_difference``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    if variant == "bp":
+        return bp_update(params, x, y, loss)
+    ff = feedforward(params, x)
+    target = output_target(ff.r[-1], y, loss, target_stepsize)
+    if variant == "dfc":
+        return dfc_update(params, x, ff, target, cfg, criterion, generator, rule)
+    if variant == "dfc_ss":
+        return dfc_ss_update(params, x, ff, target, cfg, criterion, rule)
+    if variant == "dfc_ssa":
+        return dfc_ssa_update(params, x, ff, target, cfg.alpha, rule)
+    return dfa_update(params, x, ff, target - ff.r[-1])
+
+
+def feedback_update(
+    params: LayerParams,
+    x: Tensor,
+    cfg: SimulationConfig,
+    weight_decay: float = 0.0,
+    sigma_floor: float = 0.01,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Tensor], dict[str, float]]:
+    """Sleep-phase feedback rule (paper eq. 13) on one batch.
+
+    Noise drives the apical compartments while the controller holds the output at the noise-free
+    feedforward output. Per layer, with pairs (v^A[t], u[t+1]), t = 0..T-2:
+
+        dQ_i = s_i / ((T - 1) B) sum_t sum_b v^A_i[t] u[t+1]^T + weight_decay * Q_i
+
+    (gradient sign: the optimizer step is anti-Hebbian). ``s_i = 1 / max(sigma_i, sigma_floor)^2``
+    with sigma_i the layer's noise std (``sigma_output`` for Q_L): the reference caps the scale at
+    1e4, which all its computer-vision configs hit.
+
+    Returns:
+        (one tensor per Q_i shaped (n_i, n_L), statistics).
+    """
+    if not cfg.noisy:
+        raise ValueError("feedback learning needs noise: set sleep.sigma > 0")
+    ff = feedforward(params, x)
+    result = simulate(params, x, ff, ff.r[-1], cfg, accumulate_feedback=True, generator=generator)
+    sizes = [w.shape[0] for w in params.weights]
+    norm = (cfg.steps - 1) * x.shape[0]
+    grads = []
+    for i, block in enumerate(torch.split(result.feedback_sum, sizes, dim=0)):
+        sigma = cfg.output_sigma if i == params.num_layers - 1 else cfg.sigma
+        scale = 1.0 / max(sigma, sigma_floor) ** 2
+        grads.append(block * (scale / norm) + weight_decay * params.feedback[i])
+    stats = {
+        "steps": float(result.steps_simulated),
+        "finite": float(result.finite),
+        "control_norm": float(torch.linalg.vector_norm(result.u, dim=1).mean()),
+    }
+    return grads, stats

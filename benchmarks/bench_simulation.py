@@ -1,0 +1,398 @@
+"""Per-batch time and peak memory of the DFC wake phase (every variant) and of the sleep phase.
+
+Prints a Markdown table (optionally also written to ``--output``). Defaults are the paper's MNIST
+configuration: 784-256-256-256-10 tanh, batch 128, float64, T = 1000, dt = 0.02, k_p = 2,
+tau_v = 0.2, alpha = 1.389e-3, lambda = 0.07794, proactive controller. Inputs are synthetic
+(standard-normal images, uniform labels): the cost of the simulation does not depend on the data,
+only how soon it settles does.
+
+Every table row is measured in a fresh child process (this script re-invoked with a hidden
+``--child`` argument): the child loads the network and the batch, calls the phase once (the warm-up
+call, on which peak memory is measured: the peak RSS of the call minus the RSS right before it,
+from ``/proc/self/status`` VmHWM after resetting it through ``/proc/self/clear_refs``; where that
+is not possible, ``ru_maxrss``), then times ``--repeats`` more calls and reports the median.
+
+For DFC the rows also give the Euler steps simulated and the cosine between the update and the
+exact reference update (float64, no early stop, ``outer_every=1``) on the same weights and batch,
+computed once per invocation in the parent process.
+
+Examples::
+
+    python benchmarks/bench_simulation.py --repeats 3
+    python benchmarks/bench_simulation.py --feedback pretrained --repeats 3 --output table.md
+    python benchmarks/bench_simulation.py --variants dfc --tolerance 1e-3 1e-4 1e-5 --outer-every 1 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from lightning_dfc import MLP, DFCNetwork, SimulationConfig, sleep_defaults
+from lightning_dfc.dynamics import feedforward, output_jacobian
+from lightning_dfc.rules import VARIANTS, feedback_update, forward_update
+
+AUTHORS_DFC_S = 11.0  # the authors' implementation, DFC wake phase, per batch (2-core machine)
+AUTHORS_SLEEP_S = 0.4  # the same, sleep phase
+PHASES = (*VARIANTS, "sleep")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+LOSS = "cross_entropy"
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers shared by parent and child
+
+
+def wake_config(args: argparse.Namespace, tolerance: float, outer_every: int, early_stop: bool) -> SimulationConfig:
+    return SimulationConfig(
+        dt=args.dt,
+        steps=args.steps,
+        k_p=args.k_p,
+        alpha=args.alpha,
+        tau_v=args.tau_v,
+        proactive=True,
+        early_stop=early_stop,
+        tolerance=tolerance,
+        outer_every=outer_every,
+    )
+
+
+def build_network(sizes: list[int], feedback: str) -> DFCNetwork:
+    init = "weight_product" if feedback == "weight_product" else "xavier_normal"
+    return DFCNetwork(MLP(sizes, activation="tanh"), feedback_init=init)
+
+
+def flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def read_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return read_status_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def machine_line(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blas = ""
+    for item in torch.__config__.show().replace(",", "\n").splitlines():
+        if "BLAS_INFO=" in item:
+            blas = ", BLAS " + item.split("=", 1)[1].strip()
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}{blas}, {threads} torch threads"
+    )
+
+
+def qbar_alignment(net: DFCNetwork, x: torch.Tensor) -> float:
+    """Cosine between Qbar and the batch-mean output Jacobian Jbar^T at the feedforward point."""
+    p = net.params()
+    jac = output_jacobian(p, feedforward(p, x).v).mean(0)  # (n_L, S)
+    qbar = torch.cat(p.feedback, 0)  # (S, n_L)
+    return cosine(jac.T.reshape(-1), qbar.reshape(-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# child: one measurement in a fresh process
+
+
+def run_child(spec: dict) -> dict:
+    dtype = DTYPES[spec["dtype"]]
+    torch.set_default_dtype(dtype)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    state = torch.load(spec["state"], weights_only=True)
+    net = build_network(spec["sizes"], spec["feedback"])
+    net.load_state_dict(state["net"])
+    x, y = state["x"], state["y"]
+    phase = spec["phase"]
+    if phase == "sleep":
+        cfg = sleep_defaults()
+        gen = torch.Generator().manual_seed(spec["seed"] + 7)
+
+        def call():
+            grads, stats = feedback_update(net.params(), x, cfg, generator=gen)
+            return grads, stats
+    else:
+        cfg = SimulationConfig(**spec["cfg"])
+
+        def call():
+            up = forward_update(phase, net.params(), x, y, LOSS, spec["lambda"], cfg)
+            return up.tensors(), up.stats
+
+    rss_before = read_status_kb("VmRSS") or 0
+    hwm = reset_peak_rss()
+    rss_before = read_status_kb("VmRSS") or rss_before
+    start = time.perf_counter()
+    tensors, stats = call()  # warm-up call: peak memory is measured on it
+    warm_s = time.perf_counter() - start
+    if hwm:
+        peak_kb = read_status_kb("VmHWM")
+    else:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        tensors, stats = call()
+        times.append(time.perf_counter() - start)
+    out = {
+        "phase": phase,
+        "times": times,
+        "warm_s": warm_s,
+        "median_s": statistics.median(times) if times else warm_s,
+        "peak_mb": peak_kb / 1024,
+        "delta_mb": (peak_kb - rss_before) / 1024,
+        "mem_method": "VmHWM" if hwm else "ru_maxrss",
+        "threads": torch.get_num_threads(),
+        "stats": {k: float(v) for k, v in stats.items()},
+        "finite": bool(all(torch.isfinite(t).all() for t in tensors)),
+    }
+    if spec.get("reference") and phase == "dfc":
+        ref = torch.load(spec["reference"], weights_only=True)
+        ref_layers = ref["tensors"]
+        out["cos"] = cosine(flat(tensors), flat(ref_layers))
+        out["cos_min"] = min(cosine(flat([a]), flat([b])) for a, b in zip(tensors, ref_layers))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# parent: set up, run the children, print the table
+
+
+def pretrain_feedback(net: DFCNetwork, args: argparse.Namespace, gen: torch.Generator) -> None:
+    """Plain SGD on the feedback weights: ``args.pretrain_batches`` sleep phases on random inputs."""
+    cfg = sleep_defaults()
+    for _ in range(args.pretrain_batches):
+        xb = torch.randn(args.batch_size, args.sizes[0], generator=gen)
+        grads, _ = feedback_update(net.params(), xb, cfg, generator=gen)
+        with torch.no_grad():
+            for q, g in zip(net.trainable_feedback(), grads):
+                q.sub_(args.pretrain_lr * g)
+    if not all(bool(torch.isfinite(q).all()) for q in net.feedback):
+        raise SystemExit(f"pretrained feedback is not finite (lr {args.pretrain_lr}): lower --pretrain-lr")
+
+
+def exact_reference(net: DFCNetwork, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> tuple[list, dict, float]:
+    """DFC update without early stop and with outer_every=1, in float64."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ref_net = build_network(args.sizes, args.feedback).to(torch.float64)
+        ref_net.load_state_dict({k: v.to(torch.float64) for k, v in net.state_dict().items()})
+        cfg = wake_config(args, args.tolerance[0], 1, early_stop=False)
+        start = time.perf_counter()
+        up = forward_update("dfc", ref_net.params(), x.to(torch.float64), y, LOSS, args.lam, cfg)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_default_dtype(default)
+    return up.tensors(), up.stats, seconds
+
+
+def fmt_cos(value: float) -> str:
+    """Cosines near 1 as ``1 - 8.1e-12`` (clearer than 0.99999999999)."""
+    gap = 1.0 - value
+    if gap < 1e-15:
+        return "1 - <1e-15"
+    if gap < 1e-4:
+        return f"1 - {gap:.1e}"
+    return f"{value:.6f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[784, 256, 256, 256, 10],
+                        help="layer widths n_0 ... n_L (tanh hidden layers, linear output)")
+    parser.add_argument("--steps", type=int, default=1000, help="time points T of the wake simulation")
+    parser.add_argument("--dt", type=float, default=0.02)
+    parser.add_argument("--k-p", type=float, default=2.0)
+    parser.add_argument("--tau-v", type=float, default=0.2)
+    parser.add_argument("--alpha", type=float, default=1.389e-3)
+    parser.add_argument("--lambda", dest="lam", type=float, default=0.07794, help="target stepsize")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after 1 warm-up (median)")
+    parser.add_argument("--variants", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="wake-phase variants and/or 'sleep'")
+    parser.add_argument("--feedback", choices=["xavier_normal", "weight_product", "pretrained"],
+                        default="xavier_normal")
+    parser.add_argument("--pretrain-batches", type=int, default=30)
+    parser.add_argument("--pretrain-lr", type=float, default=100.0,
+                        help="plain-SGD learning rate of the feedback pretraining (Q -= lr * grad)")
+    parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tolerance", type=float, nargs="+", default=[1e-4],
+                        help="early-stop tolerance(s); several give one DFC/DFC-SS row each")
+    parser.add_argument("--outer-every", type=int, nargs="+", default=[10],
+                        help="outer_every value(s); several give one DFC row each")
+    parser.add_argument("--no-reference", action="store_true", help="skip the exact DFC reference")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="also write the table (Markdown) to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        result = run_child(json.loads(args.child))
+        print("@@RESULT@@" + json.dumps(result))
+        return
+
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    dtype = DTYPES[args.dtype]
+    torch.set_default_dtype(dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    net = build_network(args.sizes, args.feedback)
+    x = torch.randn(args.batch_size, args.sizes[0], generator=gen)
+    if args.sizes[-1] < 2:
+        parser.error("the last width must be >= 2 (classification output)")
+    y = torch.randint(0, args.sizes[-1], (args.batch_size,), generator=gen)
+
+    feedback_note = args.feedback
+    align0 = qbar_alignment(net, x)
+    if args.feedback == "pretrained":
+        start = time.perf_counter()
+        pretrain_feedback(net, args, gen)
+        feedback_note = (
+            f"pretrained (xavier_normal, then {args.pretrain_batches} sleep batches of plain SGD, "
+            f"lr {args.pretrain_lr:g}, {time.perf_counter() - start:.1f} s; "
+            f"cos(Qbar, mean Jbar^T) {align0:.2f} -> {qbar_alignment(net, x):.2f}; "
+            f"|Q_i| {', '.join(f'{float(q.norm()):.1f}' for q in net.feedback)})"
+        )
+    else:
+        feedback_note += f" (cos(Qbar, mean Jbar^T) {align0:.2f})"
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_dfc_")
+    state_path = os.path.join(tmp.name, "state.pt")
+    torch.save({"net": net.state_dict(), "x": x, "y": y}, state_path)
+
+    ref_path, ref_note = None, ""
+    if "dfc" in args.variants and not args.no_reference:
+        ref_tensors, ref_stats, ref_s = exact_reference(net, x, y, args)
+        ref_path = os.path.join(tmp.name, "reference.pt")
+        torch.save({"tensors": ref_tensors}, ref_path)
+        ref_note = (
+            f"Exact reference: float64, early_stop off, outer_every 1, {int(ref_stats['steps'])} steps, "
+            f"{ref_s:.2f} s (one call, parent process)."
+        )
+
+    rows = []
+    for phase in args.variants:
+        if phase in ("dfc", "dfc_ss"):
+            outers = args.outer_every if phase == "dfc" else [args.outer_every[0]]
+            tols = args.tolerance if args.early_stop else [args.tolerance[0]]
+            settings = [(tol, oe) for tol in tols for oe in outers]
+        else:
+            settings = [(args.tolerance[0], args.outer_every[0])]
+        for tol, oe in settings:
+            cfg = wake_config(args, tol, oe, args.early_stop)
+            spec = {
+                "phase": phase, "dtype": args.dtype, "threads": args.threads, "sizes": args.sizes,
+                "feedback": args.feedback, "state": state_path, "seed": args.seed,
+                "repeats": args.repeats, "lambda": args.lam, "reference": ref_path,
+                "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            }
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                capture_output=True, text=True,
+            )
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("@@RESULT@@")]
+            if proc.returncode != 0 or not lines:
+                sys.stderr.write(proc.stdout + proc.stderr)
+                raise SystemExit(f"measurement of {phase} failed (exit code {proc.returncode})")
+            res = json.loads(lines[-1][len("@@RESULT@@"):])
+            res["tol"], res["outer_every"] = tol, oe
+            rows.append(res)
+            print(f"  measured {phase:8s} tol={tol:g} outer_every={oe}: {res['median_s']:.3f} s",
+                  file=sys.stderr, flush=True)
+
+    threads = rows[0]["threads"] if rows else torch.get_num_threads()
+    lines = [
+        machine_line(threads),
+        "",
+        f"Network {'-'.join(map(str, args.sizes))} tanh, batch {args.batch_size}, {args.dtype}, "
+        f"T={args.steps}, dt={args.dt:g}, k_p={args.k_p:g}, tau_v={args.tau_v:g}, "
+        f"alpha={args.alpha:g}, lambda={args.lam:g}, proactive; early stop "
+        f"{'on' if args.early_stop else 'off'}; feedback {feedback_note}. "
+        f"Time: median of {args.repeats} runs after 1 warm-up, per batch. Memory: peak RSS of the "
+        f"warm-up call in a fresh process ({rows[0]['mem_method'] if rows else 'VmHWM'}), "
+        "absolute and above the RSS right before the call. Sleep: sleep_defaults() (T=48, noisy)."
+        + (f" {ref_note}" if ref_note else ""),
+        "",
+        "| phase | tol | outer_every | steps | non-conv. | time [s] | (min-max) | peak RSS [MB] "
+        "| + during call [MB] | cos vs exact (worst tensor) | vs authors (11 s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in rows:
+        phase, st = res["phase"], res["stats"]
+        simulates = phase in ("dfc", "dfc_ss")
+        steps = str(int(st["steps"])) if "steps" in st and (simulates or phase == "sleep") else "-"
+        nonconv = str(int(st["non_converged"])) if simulates and "non_converged" in st else "-"
+        tol = f"{res['tol']:g}" if simulates and args.early_stop else "-"
+        oe = str(res["outer_every"]) if phase == "dfc" else "-"
+        cos = "-"
+        if "cos" in res:
+            cos = f"{fmt_cos(res['cos'])} ({fmt_cos(res['cos_min'])})"
+        speed = "-"
+        if phase == "dfc":
+            speed = f"{AUTHORS_DFC_S / res['median_s']:.1f}x"
+        elif phase == "sleep":
+            speed = f"({AUTHORS_SLEEP_S / res['median_s']:.1f}x vs 0.4 s)"
+        label = "sleep (feedback)" if phase == "sleep" else f"wake {phase}"
+        if not res["finite"]:
+            label += " NON-FINITE"
+        times = res["times"]
+        lines.append(
+            f"| {label} | {tol} | {oe} | {steps} | {nonconv} | {res['median_s']:.3f} | "
+            f"{min(times):.3f}-{max(times):.3f} | {res['peak_mb']:.0f} | {res['delta_mb']:.1f} | "
+            f"{cos} | {speed} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

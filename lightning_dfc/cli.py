@@ -1,0 +1,46 @@
+"""The ``lightning-dfc`` command: LightningCLI in subclass mode for models and data.
+
+    lightning-dfc fit --config examples/mnist_dfc.yaml
+    lightning-dfc fit --config examples/mnist_dfc.yaml --model.variant=dfc_ssa --trainer.max_epochs=5
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from .__about__ import __version__
+from . import data as _data  # noqa: F401  (short class names in configs)
+from .module import DFCModule  # noqa: F401
+
+__all__ = ["DFCLightningCLI", "build_cli", "main"]
+
+
+class DFCLightningCLI(LightningCLI):
+    """LightningCLI whose models and data modules may be any subclass (DFCModule, a DFCMixin
+    model, a user's own LightningModule); optimizers are the model's own arguments."""
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
+    """Build (and by default run) the CLI.
+
+    Args:
+        args: command-line arguments (``None``: ``sys.argv``); a list or dict, for tests.
+        run: run the subcommand (``False``: only instantiate, for inspection).
+    """
+    return DFCLightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"version": f"lightning-dfc {__version__}"},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of ``lightning-dfc`` and ``python -m lightning_dfc``."""
+    build_cli(args)

@@ -1,0 +1,67 @@
+"""Averaging hand-written updates across ranks, and the strategies that support it.
+
+DDP averages gradients only inside autograd hooks; updates written straight to ``.grad`` bypass
+them and ranks would silently drift apart. :func:`sync_updates` averages them explicitly with one
+collective per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+
+__all__ = ["sync_updates", "check_strategy", "SUPPORTED_PRECISIONS"]
+
+SUPPORTED_PRECISIONS = ("64-true", "32-true", "64", "32", "bf16-true")
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Refuse strategies whose parameter handling breaks hand-written updates.
+
+    Raises:
+        ValueError: for sharded strategies (FSDP, DeepSpeed, ...) and anything else that is
+            neither single-device nor DDP.
+    """
+    if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        return
+    raise ValueError(
+        f"lightning-dfc does not support the {type(strategy).__name__} strategy: DFC writes its "
+        "local updates straight into the parameters' .grad, which sharded strategies (FSDP, "
+        "DeepSpeed) do not allow. Use a single device or DDP (strategy='ddp', 'ddp_spawn' or "
+        "'ddp_fork')."
+    )
+
+
+def check_precision(precision: str) -> None:
+    """Refuse precisions that rescale or autocast hand-written updates (``16-mixed`` etc.).
+
+    Raises:
+        ValueError: naming the supported precisions.
+    """
+    if str(precision) in SUPPORTED_PRECISIONS:
+        return
+    raise ValueError(
+        f"precision={precision!r} is not supported: mixed precision rescales (16-mixed) or "
+        "autocasts the hand-written DFC updates. Use '64-true' (the paper's default: float32 "
+        "loses the small activation differences late in training) or '32-true'."
+    )
+
+
+@torch.no_grad()
+def sync_updates(strategy: Strategy, params: Sequence[torch.Tensor]) -> None:
+    """Average ``p.grad`` over all ranks (in place) with a single all-reduce.
+
+    A no-op on a single process. Every ``p.grad`` must be set and the list identical on all ranks.
+    """
+    if strategy.world_size <= 1:
+        return
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = strategy.reduce(flat, reduce_op="mean")
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n

@@ -1,0 +1,358 @@
+"""DFC training for any LightningModule whose network is a stack of ``nn.Linear`` + activations.
+
+:class:`DFCMixin` replaces ``training_step`` and ``configure_optimizers`` with DFC's wake/sleep
+training (manual optimization, updates written to ``.grad``, averaged across ranks) and keeps
+everything else of the host module: its validation/test steps, metrics, logging and data hooks.
+
+    class DFCLitClassifier(DFCMixin, LitClassifier):
+        pass
+
+    model = DFCLitClassifier(hidden=256, dfc_variant="dfc", dfc_network_attribute="model")
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .config import SimulationConfig
+from .distributed import check_precision, check_strategy, sync_updates
+from .dynamics import feedforward
+from .network import DFCNetwork
+from .rules import LOSSES, ConvergenceCriterion, feedback_update, forward_update, loss_value
+from .schedule import Phase, PhaseInfo, PhaseSchedule
+from .settings import FeedbackConfig, UpdateConfig, variant_spec
+
+__all__ = ["DFCMixin", "default_optimizer"]
+
+ADAM_BETAS = (0.99, 0.99)
+
+
+def default_optimizer(lr: float, eps: float) -> OptimizerCallable:
+    """Adam with the paper's betas (0.99, 0.99)."""
+    return functools.partial(torch.optim.Adam, lr=lr, betas=ADAM_BETAS, eps=eps)
+
+
+class DivergenceError(RuntimeError):
+    """Raised after too many consecutive batches with diverging dynamics."""
+
+
+class DFCMixin:
+    """Adds DFC training to a LightningModule (put it first in the bases).
+
+    Keyword args (all prefixed ``dfc_`` so that they never collide with the host's own):
+        dfc_network_attribute: name of the attribute holding the network (an ``nn.Sequential``
+            of ``nn.Linear`` + elementwise activations, or a list of such modules).
+        dfc_variant, dfc_loss, dfc_target_stepsize, dfc_dynamics, dfc_feedback, dfc_updates,
+        dfc_forward_optimizer, dfc_feedback_optimizer, dfc_pretrain_optimizer: as the arguments
+            of :class:`~lightning_dfc.DFCModule` without the prefix.
+
+    Everything else is passed on to the host module's ``__init__``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        dfc_network_attribute: str = "network",
+        dfc_variant: str = "dfc",
+        dfc_loss: str = "cross_entropy",
+        dfc_target_stepsize: float = 0.07794,
+        dfc_dynamics: SimulationConfig | None = None,
+        dfc_feedback: FeedbackConfig | None = None,
+        dfc_updates: UpdateConfig | None = None,
+        dfc_forward_optimizer: OptimizerCallable | None = None,
+        dfc_feedback_optimizer: OptimizerCallable | None = None,
+        dfc_pretrain_optimizer: OptimizerCallable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        network = getattr(self, dfc_network_attribute, None)
+        if network is None:
+            raise ValueError(
+                f"DFCMixin: the module has no attribute {dfc_network_attribute!r}; pass "
+                "dfc_network_attribute=<name of the attribute that holds your nn.Sequential>"
+            )
+        self.configure_dfc(
+            network,
+            variant=dfc_variant,
+            loss=dfc_loss,
+            target_stepsize=dfc_target_stepsize,
+            dynamics=dfc_dynamics,
+            feedback=dfc_feedback,
+            updates=dfc_updates,
+            forward_optimizer=dfc_forward_optimizer,
+            feedback_optimizer=dfc_feedback_optimizer,
+            pretrain_optimizer=dfc_pretrain_optimizer,
+        )
+
+    # ------------------------------------------------------------------ configuration
+    def configure_dfc(
+        self,
+        network: nn.Module,
+        *,
+        variant: str = "dfc",
+        loss: str = "cross_entropy",
+        target_stepsize: float = 0.07794,
+        dynamics: SimulationConfig | None = None,
+        feedback: FeedbackConfig | None = None,
+        updates: UpdateConfig | None = None,
+        forward_optimizer: OptimizerCallable | None = None,
+        feedback_optimizer: OptimizerCallable | None = None,
+        pretrain_optimizer: OptimizerCallable | None = None,
+    ) -> None:
+        """Validate the settings and wrap ``network`` (already an attribute of this module)."""
+        spec = variant_spec(variant)
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if not (isinstance(target_stepsize, (int, float)) and target_stepsize > 0):
+            raise ValueError(f"target_stepsize (lambda) must be positive, got {target_stepsize!r}")
+        self.automatic_optimization = False
+        self.dfc_variant = variant
+        self.dfc_spec = spec
+        self.dfc_loss = loss
+        self.dfc_target_stepsize = float(target_stepsize)
+        self.dfc_dynamics = dynamics or SimulationConfig()
+        self.dfc_feedback_config = feedback or FeedbackConfig()
+        self.dfc_updates = updates or UpdateConfig()
+        self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(spec.train_feedback)
+        net = DFCNetwork(
+            network,
+            feedback_init=spec.feedback_init or "xavier_normal",
+            freeze_output_feedback=self.dfc_feedback_config.freeze_output,
+        )
+        if loss == "cross_entropy" and net.activations[-1].name != "linear":
+            raise ValueError(
+                "cross_entropy absorbs the softmax into the loss: the network's output layer must "
+                f"be linear, but it ends with {net.activations[-1].name}. Remove the output "
+                "activation or use loss='mse'."
+            )
+        # The wrapper is not registered as a submodule: the host already owns the network's
+        # parameters; only the feedback weights are registered here (state_dict, .to(), DDP).
+        object.__setattr__(self, "dfc_net", net)
+        self.dfc_feedback_weights = net.feedback
+        self.dfc_criterion = ConvergenceCriterion(
+            self.dfc_updates.convergence_threshold,
+            self.dfc_updates.convergence_epsilon,
+            self.dfc_updates.exclude_non_converged,
+        )
+        self._dfc_optimizers = {
+            "forward": forward_optimizer or default_optimizer(9.266e-5, 9.446e-8),
+            "feedback": feedback_optimizer or default_optimizer(5.265e-4, 1.561e-6),
+            "pretrain": pretrain_optimizer or default_optimizer(3.170e-4, 1.561e-6),
+        }
+        self.dfc_train_loss = MeanMetric()
+        self.dfc_train_acc = (
+            MulticlassAccuracy(num_classes=net.sizes[-1], average="micro") if loss == "cross_entropy" else None
+        )
+        self._dfc_diverged_in_a_row = 0
+        self._dfc_forward_epochs: int | None = None
+        self._dfc_generator: torch.Generator | None = None
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """[forward] or [forward, feedback, pretrain] (trained-feedback variants)."""
+        forward = self._dfc_optimizers["forward"](self.dfc_net.forward_parameters())
+        if self.dfc_updates.normalize_lr:
+            for group in forward.param_groups:
+                group["lr"] = group["lr"] / self.dfc_target_stepsize
+        if not self.dfc_spec.train_feedback:
+            return [forward]
+        qs = self.dfc_net.trainable_feedback()
+        if not qs:
+            raise ValueError("there are no feedback weights to train (a one-layer network with a frozen Q_L)")
+        return [forward, self._dfc_optimizers["feedback"](qs), self._dfc_optimizers["pretrain"](qs)]
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def dfc_phase(self) -> PhaseInfo:
+        """The phase of the current epoch (a pure function of ``current_epoch``)."""
+        return self.dfc_schedule(self.current_epoch)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self._trainer is None:
+            return
+        check_strategy(self.trainer.strategy)
+        check_precision(self.trainer.precision)
+        if stage == "fit" and self._dfc_forward_epochs is None:
+            # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper.
+            loop = self.trainer.fit_loop
+            if loop.max_epochs is not None and loop.max_epochs > 0:
+                self._dfc_forward_epochs = loop.max_epochs
+                loop.max_epochs = self.dfc_schedule.total_epochs(loop.max_epochs)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        # Every epoch's randomness (shuffling, sleep noise) derives from (seed, epoch, rank), so
+        # a run resumed from a checkpoint repeats the uninterrupted run exactly.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        epoch_seed = (seed * 1_000_003 + self.current_epoch * 7919) % (2**62)
+        torch.manual_seed(epoch_seed)
+        self._dfc_generator = torch.Generator(device=self.device)
+        self._dfc_generator.manual_seed(epoch_seed + 104_729 * (self.global_rank + 1))
+        info = self.dfc_phase
+        self.log("phase", float(info.phase.code), prog_bar=True, on_step=False, on_epoch=True)
+        self.log("forward_epoch", float(info.forward_epoch), on_step=False, on_epoch=True)
+
+    # ------------------------------------------------------------------ training
+    def dfc_unpack_batch(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) of a batch; override for other batch layouts."""
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            return batch[0], batch[1]
+        if isinstance(batch, dict) and {"x", "y"} <= batch.keys():
+            return batch["x"], batch["y"]
+        raise ValueError(
+            "cannot read the batch: expected (inputs, targets) or a dict with 'x' and 'y'; "
+            "override dfc_unpack_batch() for other layouts"
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = self.dfc_unpack_batch(batch)
+        x = self._dfc_checked_input(x, y, batch_idx)
+        phase = self.dfc_phase.phase
+        with torch.no_grad():
+            if self.trainer.fast_dev_run and self.dfc_spec.train_feedback:
+                # One fast_dev_run step exercises both phases.
+                self._dfc_sleep_step(x, Phase.SLEEP)
+                self._dfc_wake_step(x, y)
+            elif phase is Phase.WAKE:
+                self._dfc_wake_step(x, y)
+            else:
+                self._dfc_sleep_step(x, phase)
+
+    def _dfc_checked_input(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor:
+        x = self.dfc_net.prepare_input(x)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"batch {batch_idx}: the inputs contain NaN or inf values; clean the data")
+        n_out = self.dfc_net.sizes[-1]
+        if self.dfc_loss == "cross_entropy":
+            if y.dtype.is_floating_point or y.dim() != 1:
+                raise ValueError(f"batch {batch_idx}: cross_entropy needs integer labels of shape (B,), got {tuple(y.shape)} {y.dtype}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
+                raise ValueError(f"batch {batch_idx}: labels must lie in [0, {n_out}), got [{int(y.min())}, {int(y.max())}]")
+        else:
+            if y.shape != (x.shape[0], n_out):
+                raise ValueError(f"batch {batch_idx}: mse targets must have shape (B, {n_out}), got {tuple(y.shape)}")
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError(f"batch {batch_idx}: the targets contain NaN or inf values; clean the data")
+        return x
+
+    def _dfc_any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is True on any rank (keeps all ranks on the same code path)."""
+        if self.trainer.world_size <= 1:
+            return flag
+        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        return bool(total > 0)
+
+    def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
+        net = self.dfc_net
+        params = net.params()
+        # lambda multiplies the gradient of the *global* batch-mean loss: each rank sees 1/world
+        # of the batch, so per-sample targets equal those of one process on the whole batch.
+        target_stepsize = self.dfc_target_stepsize / max(self.trainer.world_size, 1)
+        update = forward_update(
+            self.dfc_spec.rule,
+            params,
+            x,
+            y,
+            self.dfc_loss,
+            target_stepsize,
+            self.dfc_dynamics,
+            self.dfc_criterion,
+            self._dfc_generator,
+            self.dfc_updates.learning_rule,
+        )
+        tensors = update.tensors()
+        bad = update.stats.get("finite", 1.0) == 0.0 or not all(bool(torch.isfinite(t).all()) for t in tensors)
+        self.log_dict(
+            {f"dfc/{k}": float(v) for k, v in update.stats.items() if k in ("steps", "non_converged", "diverged", "excluded")},
+            on_step=True,
+            on_epoch=True,
+        )
+        if self._dfc_any_rank(bad):
+            self._dfc_register_divergence("wake")
+            return
+        self._dfc_diverged_in_a_row = 0
+        forward_opt = self._dfc_opts()[0]
+        forward_opt.zero_grad()
+        params_list = net.forward_parameters()
+        for p, g in zip(params_list, tensors):
+            p.grad = g.to(p.dtype)
+        sync_updates(self.trainer.strategy, params_list)
+        clipped = 0
+        if self.dfc_updates.clip_norm is not None:
+            for p in params_list:  # per tensor, as the reference does
+                norm = torch.nn.utils.clip_grad_norm_([p], self.dfc_updates.clip_norm)
+                clipped += int(norm > self.dfc_updates.clip_norm)
+        forward_opt.step()
+        self.log("dfc/clipped", float(clipped), on_step=True, on_epoch=True, reduce_fx="sum")
+        output = feedforward(params, x).r[-1]  # before the step: the batch the update came from
+        self.dfc_train_loss(loss_value(output, y, self.dfc_loss))
+        self.log("train_loss", self.dfc_train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        if self.dfc_train_acc is not None:
+            self.dfc_train_acc(output, y)
+            self.log("train_acc", self.dfc_train_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def _dfc_sleep_step(self, x: Tensor, phase: Phase) -> None:
+        cfg = self.dfc_feedback_config
+        grads, stats = feedback_update(
+            self.dfc_net.params(),
+            x,
+            cfg.simulation,
+            weight_decay=cfg.weight_decay,
+            sigma_floor=cfg.sigma_floor,
+            generator=self._dfc_generator,
+        )
+        qs = self.dfc_net.trainable_feedback()
+        grads = grads[: len(qs)]  # Q_L last: dropped when frozen
+        bad = stats["finite"] == 0.0 or not all(bool(torch.isfinite(g).all()) for g in grads)
+        if self._dfc_any_rank(bad):
+            self._dfc_register_divergence("sleep")
+            return
+        self._dfc_diverged_in_a_row = 0
+        opt = self._dfc_opts()[2 if phase is Phase.PRETRAIN else 1]
+        opt.zero_grad()
+        for q, g in zip(qs, grads):
+            q.grad = g
+        sync_updates(self.trainer.strategy, qs)
+        if cfg.clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(qs, cfg.clip_norm)
+            self.log("sleep/clipped", float(norm > cfg.clip_norm), on_step=False, on_epoch=True, reduce_fx="sum")
+        opt.step()
+        self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
+
+    def _dfc_opts(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def _dfc_register_divergence(self, phase: str) -> None:
+        self._dfc_diverged_in_a_row += 1
+        self.log(f"{'dfc' if phase == 'wake' else 'sleep'}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+        limit = self.dfc_updates.max_diverged_batches
+        if self._dfc_diverged_in_a_row >= limit:
+            raise DivergenceError(
+                f"the {phase}-phase dynamics diverged on {limit} consecutive batches (their updates "
+                "were skipped). Remedies: pre-train the feedback weights longer "
+                "(feedback.pretrain_epochs), increase the controller leak alpha or the gain k_p, "
+                "use a smaller dt, or lower the learning rates."
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["dfc"] = {
+            "diverged_in_a_row": self._dfc_diverged_in_a_row,
+            "forward_epochs": self._dfc_forward_epochs,
+            "variant": self.dfc_variant,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("dfc", {})
+        self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))

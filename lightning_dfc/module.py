@@ -1,0 +1,105 @@
+"""``DFCModule``: a LightningModule that trains a user's MLP with DFC (or a baseline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .config import SimulationConfig
+from .mixin import DFCMixin
+from .rules import loss_value
+from .settings import FeedbackConfig, UpdateConfig
+
+__all__ = ["DFCModule"]
+
+
+class DFCModule(DFCMixin, LightningModule):
+    """Train ``network`` with Deep Feedback Control, one of its variants, DFA or BP.
+
+    Args:
+        network: an ``nn.Sequential`` (or list) of ``nn.Linear`` layers each followed by an
+            elementwise activation, e.g. :class:`lightning_dfc.MLP`. Its parameters are trained
+            in place: afterwards it is an ordinary feedforward module.
+        variant: ``dfc``, ``dfc_ss``, ``dfc_ssa`` (trained feedback), ``dfc_fixed``,
+            ``dfc_ss_fixed``, ``dfc_ssa_fixed`` (feedback fixed at W_{i+1}^T...W_L^T), ``dfa``, ``bp``.
+        loss: ``cross_entropy`` (softmax absorbed, linear output layer, integer labels) or
+            ``mse`` (regression and autoencoders; targets shaped like the output).
+        target_stepsize: lambda of the output target r_L* = r_L^- - lambda dL/dr_L (batch-mean
+            loss). Also divides the forward learning rate when ``updates.normalize_lr``.
+        dynamics: the wake-phase simulation (controller and network time constants, dt, T, ...).
+        feedback: sleep phase and schedule (pre-training, sleep epochs per wake epoch, scaling).
+        updates: learning rule, clipping, learning-rate normalisation, convergence handling.
+        forward_optimizer: optimizer of the forward weights (default Adam, betas 0.99/0.99,
+            lr 9.266e-5, eps 9.446e-8: the paper's MNIST DFC values).
+        feedback_optimizer: optimizer of the feedback weights in sleep epochs (default Adam,
+            lr 5.265e-4, eps 1.561e-6).
+        pretrain_optimizer: optimizer of the feedback weights during pre-training (default
+            Adam, lr 3.170e-4, eps 1.561e-6).
+
+    Logged: ``train_loss``/``train_acc`` (wake epochs), ``val_*`` and ``test_*`` loss/accuracy,
+    ``phase`` (0 pretrain, 1 sleep, 2 wake), ``dfc/*`` simulation statistics, ``sleep/*``.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        variant: str = "dfc",
+        loss: str = "cross_entropy",
+        target_stepsize: float = 0.07794,
+        dynamics: SimulationConfig | None = None,
+        feedback: FeedbackConfig | None = None,
+        updates: UpdateConfig | None = None,
+        forward_optimizer: OptimizerCallable | None = None,
+        feedback_optimizer: OptimizerCallable | None = None,
+        pretrain_optimizer: OptimizerCallable | None = None,
+    ) -> None:
+        LightningModule.__init__(self)
+        self.save_hyperparameters()
+        self.network = network
+        self.configure_dfc(
+            network,
+            variant=variant,
+            loss=loss,
+            target_stepsize=target_stepsize,
+            dynamics=dynamics,
+            feedback=feedback,
+            updates=updates,
+            forward_optimizer=forward_optimizer,
+            feedback_optimizer=feedback_optimizer,
+            pretrain_optimizer=pretrain_optimizer,
+        )
+        classify = loss == "cross_entropy"
+        n_out = self.dfc_net.sizes[-1]
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(n_out, average="micro") if classify else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network's plain feedforward pass (logits for classification)."""
+        return self.network(x)
+
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        x, y = self.dfc_unpack_batch(batch)
+        output = self.network(x)
+        loss_metric = getattr(self, f"{stage}_loss")
+        loss_metric(loss_value(output, y, self.dfc_loss))
+        self.log(f"{stage}_loss", loss_metric, on_epoch=True, prog_bar=stage == "val")
+        acc = getattr(self, f"{stage}_acc")
+        if acc is not None:
+            acc(output, y)
+            self.log(f"{stage}_acc", acc, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.network(x)

@@ -1,0 +1,127 @@
+"""Grouped, validated training settings of a DFC LightningModule (the YAML groups).
+
+``variant`` picks the learning method; :data:`VARIANTS` maps each name to the update rule and the
+feedback weights it uses. The simulation of the wake phase is a
+:class:`~lightning_dfc.config.SimulationConfig`; :class:`FeedbackConfig` holds the sleep phase and
+the schedule; :class:`UpdateConfig` how updates are formed and guarded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .config import SimulationConfig, sleep_defaults
+from .dynamics import RULES
+from .schedule import PhaseSchedule
+
+__all__ = ["VariantSpec", "VARIANTS", "FeedbackConfig", "UpdateConfig"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """How a named variant trains.
+
+    Attributes:
+        rule: the forward update computed by :func:`lightning_dfc.rules.forward_update`.
+        feedback_init: initialisation of Q (``None``: no feedback weights used).
+        train_feedback: whether sleep epochs train Q.
+    """
+
+    rule: str
+    feedback_init: str | None
+    train_feedback: bool
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "dfc": VariantSpec("dfc", "xavier_normal", True),
+    "dfc_ss": VariantSpec("dfc_ss", "xavier_normal", True),
+    "dfc_ssa": VariantSpec("dfc_ssa", "xavier_normal", True),
+    "dfc_fixed": VariantSpec("dfc", "weight_product", False),
+    "dfc_ss_fixed": VariantSpec("dfc_ss", "weight_product", False),
+    "dfc_ssa_fixed": VariantSpec("dfc_ssa", "weight_product", False),
+    "dfa": VariantSpec("dfa", "xavier_normal", False),
+    "bp": VariantSpec("bp", None, False),
+}
+
+
+def variant_spec(variant: str) -> VariantSpec:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+@dataclass
+class FeedbackConfig:
+    """Feedback-weight (sleep) training: its simulation, the schedule and the rule's scaling.
+
+    Args:
+        simulation: the noisy sleep-phase simulation (default: the paper's MNIST values).
+        pretrain_epochs: sleep epochs before training (reference ``epochs_fb``), with the
+            pre-training optimizer.
+        sleep_before: sleep epochs before each wake epoch (1 in the reference).
+        sleep_after: sleep epochs after each wake epoch (reference ``extra_fb_epochs``).
+        weight_decay: L2 decay of Q added to its update (reference ``feedback_wd``).
+        sigma_floor: the rule's scale is 1/max(sigma, sigma_floor)^2 (the reference's cap of 1e4).
+        freeze_output: keep Q_L = I fixed (reference ``freeze_fb_weights_output``).
+        clip_norm: clip the *total* norm of the Q updates (``None``: no clipping).
+    """
+
+    simulation: SimulationConfig = field(default_factory=sleep_defaults)
+    pretrain_epochs: int = 10
+    sleep_before: int = 1
+    sleep_after: int = 2
+    weight_decay: float = 1e-3
+    sigma_floor: float = 0.01
+    freeze_output: bool = False
+    clip_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.simulation, dict):
+            self.simulation = SimulationConfig(**self.simulation)
+        if not self.simulation.noisy:
+            raise ValueError("FeedbackConfig: the sleep simulation needs noise (simulation.sigma > 0)")
+        if self.weight_decay < 0 or self.sigma_floor <= 0:
+            raise ValueError("FeedbackConfig: weight_decay must be >= 0 and sigma_floor > 0")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"FeedbackConfig: clip_norm must be positive or None, got {self.clip_norm}")
+        self.schedule(True)  # validates the epoch counts
+
+    def schedule(self, train_feedback: bool) -> PhaseSchedule:
+        return PhaseSchedule(self.pretrain_epochs, self.sleep_before, self.sleep_after, train_feedback)
+
+
+@dataclass
+class UpdateConfig:
+    """How forward updates are formed, scaled and guarded.
+
+    Args:
+        learning_rule: ``nonlinear_difference`` (phi(v) - phi(v^B), the paper's eq. 5) or
+            ``voltage_difference`` (v - v^B).
+        normalize_lr: divide the forward optimizer's learning rate by ``target_stepsize``
+            (the reference's ``normalize_lr``, on in all its configs).
+        clip_norm: clip each forward update tensor (W_i and b_i separately) to this norm, as
+            the reference does (``None``: no clipping). Clipped tensors are counted and logged.
+        exclude_non_converged: drop samples whose dynamics did not converge from the update
+            (the reference default); otherwise they are included. Either way they are counted.
+        convergence_threshold: fixed-point tolerance of the convergence test (reference 1e-5).
+        convergence_epsilon: required control-error reduction factor (squared; reference 0.5).
+        max_diverged_batches: stop training after this many consecutive batches whose dynamics
+            diverged (their updates are skipped and counted).
+    """
+
+    learning_rule: str = "nonlinear_difference"
+    normalize_lr: bool = True
+    clip_norm: float | None = 1.0
+    exclude_non_converged: bool = False
+    convergence_threshold: float = 1e-5
+    convergence_epsilon: float = 0.5
+    max_diverged_batches: int = 10
+
+    def __post_init__(self) -> None:
+        if self.learning_rule not in RULES:
+            raise ValueError(f"UpdateConfig: learning_rule must be one of {RULES}, got {self.learning_rule!r}")
+        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"UpdateConfig: clip_norm must be positive or None, got {self.clip_norm}")
+        if self.max_diverged_batches < 1:
+            raise ValueError("UpdateConfig: max_diverged_batches must be >= 1")

@@ -1,0 +1,113 @@
+"""DDP on the CPU (2 gloo processes): updates are averaged, ranks stay identical, and a 2-process
+run equals a 1-process run on the same global batches."""
+
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig
+
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.skipif(sys.platform != "linux", reason="ddp_fork needs Linux"),
+]
+
+N, FEATURES, CLASSES = 64, 10, 3
+
+
+def dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, FEATURES, generator=g, dtype=torch.float64)
+    y = (x[:, :CLASSES] * 3).argmax(1)
+    return TensorDataset(x, y)
+
+
+def make_model(variant: str) -> DFCModule:
+    torch.manual_seed(1)
+    return DFCModule(
+        MLP([FEATURES, 12, 12, CLASSES]),
+        variant=variant,
+        target_stepsize=0.1,
+        dynamics=SimulationConfig(steps=60, alpha=0.05, early_stop=False),
+        feedback=FeedbackConfig(
+            pretrain_epochs=1,
+            sleep_before=1,
+            sleep_after=0,
+            simulation=SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
+                                        proactive=False, sigma=0.02, early_stop=False),
+        ),
+    ).double()  # float64 in the parent process too, where ddp_fork loads rank 0's weights back
+
+
+class InterleavedData(pl.LightningDataModule):
+    """Global batch k = samples 16k..16k+15 on any number of ranks (rank r takes every
+    world-th sample), so 1- and 2-process runs see the same global batches."""
+
+    def train_dataloader(self):
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(dataset(), num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(dataset(), batch_size=16 // world, sampler=sampler)
+
+
+class RankChecksum(Callback):
+    """Logs min and max over ranks of a checksum of all weights (equal iff ranks agree)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        total = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(pl_module.parameters()))
+        pl_module.log("checksum_min", total, reduce_fx="min", sync_dist=True)
+        pl_module.log("checksum_max", total, reduce_fx="max", sync_dist=True)
+
+
+def fit(model: DFCModule, devices: int, strategy: str, tmp_path) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_epochs=2,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RankChecksum()],
+        default_root_dir=tmp_path,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(model, datamodule=InterleavedData())
+    return trainer
+
+
+@pytest.mark.parametrize("variant", ["dfc_fixed", "dfc_ssa_fixed", "dfa", "bp"])
+def test_two_processes_equal_one_process(variant, tmp_path):
+    single = make_model(variant)
+    fit(single, 1, "auto", tmp_path)
+    double = make_model(variant)
+    trainer = fit(double, 2, "ddp_fork", tmp_path)
+    assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
+    for a, b in zip(single.network.parameters(), double.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert any(not torch.equal(a, b) for a, b in zip(single.network.parameters(), make_model(variant).network.parameters()))
+
+
+def test_ranks_stay_identical_with_sleep_phases(tmp_path):
+    trainer = fit(make_model("dfc"), 2, "ddp_fork", tmp_path)
+    assert trainer.callback_metrics["forward_epoch"] == 1  # the second of 2 forward epochs ran
+    assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
+
+
+def test_sharded_strategy_is_refused(tmp_path):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=FSDPStrategy(), max_epochs=1, logger=False)
+    with pytest.raises(ValueError, match="FSDP"):
+        trainer.fit(make_model("dfc_fixed"), DataLoader(dataset(), batch_size=16))
+
+
+def test_mixed_precision_is_refused(tmp_path):
+    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_epochs=1, logger=False)
+    with pytest.raises(ValueError, match="64-true"):
+        trainer.fit(make_model("dfc_fixed"), DataLoader(dataset(), batch_size=16))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -47,6 +48,8 @@ AUTHORS_SLEEP_S = 0.4  # the same, sleep phase
 PHASES = (*VARIANTS, "sleep")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 LOSS = "cross_entropy"
+MIN_SAMPLE_S = 0.3  # a timed sample loops short calls until it lasts this long
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,6 +92,20 @@ def read_status_kb(field: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def busy_jiffies() -> int:
+    """Jiffies all CPUs spent busy (including steal) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
+def own_jiffies() -> int:
+    """Jiffies this process (all its threads) spent on CPU (utime + stime)."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def reset_peak_rss() -> bool:
@@ -167,16 +184,32 @@ def run_child(spec: dict) -> dict:
         peak_kb = read_status_kb("VmHWM")
     else:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-    times = []
-    for _ in range(spec["repeats"]):
-        start = time.perf_counter()
-        tensors, stats = call()
-        times.append(time.perf_counter() - start)
+    # Timed samples. Each sample loops the call until it lasts >= MIN_SAMPLE_S (short phases) and
+    # records how many cores other processes kept busy meanwhile (/proc/stat minus this
+    # process): samples above --max-foreign-load are retried, up to 4x --repeats attempts.
+    calls = max(1, math.ceil(MIN_SAMPLE_S / max(warm_s, 1e-6))) if warm_s < MIN_SAMPLE_S else 1
+    samples = []  # (seconds per call, foreign cores)
+    for _ in range(4 * spec["repeats"]):
+        busy0, own0, start = busy_jiffies(), own_jiffies(), time.perf_counter()
+        for _ in range(calls):
+            tensors, stats = call()
+        wall = time.perf_counter() - start
+        foreign = max(0.0, (busy_jiffies() - busy0 - (own_jiffies() - own0)) / (wall * CLK_TCK))
+        samples.append((wall / calls, foreign))
+        if sum(f <= spec["max_foreign"] for _, f in samples) >= spec["repeats"]:
+            break
+    clean = [s for s in samples if s[1] <= spec["max_foreign"]]
+    used = clean[: spec["repeats"]] if len(clean) >= spec["repeats"] else sorted(samples, key=lambda s: s[1])[: spec["repeats"]]
+    times = [t for t, _ in used]
     out = {
         "phase": phase,
         "times": times,
         "warm_s": warm_s,
-        "median_s": statistics.median(times) if times else warm_s,
+        "calls_per_sample": calls,
+        "median_s": statistics.median(times),
+        "foreign": statistics.mean(f for _, f in used),
+        "contended": len(clean) < spec["repeats"],
+        "attempts": len(samples),
         "peak_mb": peak_kb / 1024,
         "delta_mb": (peak_kb - rss_before) / 1024,
         "mem_method": "VmHWM" if hwm else "ru_maxrss",
@@ -209,7 +242,7 @@ def pretrain_feedback(net: DFCNetwork, args: argparse.Namespace, gen: torch.Gene
         raise SystemExit(f"pretrained feedback is not finite (lr {args.pretrain_lr}): lower --pretrain-lr")
 
 
-def exact_reference(net: DFCNetwork, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> tuple[list, dict, float]:
+def exact_reference(net: DFCNetwork, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> tuple[list, dict]:
     """DFC update without early stop and with outer_every=1, in float64."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -217,12 +250,10 @@ def exact_reference(net: DFCNetwork, x: torch.Tensor, y: torch.Tensor, args: arg
         ref_net = build_network(args.sizes, args.feedback).to(torch.float64)
         ref_net.load_state_dict({k: v.to(torch.float64) for k, v in net.state_dict().items()})
         cfg = wake_config(args, args.tolerance[0], 1, early_stop=False)
-        start = time.perf_counter()
         up = forward_update("dfc", ref_net.params(), x.to(torch.float64), y, LOSS, args.lam, cfg)
-        seconds = time.perf_counter() - start
     finally:
         torch.set_default_dtype(default)
-    return up.tensors(), up.stats, seconds
+    return up.tensors(), up.stats
 
 
 def fmt_cos(value: float) -> str:
@@ -263,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="outer_every value(s); several give one DFC row each")
     parser.add_argument("--no-reference", action="store_true", help="skip the exact DFC reference")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--max-foreign-load", type=float, default=0.25,
+                        help="retry timed samples during which other processes kept more than this "
+                        "many cores busy on average (up to 4x --repeats attempts)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the table (Markdown) to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -290,11 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     feedback_note = args.feedback
     align0 = qbar_alignment(net, x)
     if args.feedback == "pretrained":
-        start = time.perf_counter()
         pretrain_feedback(net, args, gen)
         feedback_note = (
-            f"pretrained (xavier_normal, then {args.pretrain_batches} sleep batches of plain SGD, "
-            f"lr {args.pretrain_lr:g}, {time.perf_counter() - start:.1f} s; "
+            f"pretrained (xavier_normal, then {args.pretrain_batches} sleep batches of plain SGD "
+            f"on random inputs, Q -= {args.pretrain_lr:g} * grad; "
             f"cos(Qbar, mean Jbar^T) {align0:.2f} -> {qbar_alignment(net, x):.2f}; "
             f"|Q_i| {', '.join(f'{float(q.norm()):.1f}' for q in net.feedback)})"
         )
@@ -307,12 +340,13 @@ def main(argv: list[str] | None = None) -> None:
 
     ref_path, ref_note = None, ""
     if "dfc" in args.variants and not args.no_reference:
-        ref_tensors, ref_stats, ref_s = exact_reference(net, x, y, args)
+        ref_tensors, ref_stats = exact_reference(net, x, y, args)
         ref_path = os.path.join(tmp.name, "reference.pt")
         torch.save({"tensors": ref_tensors}, ref_path)
         ref_note = (
-            f"Exact reference: float64, early_stop off, outer_every 1, {int(ref_stats['steps'])} steps, "
-            f"{ref_s:.2f} s (one call, parent process)."
+            f"cos vs exact: cosine between the update (all tensors concatenated; in brackets the "
+            f"worst single tensor) and the exact reference update on the same weights and batch "
+            f"(float64, early_stop off, outer_every 1, {int(ref_stats['steps'])} steps)."
         )
 
     rows = []
@@ -329,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                 "phase": phase, "dtype": args.dtype, "threads": args.threads, "sizes": args.sizes,
                 "feedback": args.feedback, "state": state_path, "seed": args.seed,
                 "repeats": args.repeats, "lambda": args.lam, "reference": ref_path,
+                "max_foreign": args.max_foreign_load,
                 "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             }
             proc = subprocess.run(
@@ -342,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
             res = json.loads(lines[-1][len("@@RESULT@@"):])
             res["tol"], res["outer_every"] = tol, oe
             rows.append(res)
-            print(f"  measured {phase:8s} tol={tol:g} outer_every={oe}: {res['median_s']:.3f} s",
+            print(f"  measured {phase:8s} tol={tol:g} outer_every={oe}: {res['median_s']:.3f} s "
+                  f"(other load {res['foreign']:.2f}, {res['attempts']} samples)",
                   file=sys.stderr, flush=True)
 
     threads = rows[0]["threads"] if rows else torch.get_num_threads()
@@ -353,14 +389,19 @@ def main(argv: list[str] | None = None) -> None:
         f"T={args.steps}, dt={args.dt:g}, k_p={args.k_p:g}, tau_v={args.tau_v:g}, "
         f"alpha={args.alpha:g}, lambda={args.lam:g}, proactive; early stop "
         f"{'on' if args.early_stop else 'off'}; feedback {feedback_note}. "
-        f"Time: median of {args.repeats} runs after 1 warm-up, per batch. Memory: peak RSS of the "
-        f"warm-up call in a fresh process ({rows[0]['mem_method'] if rows else 'VmHWM'}), "
-        "absolute and above the RSS right before the call. Sleep: sleep_defaults() (T=48, noisy)."
+        f"Inputs: standard-normal x, uniform labels, seed {args.seed}. "
+        f"Time per batch: median of {args.repeats} samples after 1 warm-up call, each sample "
+        f"looping the call for >= {MIN_SAMPLE_S:g} s; samples during which other processes "
+        f"kept > {args.max_foreign_load:g} cores busy are retried ('other load' = their mean; "
+        "'*' = not enough quiet samples). Memory: peak RSS of the warm-up call in a fresh process "
+        f"({rows[0]['mem_method'] if rows else 'VmHWM'}), absolute (includes the imports) and the "
+        "increase over the RSS right before the call. Sleep: sleep_defaults() (T=48, noisy)."
         + (f" {ref_note}" if ref_note else ""),
         "",
-        "| phase | tol | outer_every | steps | non-conv. | time [s] | (min-max) | peak RSS [MB] "
-        "| + during call [MB] | cos vs exact (worst tensor) | vs authors (11 s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | tol | outer_every | steps | non-conv. | time [s] | min-max [s] | ms/step "
+        "| other load [cores] | peak RSS [MB] | + during call [MB] | cos vs exact (worst tensor) "
+        "| vs authors (11 s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in rows:
         phase, st = res["phase"], res["stats"]
@@ -381,10 +422,14 @@ def main(argv: list[str] | None = None) -> None:
         if not res["finite"]:
             label += " NON-FINITE"
         times = res["times"]
+        per_step = "-"
+        if steps != "-" and int(st["steps"]) > 0:
+            per_step = f"{1e3 * res['median_s'] / st['steps']:.2f}"
+        star = "*" if res["contended"] else ""
         lines.append(
-            f"| {label} | {tol} | {oe} | {steps} | {nonconv} | {res['median_s']:.3f} | "
-            f"{min(times):.3f}-{max(times):.3f} | {res['peak_mb']:.0f} | {res['delta_mb']:.1f} | "
-            f"{cos} | {speed} |"
+            f"| {label} | {tol} | {oe} | {steps} | {nonconv} | {res['median_s']:.3f}{star} | "
+            f"{min(times):.3f}-{max(times):.3f} | {per_step} | {res['foreign']:.2f} | "
+            f"{res['peak_mb']:.0f} | {res['delta_mb']:.1f} | {cos} | {speed} |"
         )
     text = "\n".join(lines)
     print(text)

@@ -28,7 +28,7 @@ from .dynamics import feedforward
 from .network import DFCNetwork
 from .rules import LOSSES, ConvergenceCriterion, feedback_update, forward_update, loss_value
 from .schedule import Phase, PhaseInfo, PhaseSchedule
-from .settings import FeedbackConfig, UpdateConfig, variant_spec
+from .settings import FeedbackConfig, UpdateConfig, as_config, as_optimizer, variant_spec
 
 __all__ = ["DFCMixin", "default_optimizer"]
 
@@ -48,6 +48,8 @@ class DFCMixin:
     """Adds DFC training to a LightningModule (put it first in the bases).
 
     Keyword args (all prefixed ``dfc_`` so that they never collide with the host's own):
+        dfc_network: the network, if the host module does not create it itself; it is stored
+            as attribute ``dfc_network_attribute``.
         dfc_network_attribute: name of the attribute holding the network (an ``nn.Sequential``
             of ``nn.Linear`` + elementwise activations, or a list of such modules).
         dfc_variant, dfc_loss, dfc_target_stepsize, dfc_dynamics, dfc_feedback, dfc_updates,
@@ -60,6 +62,7 @@ class DFCMixin:
     def __init__(
         self,
         *args: Any,
+        dfc_network: nn.Module | None = None,
         dfc_network_attribute: str = "network",
         dfc_variant: str = "dfc",
         dfc_loss: str = "cross_entropy",
@@ -73,6 +76,8 @@ class DFCMixin:
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if dfc_network is not None:
+            setattr(self, dfc_network_attribute, dfc_network)
         network = getattr(self, dfc_network_attribute, None)
         if network is None:
             raise ValueError(
@@ -118,9 +123,9 @@ class DFCMixin:
         self.dfc_spec = spec
         self.dfc_loss = loss
         self.dfc_target_stepsize = float(target_stepsize)
-        self.dfc_dynamics = dynamics or SimulationConfig()
-        self.dfc_feedback_config = feedback or FeedbackConfig()
-        self.dfc_updates = updates or UpdateConfig()
+        self.dfc_dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
+        self.dfc_feedback_config = as_config(feedback, FeedbackConfig) or FeedbackConfig()
+        self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(spec.train_feedback)
         net = DFCNetwork(
             network,
@@ -143,9 +148,9 @@ class DFCMixin:
             self.dfc_updates.exclude_non_converged,
         )
         self._dfc_optimizers = {
-            "forward": forward_optimizer or default_optimizer(9.266e-5, 9.446e-8),
-            "feedback": feedback_optimizer or default_optimizer(5.265e-4, 1.561e-6),
-            "pretrain": pretrain_optimizer or default_optimizer(3.170e-4, 1.561e-6),
+            "forward": as_optimizer(forward_optimizer) or default_optimizer(9.266e-5, 9.446e-8),
+            "feedback": as_optimizer(feedback_optimizer) or default_optimizer(5.265e-4, 1.561e-6),
+            "pretrain": as_optimizer(pretrain_optimizer) or default_optimizer(3.170e-4, 1.561e-6),
         }
         self.dfc_train_loss = MeanMetric()
         self.dfc_train_acc = (
@@ -154,6 +159,7 @@ class DFCMixin:
         self._dfc_diverged_in_a_row = 0
         self._dfc_forward_epochs: int | None = None
         self._dfc_generator: torch.Generator | None = None
+        self._dfc_resume_epoch: int | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[forward] or [forward, feedback, pretrain] (trained-feedback variants)."""
@@ -180,6 +186,10 @@ class DFCMixin:
             return
         check_strategy(self.trainer.strategy)
         check_precision(self.trainer.precision)
+        if str(self.trainer.precision) in ("64-true", "64"):
+            # Lightning restores a checkpoint's weights before converting the module: convert
+            # first so that float64 weights are restored exactly.
+            self.double()
         if stage == "fit" and self._dfc_forward_epochs is None:
             # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper.
             loop = self.trainer.fit_loop
@@ -187,15 +197,28 @@ class DFCMixin:
                 self._dfc_forward_epochs = loop.max_epochs
                 loop.max_epochs = self.dfc_schedule.total_epochs(loop.max_epochs)
 
+    def _dfc_epoch_seed(self, epoch: int) -> int:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return (seed * 1_000_003 + epoch * 7919) % (2**62)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Every epoch's randomness (shuffling, sleep noise) derives from (seed, epoch, rank), so a
+        # run resumed from a checkpoint repeats the uninterrupted run exactly. Lightning creates the
+        # first epoch's data iterator before on_train_epoch_start, and later ones after
+        # on_train_epoch_end: reseed the global RNG (shuffling) at those two points. When resuming,
+        # the loop state is restored only after this hook: on_load_checkpoint noted the epoch.
+        start = self._dfc_resume_epoch if self._dfc_resume_epoch is not None else self.current_epoch
+        torch.manual_seed(self._dfc_epoch_seed(start))
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        torch.manual_seed(self._dfc_epoch_seed(self.current_epoch + 1))
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        # Every epoch's randomness (shuffling, sleep noise) derives from (seed, epoch, rank), so
-        # a run resumed from a checkpoint repeats the uninterrupted run exactly.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        epoch_seed = (seed * 1_000_003 + self.current_epoch * 7919) % (2**62)
-        torch.manual_seed(epoch_seed)
         self._dfc_generator = torch.Generator(device=self.device)
-        self._dfc_generator.manual_seed(epoch_seed + 104_729 * (self.global_rank + 1))
+        self._dfc_generator.manual_seed(self._dfc_epoch_seed(self.current_epoch) + 104_729 * (self.global_rank + 1))
         info = self.dfc_phase
         self.log("phase", float(info.phase.code), prog_bar=True, on_step=False, on_epoch=True)
         self.log("forward_epoch", float(info.forward_epoch), on_step=False, on_epoch=True)
@@ -269,9 +292,14 @@ class DFCMixin:
             self.dfc_updates.learning_rule,
         )
         tensors = update.tensors()
-        bad = update.stats.get("finite", 1.0) == 0.0 or not all(bool(torch.isfinite(t).all()) for t in tensors)
+        stats = update.stats
+        bad = (
+            stats.get("finite", 1.0) == 0.0
+            or stats.get("error_ratio", 0.0) > 1.0  # the control error grew: unstable dynamics
+            or not all(bool(torch.isfinite(t).all()) for t in tensors)
+        )
         self.log_dict(
-            {f"dfc/{k}": float(v) for k, v in update.stats.items() if k in ("steps", "non_converged", "diverged", "excluded")},
+            {f"dfc/{k}": float(v) for k, v in stats.items() if k in ("steps", "non_converged", "diverged", "excluded")},
             on_step=True,
             on_epoch=True,
         )
@@ -356,3 +384,8 @@ class DFCMixin:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dfc", {})
         self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
+        try:
+            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+            self._dfc_resume_epoch = int(progress["processed"])  # epochs whose batches all ran
+        except (KeyError, TypeError):
+            self._dfc_resume_epoch = None

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .config import SimulationConfig
 from .mixin import DFCMixin
 from .rules import loss_value
-from .settings import FeedbackConfig, UpdateConfig
+from .settings import FeedbackConfig, UpdateConfig, plain
 
 __all__ = ["DFCModule"]
 
@@ -41,6 +41,11 @@ class DFCModule(DFCMixin, LightningModule):
         pretrain_optimizer: optimizer of the feedback weights during pre-training (default
             Adam, lr 3.170e-4, eps 1.561e-6).
 
+    Dataclass arguments also accept dicts of their fields, and optimizers a
+    ``{"class_path": ..., "init_args": ...}`` dict: that is how they are stored in checkpoints.
+    Outside LightningCLI the network is not stored in the hyperparameters; pass it again to
+    ``DFCModule.load_from_checkpoint(path, network=...)``. Under the CLI the config rebuilds it.
+
     Logged: ``train_loss``/``train_acc`` (wake epochs), ``val_*`` and ``test_*`` loss/accuracy,
     ``phase`` (0 pretrain, 1 sleep, 2 wake), ``dfc/*`` simulation statistics, ``sleep/*``.
     """
@@ -58,21 +63,22 @@ class DFCModule(DFCMixin, LightningModule):
         feedback_optimizer: OptimizerCallable | None = None,
         pretrain_optimizer: OptimizerCallable | None = None,
     ) -> None:
-        LightningModule.__init__(self)
-        self.save_hyperparameters()
-        self.network = network
-        self.configure_dfc(
-            network,
-            variant=variant,
-            loss=loss,
-            target_stepsize=target_stepsize,
-            dynamics=dynamics,
-            feedback=feedback,
-            updates=updates,
-            forward_optimizer=forward_optimizer,
-            feedback_optimizer=feedback_optimizer,
-            pretrain_optimizer=pretrain_optimizer,
+        super().__init__(
+            dfc_network=network,
+            dfc_network_attribute="network",
+            dfc_variant=variant,
+            dfc_loss=loss,
+            dfc_target_stepsize=target_stepsize,
+            dfc_dynamics=dynamics,
+            dfc_feedback=feedback,
+            dfc_updates=updates,
+            dfc_forward_optimizer=forward_optimizer,
+            dfc_feedback_optimizer=feedback_optimizer,
+            dfc_pretrain_optimizer=pretrain_optimizer,
         )
+        self.save_hyperparameters(ignore=["network"])
+        for key, value in self.hparams.items():  # checkpoints load with weights_only=True
+            self.hparams[key] = plain(value)
         classify = loss == "cross_entropy"
         n_out = self.dfc_net.sizes[-1]
         for stage in ("val", "test"):

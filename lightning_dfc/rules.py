@@ -64,7 +64,8 @@ class Update:
         weights: one tensor per layer, (n_i, n_{i-1}).
         biases: one tensor (n_i,) or ``None`` per layer.
         stats: scalars for logging: ``steps`` simulated, ``non_converged`` and ``diverged``
-            sample counts, ``excluded`` samples, ``finite`` (1.0 / 0.0).
+            sample counts, ``excluded`` samples, ``finite`` (1.0 / 0.0), ``error_ratio`` (final
+            over initial mean control error; > 1 means the dynamics diverged).
     """
 
     weights: list[Tensor]
@@ -162,12 +163,15 @@ def _simulation_stats(
     result: SimulationResult, criterion: ConvergenceCriterion
 ) -> tuple[dict[str, float], Tensor]:
     converged, diverged = criterion.classify(result)
+    initial = float(result.error_initial.mean())
     stats = {
         "steps": float(result.steps_simulated),
         "non_converged": float((~converged).sum()),
         "diverged": float(diverged.sum()),
         "finite": float(result.finite),
         "excluded": 0.0,
+        # > 1: the controller made the output error grow (unstable dynamics)
+        "error_ratio": float(result.error_final.mean()) / initial if initial > 0 else 0.0,
     }
     return stats, converged
 

@@ -8,14 +8,19 @@ the schedule; :class:`UpdateConfig` how updates are formed and guarded.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import SimulationConfig, sleep_defaults
 from .dynamics import RULES
 from .schedule import PhaseSchedule
 
-__all__ = ["VariantSpec", "VARIANTS", "FeedbackConfig", "UpdateConfig"]
+__all__ = ["VariantSpec", "VARIANTS", "FeedbackConfig", "UpdateConfig", "as_config", "as_optimizer", "plain"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +130,35 @@ class UpdateConfig:
             raise ValueError(f"UpdateConfig: clip_norm must be positive or None, got {self.clip_norm}")
         if self.max_diverged_batches < 1:
             raise ValueError("UpdateConfig: max_diverged_batches must be >= 1")
+
+
+def as_config(value: Any, cls: type) -> Any:
+    """``None``, an instance of the dataclass ``cls`` or a dict of its fields -> an instance or None."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**value)
+    raise TypeError(f"expected {cls.__name__}, a dict of its fields or None, got {type(value).__name__}")
+
+
+def as_optimizer(value: Any) -> Callable | None:
+    """An optimizer callable from a callable or ``{"class_path": ..., "init_args": {...}}``."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, dict) and "class_path" in value:
+        module, _, name = value["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return functools.partial(cls, **value.get("init_args", {}))
+    raise TypeError(f"expected an optimizer callable or a class_path/init_args dict, got {value!r}")
+
+
+def plain(value: Any) -> Any:
+    """A checkpoint-safe (``torch.load(weights_only=True)``) form of a hyperparameter value."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, functools.partial) and isinstance(value.func, type):
+        return {"class_path": f"{value.func.__module__}.{value.func.__qualname__}",
+                "init_args": {k: plain(v) for k, v in value.keywords.items()}}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value

@@ -1,4 +1,4 @@
-"""The network wrapper: parsing a user's module stack, shared parameters, feedback weights, errors."""
+"""The network wrapper: parsing a user's module stack, shared parameters, feedback, errors."""
 
 import math
 
@@ -37,8 +37,16 @@ def assert_ff_matches_module(net: DFCNetwork, module: nn.Module, x: torch.Tensor
 
 def test_parses_sequential_sizes_and_activations():
     seq = seeded_sequential(
-        nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 5),
-        nn.LeakyReLU(negative_slope=0.37), nn.Linear(5, 5), nn.Sigmoid(), nn.Linear(5, 3), nn.Identity(),
+        nn.Linear(6, 8),
+        nn.Tanh(),
+        nn.Linear(8, 7),
+        nn.ReLU(),
+        nn.Linear(7, 5),
+        nn.LeakyReLU(negative_slope=0.37),
+        nn.Linear(5, 5),
+        nn.Sigmoid(),
+        nn.Linear(5, 3),
+        nn.Identity(),
     )
     net = DFCNetwork(seq)
     assert net.sizes == [6, 8, 7, 5, 5, 3]
@@ -116,7 +124,9 @@ def test_leading_flatten_with_mnist_sized_images():
 
 def test_flatten_inside_leading_nested_sequential_counts_as_first():
     torch.manual_seed(0)
-    seq = nn.Sequential(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), nn.Tanh(), nn.Linear(5, 2)).double()
+    seq = nn.Sequential(
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), nn.Tanh(), nn.Linear(5, 2)
+    ).double()
     net = DFCNetwork(seq)
     assert net.flatten and net.sizes == [12, 5, 2]
     assert_ff_matches_module(net, seq, torch.randn(4, 3, 4, dtype=DT))
@@ -141,9 +151,9 @@ def test_parameters_are_shared_not_copied():
     fp = net.forward_parameters()
     expected = [seq[0].weight, seq[0].bias, seq[2].weight, seq[2].bias, seq[4].weight, seq[4].bias]
     assert len(fp) == len(expected)
-    assert all(a is b for a, b in zip(fp, expected))
+    assert all(a is b for a, b in zip(fp, expected, strict=True))
     p = net.params()
-    for w, lin in zip(p.weights, (seq[0], seq[2], seq[4])):
+    for w, lin in zip(p.weights, (seq[0], seq[2], seq[4]), strict=True):
         assert w.data_ptr() == lin.weight.data_ptr()
         assert not w.requires_grad
     # the module's own parameter list holds the user's parameters exactly once
@@ -228,16 +238,21 @@ def test_xavier_normal_feedback_has_xavier_std():
 def test_weight_product_feedback_init():
     torch.manual_seed(0)
     seq = seeded_sequential(
-        nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 4)
+        nn.Linear(6, 8),
+        nn.Tanh(),
+        nn.Linear(8, 7),
+        nn.Tanh(),
+        nn.Linear(7, 5),
+        nn.Tanh(),
+        nn.Linear(5, 4),
     )
     net = DFCNetwork(seq, feedback_init="weight_product")
-    w1, w2, w3, w4 = (seq[k].weight.detach() for k in (0, 2, 4, 6))
+    w2, w3, w4 = (seq[k].weight.detach() for k in (2, 4, 6))
     expected = [w2.T @ w3.T @ w4.T, w3.T @ w4.T, w4.T, torch.eye(4, dtype=DT)]
     assert len(net.feedback) == 4
-    for q, e in zip(net.feedback, expected):
+    for q, e in zip(net.feedback, expected, strict=True):
         assert q.shape == e.shape
         torch.testing.assert_close(q.detach(), e, rtol=1e-13, atol=1e-14)
-    del w1
     # reset_feedback follows the current weights
     with torch.no_grad():
         seq[6].weight.mul_(2.0)
@@ -253,7 +268,7 @@ def test_freeze_output_feedback_excludes_q_l():
     net = DFCNetwork(small_stack(), freeze_output_feedback=True)
     trainable = net.trainable_feedback()
     assert len(trainable) == 2
-    assert all(a is b for a, b in zip(trainable, list(net.feedback)[:2]))
+    assert all(a is b for a, b in zip(trainable, list(net.feedback)[:2], strict=True))
     assert all(q is not net.feedback[-1] for q in trainable)
     unfrozen = DFCNetwork(small_stack())
     assert len(unfrozen.trainable_feedback()) == 3
@@ -273,7 +288,7 @@ def test_feedback_parameters_in_state_dict_without_grad():
     # round trip into a fresh wrapper restores the feedback weights
     other = DFCNetwork(small_stack(seed=5))
     other.load_state_dict(sd)
-    for a, b in zip(other.feedback, net.feedback):
+    for a, b in zip(other.feedback, net.feedback, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # feedback weights are not among the forward parameters
     fwd = {id(p) for p in net.forward_parameters()}
@@ -307,7 +322,15 @@ def test_feedback_dtype_follows_the_users_network():
 # --------------------------------------------------------------------------- errors
 
 
-SUPPORTED_NAMES = ("nn.Tanh", "nn.ReLU", "nn.LeakyReLU", "nn.Sigmoid", "nn.Identity", "nn.Linear", "nn.Flatten")
+SUPPORTED_NAMES = (
+    "nn.Tanh",
+    "nn.ReLU",
+    "nn.LeakyReLU",
+    "nn.Sigmoid",
+    "nn.Identity",
+    "nn.Linear",
+    "nn.Flatten",
+)
 
 
 def _check_unsupported(modules, type_name, extra=None):
@@ -333,7 +356,9 @@ def _check_unsupported(modules, type_name, extra=None):
     ],
 )
 def test_unsupported_modules_raise_with_type_and_supported_list(bad, type_name):
-    msg = _check_unsupported([nn.Linear(6, 8), bad(), nn.Linear(8, 4)], type_name, "is not supported")
+    msg = _check_unsupported(
+        [nn.Linear(6, 8), bad(), nn.Linear(8, 4)], type_name, "is not supported"
+    )
     assert "'1'" in msg  # the module's position/name in the stack
 
 
@@ -345,11 +370,15 @@ def test_unsupported_module_inside_nested_sequential_is_named():
 
 
 def test_activation_before_first_linear_raises():
-    _check_unsupported([nn.Tanh(), nn.Linear(6, 8), nn.Linear(8, 4)], "Tanh", "before the first nn.Linear")
+    _check_unsupported(
+        [nn.Tanh(), nn.Linear(6, 8), nn.Linear(8, 4)], "Tanh", "before the first nn.Linear"
+    )
 
 
 def test_two_activations_in_a_row_raise():
-    _check_unsupported([nn.Linear(6, 8), nn.Tanh(), nn.ReLU(), nn.Linear(8, 4)], "ReLU", "second activation")
+    _check_unsupported(
+        [nn.Linear(6, 8), nn.Tanh(), nn.ReLU(), nn.Linear(8, 4)], "ReLU", "second activation"
+    )
 
 
 def test_flatten_not_first_raises():
@@ -361,7 +390,9 @@ def test_mismatched_linear_shapes_raise_with_sizes():
     assert "5 inputs" in msg and "8 outputs" in msg
 
 
-@pytest.mark.parametrize("empty", [lambda: nn.Sequential(), lambda: [], lambda: nn.Sequential(nn.Flatten())])
+@pytest.mark.parametrize(
+    "empty", [lambda: nn.Sequential(), list, lambda: nn.Sequential(nn.Flatten())]
+)
 def test_stack_without_linear_raises(empty):
     with pytest.raises(ValueError, match="no nn.Linear"):
         DFCNetwork(empty())
@@ -393,8 +424,14 @@ def test_mlp_structure_and_init():
 
 
 @pytest.mark.parametrize(
-    "name, module_type", [("tanh", nn.Tanh), ("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU),
-                          ("sigmoid", nn.Sigmoid), ("linear", nn.Identity)]
+    "name, module_type",
+    [
+        ("tanh", nn.Tanh),
+        ("relu", nn.ReLU),
+        ("leaky_relu", nn.LeakyReLU),
+        ("sigmoid", nn.Sigmoid),
+        ("linear", nn.Identity),
+    ],
 )
 def test_mlp_activations_round_trip_through_the_wrapper(name, module_type):
     mlp = MLP([6, 8, 7, 4], activation=name, output_activation="sigmoid")

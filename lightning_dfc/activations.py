@@ -68,7 +68,7 @@ class Activation:
 
         tanh: tanh(a) - tanh(b) = tanh(a - b) (1 - tanh(a) tanh(b)) (exact identity);
         sigmoid: s(a) - s(b) = -expm1(b - a) s(a) s(-b) (exact identity);
-        linear: a - b. ReLU-type activations use the plain difference (exact away from 0).
+        linear: a - b; (leaky) ReLU: slope * (a - b) where a and b lie on the same side of 0.
         """
         if self.name == "tanh":
             return torch.tanh(v - v_basal) * (1.0 - torch.tanh(v) * torch.tanh(v_basal))
@@ -77,7 +77,12 @@ class Activation:
             return -torch.expm1(v_basal - v) * torch.sigmoid(v) * torch.sigmoid(-v_basal)
         if self.name == "linear":
             return v - v_basal
-        return self(v) - self(v_basal)
+        # relu / leaky_relu: exact slope * (v - v_basal) where both sit on the same side of 0
+        slope = 0.0 if self.name == "relu" else self.negative_slope
+        diff = v - v_basal
+        both_pos, both_neg = (v > 0) & (v_basal > 0), (v <= 0) & (v_basal <= 0)
+        mixed = self(v) - self(v_basal)
+        return torch.where(both_pos, diff, torch.where(both_neg, slope * diff, mixed))
 
 
 def activation_from_module(module: nn.Module) -> Activation | None:

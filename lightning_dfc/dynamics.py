@@ -130,6 +130,7 @@ def simulate(
     generator: torch.Generator | None = None,
     record: bool = False,
     rule: str = "nonlinear_difference",
+    sample_mask: Tensor | None = None,
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state towards ``target``.
 
@@ -145,6 +146,8 @@ def simulate(
         record: also return the trajectories of u and r_L (costs memory O(T)).
         rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
             phi(v) - phi(v^B) (the paper's eq. 5) or ``voltage_difference`` v - v^B (Theorem 2).
+        sample_mask: boolean (B,): accumulate only these samples (the others still evolve, even
+            to non-finite values, without touching the sums); finiteness is judged on them only.
 
     Returns:
         :class:`SimulationResult`. With ``cfg.early_stop`` (and no noise, no feedback
@@ -161,6 +164,7 @@ def simulate(
     qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
     noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
     early_stop = cfg.early_stop and not cfg.noisy and not accumulate_feedback and not record
+    keep = None if sample_mask is None else sample_mask.unsqueeze(1)
 
     v = [t.clone() for t in ff.v]
     r = [t.clone() for t in ff.r]
@@ -222,18 +226,20 @@ def simulate(
                 teaching_signal(rule, acts[i], v[i], basal[i], r[i], ff.r[0] if i == 0 else None)
                 for i in range(n_layers)
             ]
+            if keep is not None:
+                signals = [torch.where(keep, sig, 0.0) for sig in signals]
             for i, s in enumerate(signals):
                 signal_sum[i].add_(s)
             pending += 1
             if pending == outer_every:
-                _add_correction(correction, signals, r, ff.r, pending)
+                _add_correction(correction, signals, r, ff.r, pending, keep)
                 pending = 0
         if record:
             traj_u.append(u.clone())
             traj_r.append(r[-1].clone())
 
         if early_stop and (t + 1) % cfg.check_every == 0:
-            if not bool(torch.isfinite(u).all()):
+            if not _all_finite(u, keep):
                 finite, steps_done = False, t + 1
                 break
             if _settled(u, v, check_u, check_v, ff.v, cfg.tolerance * cfg.check_every):
@@ -251,11 +257,11 @@ def simulate(
     outer_sum = None
     if signal_sum is not None:
         if pending:
-            _add_correction(correction, signals, r, ff.r, pending)
+            _add_correction(correction, signals, r, ff.r, pending, keep)
         outer_sum = [None] + [
             torch.addmm(correction[i], signal_sum[i].T, ff.r[i - 1]) for i in range(1, n_layers)
         ]
-    finite = finite and bool(torch.isfinite(u).all()) and all(bool(torch.isfinite(t).all()) for t in v)
+    finite = finite and _all_finite(u, keep) and all(_all_finite(t, keep) for t in v)
     error_final = torch.linalg.vector_norm(target - r[-1], dim=1)
     residual = torch.linalg.vector_norm(r[-1] - (target - alpha * u), dim=1) / torch.linalg.vector_norm(
         ff.r[-1], dim=1
@@ -305,21 +311,38 @@ def teaching_signal(
     return act.difference(v, basal)
 
 
-def _add_correction(correction: list, signals: list[Tensor], r: list[Tensor], r_ff: tuple[Tensor, ...], weight: int) -> None:
+def _add_correction(
+    correction: list, signals: list[Tensor], r: list[Tensor], r_ff: tuple[Tensor, ...], weight: int,
+    keep: Tensor | None = None,
+) -> None:
     """correction_i += weight * s_i^T (r_{i-1} - r^-_{i-1})  (the O(lambda^2) part of the outer sum)."""
     for i in range(1, len(signals)):
-        correction[i].addmm_(signals[i].T, r[i - 1] - r_ff[i - 1], alpha=weight)
+        shift = r[i - 1] - r_ff[i - 1]
+        if keep is not None:  # excluded rows may be non-finite: 0 * inf would poison the sum
+            shift = torch.where(keep, shift, 0.0)
+        correction[i].addmm_(signals[i].T, shift, alpha=weight)
+
+
+def _all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
+    finite = torch.isfinite(t)
+    if keep is not None:
+        finite = finite | ~keep
+    return bool(finite.all())
 
 
 def _settled(
     u: Tensor, v: list[Tensor], check_u: Tensor, check_v: list[Tensor], v_ff: tuple[Tensor, ...], tol: float
 ) -> bool:
-    """Whether, for every sample, u and v - v_ff changed by less than ``tol`` (relative)."""
+    """Whether, for every sample, u and v - v_ff changed by less than ``tol`` (relative).
+
+    A state whose norms overflow is never settled.
+    """
     du = torch.linalg.vector_norm(u - check_u, dim=1)
     dv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(v, check_v)))
     dev = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(v, v_ff)))
     nu = torch.linalg.vector_norm(u, dim=1)
-    return bool(((du <= tol * nu) & (dv <= tol * dev)).all())
+    finite = torch.isfinite(du) & torch.isfinite(dv) & torch.isfinite(dev) & torch.isfinite(nu)
+    return bool((finite & (du <= tol * nu) & (dv <= tol * dev)).all())
 
 
 def output_jacobian(params: LayerParams, v: tuple[Tensor, ...] | list[Tensor]) -> Tensor:

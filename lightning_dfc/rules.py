@@ -112,7 +112,7 @@ class ConvergenceCriterion:
 def loss_value(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
     """Batch-mean loss. ``output`` (B, n_L); ``y`` class indices (B,) or targets (B, n_L)."""
     if loss == "cross_entropy":
-        return F.cross_entropy(output, y)
+        return F.cross_entropy(output, y.long())
     if loss == "mse":
         return F.mse_loss(output, y)
     raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
@@ -129,7 +129,7 @@ def loss_gradient(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
         if y.dtype.is_floating_point or y.dim() != 1:
             raise ValueError("cross_entropy expects integer class labels of shape (B,)")
         probs = torch.softmax(output, dim=1)
-        return (probs - F.one_hot(y, output.shape[1]).to(output.dtype)) / batch
+        return (probs - F.one_hot(y.long(), output.shape[1]).to(output.dtype)) / batch
     if loss == "mse":
         if y.shape != output.shape:
             raise ValueError(f"mse expects targets shaped like the output {tuple(output.shape)}, got {tuple(y.shape)}")
@@ -152,9 +152,11 @@ def _steady_state_rule(
     weights, biases = [], []
     for i, act in enumerate(params.activations):
         s = teaching_signal(rule, act, v[i], basal[i], r[i])
-        if mask is not None:
-            s = s * mask.unsqueeze(1)
-        weights.append((-2.0 / batch) * s.T @ pres[i])
+        pre = pres[i]
+        if mask is not None:  # where, not multiply: excluded rows may hold inf/NaN
+            s = torch.where(mask.unsqueeze(1), s, 0.0)
+            pre = torch.where(mask.unsqueeze(1), pre, 0.0)
+        weights.append((-2.0 / batch) * s.T @ pre)
         biases.append(None if params.biases[i] is None else (-2.0 / batch) * s.sum(0))
     return Update(weights, biases)
 
@@ -190,8 +192,9 @@ def dfc_ss_update(
     stats, converged = _simulation_stats(result, criterion)
     mask = None
     if criterion.exclude:
-        mask = converged.to(x.dtype)
+        mask = converged
         stats["excluded"] = stats["non_converged"]
+        stats["finite"] = float(all(bool(torch.isfinite(t[converged]).all()) for t in result.v))
     update = _steady_state_rule(params, x, result.v, result.r, mask, rule)
     update.stats = stats
     return update
@@ -238,22 +241,22 @@ def dfc_update(
 
     -2/(B T) sum_{t=0}^{T-1} sum_b [phi(v_i[t]) - phi(v^B_i[t])] r_{i-1}[t]^T, with r_{i-1}[t] the
     controlled presynaptic rate at the same time point (x for the first layer).
-    Excluded (non-converged) samples are removed exactly by re-simulating just them and
-    subtracting their sums (the dynamics of different samples are independent).
+    With ``criterion.exclude``, non-converged samples are known only at the end: the batch is
+    then simulated a second time with the same noise, accumulating only converged samples.
     """
+    if criterion.exclude and cfg.noisy and generator is None:
+        generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
+    noise_state = generator.get_state() if generator is not None else None
     result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator, rule=rule)
     stats, converged = _simulation_stats(result, criterion)
-    weights, biases = _continuous_rule(params, x, result, cfg.steps)
-    drop = ~converged
-    if criterion.exclude and bool(drop.any()) and result.finite:
-        sub_ff = Feedforward(tuple(t[drop] for t in ff.v), tuple(t[drop] for t in ff.r))
-        sub = simulate(params, x[drop], sub_ff, target[drop], cfg, accumulate_forward=True,
-                       generator=generator, rule=rule)
-        sub_w, sub_b = _continuous_rule(params, x[drop], sub, cfg.steps)
-        ratio = drop.sum().item() / x.shape[0]  # sub-rule was normalised by its own batch size
-        weights = [w - ratio * s for w, s in zip(weights, sub_w)]
-        biases = [None if b is None else b - ratio * s for b, s in zip(biases, sub_b)]
+    if criterion.exclude and not bool(converged.all()):
+        if generator is not None:
+            generator.set_state(noise_state)
+        result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator,
+                          rule=rule, sample_mask=converged)
         stats["excluded"] = stats["non_converged"]
+        stats["finite"] = float(result.finite)
+    weights, biases = _continuous_rule(params, x, result, cfg.steps)
     return Update(weights, biases, stats)
 
 

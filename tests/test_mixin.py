@@ -1,0 +1,56 @@
+"""Wrapping an existing LightningModule with DFCMixin (examples/wrap_existing_model.py)."""
+
+import importlib.util
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import write_fake_mnist
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_dfc import DFCMixin
+from lightning_dfc.data import MNISTDataModule
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "wrap_existing_model.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("wrap_existing_model", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wrapped_model_trains_with_dfc_and_keeps_its_own_hooks(example, tmp_path):
+    write_fake_mnist(tmp_path, 48, 16)
+    pl.seed_everything(0)
+    model = example.build(hidden=12, steps=30)
+    before = [p.detach().clone() for p in model.model.parameters()]
+    trainer = pl.Trainer(max_epochs=1, precision="64-true", accelerator="cpu", logger=CSVLogger(tmp_path),
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, MNISTDataModule(str(tmp_path), batch_size=16, val_size=16))
+    assert not model.automatic_optimization
+    assert trainer.current_epoch == 1 + 4  # pretrain + (sleep, wake, sleep, sleep)
+    assert "my_val_accuracy" in trainer.callback_metrics  # the user's own validation step and metric
+    assert "dfc/steps" in trainer.callback_metrics and "train_loss" in trainer.callback_metrics
+    assert all(not torch.equal(a.double(), b) for a, b in zip(before, model.model.parameters()))
+    # afterwards the user's module is used exactly as before
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(model(x), model.model(x))
+    plain = example.LitClassifier(hidden=12).double()
+    plain.model.load_state_dict(model.model.state_dict())
+    torch.testing.assert_close(plain(x), model(x))
+    assert model.hparams.hidden == 12
+
+
+def test_example_script_runs(example, tmp_path):
+    write_fake_mnist(tmp_path, 40, 8)
+    model = example.main(["--data-dir", str(tmp_path), "--hidden", "8", "--steps", "20", "--val-size", "8"])
+    assert isinstance(model, DFCMixin)
+
+
+def test_missing_network_attribute_is_a_clear_error(example):
+    with pytest.raises(ValueError, match="dfc_network_attribute"):
+        example.DFCLitClassifier(hidden=4, dfc_network_attribute="net")

@@ -10,7 +10,12 @@ Every table row is measured in a fresh child process (this script re-invoked wit
 ``--child`` argument): the child loads the network and the batch, calls the phase once (the warm-up
 call, on which peak memory is measured: the peak RSS of the call minus the RSS right before it,
 from ``/proc/self/status`` VmHWM after resetting it through ``/proc/self/clear_refs``; where that
-is not possible, ``ru_maxrss``), then times ``--repeats`` more calls and reports the median.
+is not possible, ``ru_maxrss``), then takes ``--repeats`` timed samples and reports the median.
+
+The machine may be shared (2 cores: one foreign busy process slows a 2-thread BLAS call many
+times over). Each sample therefore records how many cores other processes kept busy during it
+(from ``/proc/stat`` minus this process's own CPU time); the child waits for a quiet machine
+before each sample and retries samples above ``--max-foreign-load``. The table shows that load.
 
 For DFC the rows also give the Euler steps simulated and the cosine between the update and the
 exact reference update (float64, no early stop, ``outer_every=1``) on the same weights and batch,
@@ -108,6 +113,23 @@ def own_jiffies() -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def foreign_load(busy0: int, own0: int, start: float) -> float:
+    """Mean number of cores other processes kept busy since (busy0, own0, start)."""
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    return max(0.0, (busy_jiffies() - busy0 - (own_jiffies() - own0)) / (elapsed * CLK_TCK))
+
+
+def wait_quiet(threshold: float, max_wait: float, window: float = 0.5) -> float:
+    """Sleep in ``window``-second slices until other processes use <= ``threshold`` cores."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy0, own0, start = busy_jiffies(), own_jiffies(), time.perf_counter()
+        time.sleep(window)
+        load = foreign_load(busy0, own0, start)
+        if load <= threshold or time.monotonic() >= deadline:
+            return load
+
+
 def reset_peak_rss() -> bool:
     """Reset the peak-RSS counter (Linux >= 4.0); False where that is not possible."""
     try:
@@ -174,6 +196,7 @@ def run_child(spec: dict) -> dict:
             up = forward_update(phase, net.params(), x, y, LOSS, spec["lambda"], cfg)
             return up.tensors(), up.stats
 
+    wait_quiet(spec["max_foreign"], spec["wait_quiet"])
     rss_before = read_status_kb("VmRSS") or 0
     hwm = reset_peak_rss()
     rss_before = read_status_kb("VmRSS") or rss_before
@@ -186,16 +209,17 @@ def run_child(spec: dict) -> dict:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
     # Timed samples. Each sample loops the call until it lasts >= MIN_SAMPLE_S (short phases) and
     # records how many cores other processes kept busy meanwhile (/proc/stat minus this
-    # process): samples above --max-foreign-load are retried, up to 4x --repeats attempts.
+    # process). Before each sample we wait (up to --wait-quiet s) for the machine to be quiet;
+    # samples above --max-foreign-load are retried, up to 5x --repeats attempts.
     calls = max(1, math.ceil(MIN_SAMPLE_S / max(warm_s, 1e-6))) if warm_s < MIN_SAMPLE_S else 1
     samples = []  # (seconds per call, foreign cores)
-    for _ in range(4 * spec["repeats"]):
+    for _ in range(5 * spec["repeats"]):
+        wait_quiet(spec["max_foreign"], spec["wait_quiet"])
         busy0, own0, start = busy_jiffies(), own_jiffies(), time.perf_counter()
         for _ in range(calls):
             tensors, stats = call()
         wall = time.perf_counter() - start
-        foreign = max(0.0, (busy_jiffies() - busy0 - (own_jiffies() - own0)) / (wall * CLK_TCK))
-        samples.append((wall / calls, foreign))
+        samples.append((wall / calls, foreign_load(busy0, own0, start)))
         if sum(f <= spec["max_foreign"] for _, f in samples) >= spec["repeats"]:
             break
     clean = [s for s in samples if s[1] <= spec["max_foreign"]]
@@ -296,7 +320,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--max-foreign-load", type=float, default=0.25,
                         help="retry timed samples during which other processes kept more than this "
-                        "many cores busy on average (up to 4x --repeats attempts)")
+                        "many cores busy on average (up to 5x --repeats attempts)")
+    parser.add_argument("--wait-quiet", type=float, default=60.0,
+                        help="before each timed sample, wait up to this many seconds for other "
+                        "processes to use <= --max-foreign-load cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the table (Markdown) to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -363,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
                 "phase": phase, "dtype": args.dtype, "threads": args.threads, "sizes": args.sizes,
                 "feedback": args.feedback, "state": state_path, "seed": args.seed,
                 "repeats": args.repeats, "lambda": args.lam, "reference": ref_path,
-                "max_foreign": args.max_foreign_load,
+                "max_foreign": args.max_foreign_load, "wait_quiet": args.wait_quiet,
                 "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             }
             proc = subprocess.run(
@@ -391,9 +418,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{'on' if args.early_stop else 'off'}; feedback {feedback_note}. "
         f"Inputs: standard-normal x, uniform labels, seed {args.seed}. "
         f"Time per batch: median of {args.repeats} samples after 1 warm-up call, each sample "
-        f"looping the call for >= {MIN_SAMPLE_S:g} s; samples during which other processes "
-        f"kept > {args.max_foreign_load:g} cores busy are retried ('other load' = their mean; "
-        "'*' = not enough quiet samples). Memory: peak RSS of the warm-up call in a fresh process "
+        f"looping the call for >= {MIN_SAMPLE_S:g} s, taken when the machine is quiet; samples "
+        f"during which other processes kept > {args.max_foreign_load:g} cores busy are retried "
+        "('other load' = mean over the samples used; '*' = not enough quiet samples). Memory: peak RSS of the warm-up call in a fresh process "
         f"({rows[0]['mem_method'] if rows else 'VmHWM'}), absolute (includes the imports) and the "
         "increase over the RSS right before the call. Sleep: sleep_defaults() (T=48, noisy)."
         + (f" {ref_note}" if ref_note else ""),

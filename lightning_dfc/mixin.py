@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,12 +26,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from .config import SimulationConfig
 from .distributed import check_precision, check_strategy, sync_updates
 from .dynamics import feedforward
-from .network import DFCNetwork
+from .network import DFCNetwork, LayerParams
 from .rules import LOSSES, ConvergenceCriterion, feedback_update, forward_update, loss_value
 from .schedule import Phase, PhaseInfo, PhaseSchedule
 from .settings import FeedbackConfig, UpdateConfig, as_config, as_optimizer, variant_spec
 
-__all__ = ["DFCMixin", "default_optimizer"]
+__all__ = ["DFCMixin", "WakeRecord", "default_optimizer"]
 
 ADAM_BETAS = (0.99, 0.99)
 
@@ -38,6 +39,24 @@ ADAM_BETAS = (0.99, 0.99)
 def default_optimizer(lr: float, eps: float) -> OptimizerCallable:
     """Adam with the paper's betas (0.99, 0.99)."""
     return functools.partial(torch.optim.Adam, lr=lr, betas=ADAM_BETAS, eps=eps)
+
+
+@dataclass
+class WakeRecord:
+    """What a wake step saw and did, for diagnostics (recorded only on request).
+
+    Attributes:
+        x: flattened input (B, n_0); y: targets.
+        params: the network's tensors *before* the step (cloned).
+        update: the update written to ``.grad`` after syncing and clipping, W_1, b_1, ...
+        stats: simulation statistics of the step.
+    """
+
+    x: Tensor
+    y: Tensor
+    params: LayerParams
+    update: list[Tensor]
+    stats: dict[str, float]
 
 
 class DivergenceError(RuntimeError):
@@ -160,6 +179,8 @@ class DFCMixin:
         self._dfc_forward_epochs: int | None = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
+        self.dfc_record_wake = False  # set by diagnostics callbacks: keep the last WakeRecord
+        self.dfc_last_wake: WakeRecord | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[forward] or [forward, feedback, pretrain] (trained-feedback variants)."""
@@ -318,6 +339,18 @@ class DFCMixin:
             for p in params_list:  # per tensor, as the reference does
                 norm = torch.nn.utils.clip_grad_norm_([p], self.dfc_updates.clip_norm)
                 clipped += int(norm > self.dfc_updates.clip_norm)
+        if self.dfc_record_wake:
+            self.dfc_last_wake = WakeRecord(
+                x=x,
+                y=y,
+                params=params._replace(
+                    weights=tuple(w.clone() for w in params.weights),
+                    biases=tuple(None if b is None else b.clone() for b in params.biases),
+                    feedback=tuple(q.clone() for q in params.feedback),
+                ),
+                update=[p.grad.detach().clone() for p in params_list],
+                stats=dict(stats),
+            )
         forward_opt.step()
         self.log("dfc/clipped", float(clipped), on_step=True, on_epoch=True, reduce_fx="sum")
         output = feedforward(params, x).r[-1]  # before the step: the batch the update came from

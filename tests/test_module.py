@@ -171,3 +171,29 @@ def test_bad_settings_raise_clear_errors(kwargs, message):
 def test_cross_entropy_needs_a_linear_output():
     with pytest.raises(ValueError, match="output layer must be linear"):
         DFCModule(MLP([4, 5, 2], output_activation="tanh"), loss="cross_entropy")
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    runs = []
+    for _ in range(2):
+        pl.seed_everything(7)
+        m = model()
+        trainer(tmp_path, 1).fit(m, data())
+        runs.append([p.detach().clone() for p in m.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_wake_record_holds_the_pre_step_state_and_applied_update(tmp_path):
+    m = model("dfc_fixed")
+    m.dfc_record_wake = True
+    before = [p.detach().clone().double() for p in m.network.parameters()]
+    trainer(tmp_path, 1, limit_train_batches=1).fit(m, data())
+    record = m.dfc_last_wake
+    assert record is not None and record.x.shape == (16, 8)
+    for w_before, w_record in zip(before[::2], record.params.weights):
+        assert torch.equal(w_before, w_record)
+    # Adam's first step is lr * g / (|g| + eps): the recorded update is the one applied
+    lr, eps = 9.266e-5 / 0.1, 9.446e-8
+    step = [b - a for a, b in zip(m.network.parameters(), before)]
+    for s, u in zip(step, record.update):
+        torch.testing.assert_close(s.detach(), lr * u / (u.abs() + eps), rtol=1e-6, atol=1e-12)

@@ -165,15 +165,21 @@ def _simulation_stats(
     result: SimulationResult, criterion: ConvergenceCriterion
 ) -> tuple[dict[str, float], Tensor]:
     converged, diverged = criterion.classify(result)
-    initial = float(result.error_initial.mean())
+    # error growth over the samples that enter the update (all, or the converged ones when
+    # excluding); a non-finite error counts as infinite growth
+    used = converged if criterion.exclude else torch.ones_like(converged)
+    final, initial = result.error_final[used], result.error_initial[used]
+    if not bool(torch.isfinite(final).all()):
+        ratio = float("inf")
+    else:
+        ratio = float(final.mean() / initial.mean()) if float(initial.mean()) > 0 else 0.0
     stats = {
         "steps": float(result.steps_simulated),
         "non_converged": float((~converged).sum()),
         "diverged": float(diverged.sum()),
         "finite": float(result.finite),
         "excluded": 0.0,
-        # > 1: the controller made the output error grow (unstable dynamics)
-        "error_ratio": float(result.error_final.mean()) / initial if initial > 0 else 0.0,
+        "error_ratio": ratio,  # > 1: the controller made the output error grow (unstable dynamics)
     }
     return stats, converged
 

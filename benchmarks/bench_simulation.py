@@ -2,9 +2,9 @@
 
 Prints a Markdown table (optionally also written to ``--output``). Defaults are the paper's MNIST
 configuration: 784-256-256-256-10 tanh, batch 128, float64, T = 1000, dt = 0.02, k_p = 2,
-tau_v = 0.2, alpha = 1.389e-3, lambda = 0.07794, proactive controller. Inputs are synthetic
-(standard-normal images, uniform labels): the cost of the simulation does not depend on the data,
-only how soon it settles does.
+tau_v = 0.2, alpha = 1.389e-3, lambda = 0.07794, proactive controller. Inputs are standard-normal
+with uniform labels, or MNIST training images with ``--data-dir`` (the cost of one Euler step does
+not depend on the data; how soon the dynamics settle does).
 
 Every table row is measured in a fresh child process (this script re-invoked with a hidden
 ``--child`` argument): the child loads the network and the batch, calls the phase once (the warm-up
@@ -160,6 +160,23 @@ def machine_line(threads: int) -> str:
     )
 
 
+def mnist_images(data_dir: str, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random MNIST training images (flattened, normalised as the data module does:
+    (pixel / 255 - 0.1307) / 0.3081) and labels, read from ``<data_dir>/MNIST/raw``."""
+    raw = os.path.join(data_dir, "MNIST", "raw")
+    with open(os.path.join(raw, "train-images-idx3-ubyte"), "rb") as f:
+        images = bytearray(f.read())
+    with open(os.path.join(raw, "train-labels-idx1-ubyte"), "rb") as f:
+        labels = bytearray(f.read())
+    pixels = torch.frombuffer(images, dtype=torch.uint8, offset=16).reshape(-1, 784)
+    targets = torch.frombuffer(labels, dtype=torch.uint8, offset=8).long()
+    if count > pixels.shape[0]:
+        raise SystemExit(f"{raw} holds {pixels.shape[0]} images, {count} needed")
+    index = torch.randperm(pixels.shape[0], generator=gen)[:count]
+    x = (pixels[index].to(torch.get_default_dtype()) / 255.0 - 0.1307) / 0.3081
+    return x, targets[index]
+
+
 def qbar_alignment(net: DFCNetwork, x: torch.Tensor) -> float:
     """Cosine between Qbar and the batch-mean output Jacobian Jbar^T at the feedforward point."""
     p = net.params()
@@ -253,11 +270,49 @@ def run_child(spec: dict) -> dict:
 # parent: set up, run the children, print the table
 
 
-def pretrain_feedback(net: DFCNetwork, args: argparse.Namespace, gen: torch.Generator) -> None:
-    """Plain SGD on the feedback weights: ``args.pretrain_batches`` sleep phases on random inputs."""
+def profile_table(net: DFCNetwork, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> str:
+    """Per-operator cost of one Euler step of the DFC wake phase (torch.profiler, no early stop)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = args.profile_steps
+    cfg = wake_config(args, args.tolerance[0], args.outer_every[0], early_stop=False)
+    cfg = SimulationConfig(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": steps + 1})
+    params = net.params()
+    forward_update("dfc", params, x, y, LOSS, args.lam, cfg)  # warm-up
+    wait_quiet(args.max_foreign_load, args.wait_quiet)
+    busy0, own0, start = busy_jiffies(), own_jiffies(), time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        forward_update("dfc", params, x, y, LOSS, args.lam, cfg)
+    wall = time.perf_counter() - start
+    load = foreign_load(busy0, own0, start)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total_us = sum(e.self_cpu_time_total for e in events)
+    lines = [
+        f"Profile of one DFC call with {steps} Euler steps (early stop off, outer_every "
+        f"{args.outer_every[0]}, {args.dtype}; torch.profiler, self CPU time; wall {wall:.3f} s "
+        f"with profiler overhead, other load {load:.2f} cores):",
+        "",
+        "| operator | calls per step | ms per call | ms per step | share |",
+        "|---|---|---|---|---|",
+    ]
+    for e in events:
+        if e.self_cpu_time_total < 0.01 * total_us:
+            continue
+        lines.append(
+            f"| {e.key} | {e.count / steps:.1f} | {e.self_cpu_time_total / e.count / 1e3:.3f} | "
+            f"{e.self_cpu_time_total / steps / 1e3:.3f} | {100 * e.self_cpu_time_total / total_us:.0f} % |"
+        )
+    lines.append(f"| all operators | | | {total_us / steps / 1e3:.3f} | 100 % |")
+    return "\n".join(lines)
+
+
+def pretrain_feedback(net: DFCNetwork, args: argparse.Namespace, gen: torch.Generator,
+                      batches: list[torch.Tensor] | None) -> None:
+    """Plain SGD on the feedback weights: ``args.pretrain_batches`` sleep phases (on ``batches``,
+    or on standard-normal inputs)."""
     cfg = sleep_defaults()
-    for _ in range(args.pretrain_batches):
-        xb = torch.randn(args.batch_size, args.sizes[0], generator=gen)
+    for b in range(args.pretrain_batches):
+        xb = batches[b] if batches is not None else torch.randn(args.batch_size, args.sizes[0], generator=gen)
         grads, _ = feedback_update(net.params(), xb, cfg, generator=gen)
         with torch.no_grad():
             for q, g in zip(net.trainable_feedback(), grads):
@@ -324,7 +379,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-quiet", type=float, default=60.0,
                         help="before each timed sample, wait up to this many seconds for other "
                         "processes to use <= --max-foreign-load cores")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="also profile a DFC call of this many Euler steps (per-operator table)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="use MNIST training images from <DIR>/MNIST/raw "
+                        "(torchvision layout) instead of standard-normal inputs")
     parser.add_argument("--output", help="also write the table (Markdown) to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -343,18 +402,29 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
     net = build_network(args.sizes, args.feedback)
-    x = torch.randn(args.batch_size, args.sizes[0], generator=gen)
     if args.sizes[-1] < 2:
         parser.error("the last width must be >= 2 (classification output)")
-    y = torch.randint(0, args.sizes[-1], (args.batch_size,), generator=gen)
+    pretrain_x = None
+    if args.data_dir:
+        if args.sizes[0] != 784 or args.sizes[-1] != 10:
+            parser.error("--data-dir (MNIST) needs sizes starting with 784 and ending with 10")
+        extra = args.pretrain_batches if args.feedback == "pretrained" else 0
+        images, labels = mnist_images(args.data_dir, args.batch_size * (1 + extra), gen)
+        x, y = images[: args.batch_size], labels[: args.batch_size]
+        pretrain_x = images[args.batch_size :].split(args.batch_size)
+        input_note = f"MNIST training images from {args.data_dir} (normalised), seed {args.seed}"
+    else:
+        x = torch.randn(args.batch_size, args.sizes[0], generator=gen)
+        y = torch.randint(0, args.sizes[-1], (args.batch_size,), generator=gen)
+        input_note = f"standard-normal x, uniform labels, seed {args.seed}"
 
     feedback_note = args.feedback
     align0 = qbar_alignment(net, x)
     if args.feedback == "pretrained":
-        pretrain_feedback(net, args, gen)
+        pretrain_feedback(net, args, gen, pretrain_x)
         feedback_note = (
             f"pretrained (xavier_normal, then {args.pretrain_batches} sleep batches of plain SGD "
-            f"on random inputs, Q -= {args.pretrain_lr:g} * grad; "
+            f"on other input batches, Q -= {args.pretrain_lr:g} * grad; "
             f"cos(Qbar, mean Jbar^T) {align0:.2f} -> {qbar_alignment(net, x):.2f}; "
             f"|Q_i| {', '.join(f'{float(q.norm()):.1f}' for q in net.feedback)})"
         )
@@ -416,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         f"T={args.steps}, dt={args.dt:g}, k_p={args.k_p:g}, tau_v={args.tau_v:g}, "
         f"alpha={args.alpha:g}, lambda={args.lam:g}, proactive; early stop "
         f"{'on' if args.early_stop else 'off'}; feedback {feedback_note}. "
-        f"Inputs: standard-normal x, uniform labels, seed {args.seed}. "
+        f"Inputs: {input_note}. "
         f"Time per batch: median of {args.repeats} samples after 1 warm-up call, each sample "
         f"looping the call for >= {MIN_SAMPLE_S:g} s, taken when the machine is quiet; samples "
         f"during which other processes kept > {args.max_foreign_load:g} cores busy are retried "
@@ -458,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{min(times):.3f}-{max(times):.3f} | {per_step} | {res['foreign']:.2f} | "
             f"{res['peak_mb']:.0f} | {res['delta_mb']:.1f} | {cos} | {speed} |"
         )
+    if args.profile_steps:
+        lines += ["", profile_table(net, x, y, args)]
     text = "\n".join(lines)
     print(text)
     if args.output:

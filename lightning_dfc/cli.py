@@ -35,7 +35,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"version": f"lightning-dfc {__version__}"},
+        parser_kwargs={"version": __version__, "prog": "lightning-dfc"},
         args=args,
         run=run,
     )

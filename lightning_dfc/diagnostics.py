@@ -82,7 +82,9 @@ def _flat(tensors: Tensor | Sequence[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def jacobian_at(params: LayerParams, x: Tensor | None = None, v: Sequence[Tensor] | None = None) -> Tensor:
+def jacobian_at(
+    params: LayerParams, x: Tensor | None = None, v: Sequence[Tensor] | None = None
+) -> Tensor:
     """Jbar = d r_L / d vbar at the pre-activations ``v``, or at the feedforward point of ``x``.
 
     Args:
@@ -126,7 +128,7 @@ def condition_1(x: Tensor, rates: Feedforward | Sequence[Tensor]) -> Tensor:
     """
     r = rates.r if isinstance(rates, Feedforward) else tuple(rates)
     pres = [x, *r[:-1]]
-    norms = torch.stack([torch.linalg.vector_norm(p.flatten(1), dim=1) for p in pres], dim=1)  # (B, L)
+    norms = torch.stack([torch.linalg.vector_norm(p.flatten(1), dim=1) for p in pres], 1)  # (B, L)
     std, mean = torch.std_mean(norms, dim=1, correction=0)
     return std / mean
 
@@ -426,7 +428,9 @@ def _functional_output(params: LayerParams, theta: Sequence[Tensor], x: Tensor) 
     return h
 
 
-def _split_update(params: LayerParams, layer_blocks: list[Tensor], pres: list[Tensor]) -> list[Tensor]:
+def _split_update(
+    params: LayerParams, layer_blocks: list[Tensor], pres: list[Tensor]
+) -> list[Tensor]:
     """Batch-mean outer products: W_i = mean_b d_i r_{i-1}^T, b_i = mean_b d_i (W_1, b_1, ...)."""
     batch = pres[0].shape[0]
     out = []
@@ -491,7 +495,8 @@ def damped_gauss_newton_update(
             if damping == 0:
                 coef = torch.linalg.pinv(gram, hermitian=True) @ grad_out.unsqueeze(-1)
             else:
-                coef = torch.linalg.solve(gram + damping * _eye(gram.shape[-1], gram), grad_out.unsqueeze(-1))
+                damped = gram + damping * _eye(gram.shape[-1], gram)
+                coef = torch.linalg.solve(damped, grad_out.unsqueeze(-1))
             d = (jac.mT @ coef).squeeze(-1)  # (B, S): per-sample Jbar^T c
             return _split_update(params, list(torch.split(d, _sizes(params), dim=1)), pres)
     if method != "autograd":
@@ -505,12 +510,14 @@ def damped_gauss_newton_update(
         if t is not None
     ]
     with torch.enable_grad():
-        per_tensor = vmap(jacrev(lambda th, xb: _functional_output(params, th, xb)), in_dims=(None, 0))(theta, x)
+        per_sample = jacrev(lambda th, xb: _functional_output(params, th, xb))
+        per_tensor = vmap(per_sample, in_dims=(None, 0))(theta, x)
     with torch.no_grad():
         batch, n_out = x.shape[0], grad_out.shape[1]
         jw = torch.cat([j.reshape(batch, n_out, -1) for j in per_tensor], dim=2)  # (B, n_L, P)
         flat_update = damped_pinv_solve(jw, grad_out, damping).mean(0)
-        return [chunk.reshape(t.shape) for chunk, t in zip(torch.split(flat_update, [t.numel() for t in theta]), theta)]
+        chunks = torch.split(flat_update, [t.numel() for t in theta])
+        return [chunk.reshape(t.shape) for chunk, t in zip(chunks, theta)]
 
 
 @torch.no_grad()
@@ -567,7 +574,10 @@ class FeedbackAlignment(NamedTuple):
 
 @torch.no_grad()
 def feedback_alignment(
-    jacobian: Tensor, qbar: Tensor, damping: float = 0.0, reduction: Literal["mean", "none"] = "mean"
+    jacobian: Tensor,
+    qbar: Tensor,
+    damping: float = 0.0,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> FeedbackAlignment:
     """Alignment of the feedback weights with Jbar^T and with its damped pseudo-inverse.
 
@@ -591,7 +601,9 @@ def feedback_alignment(
     else:
         gram = jacobian @ jt + damping * _eye(jacobian.shape[-2], jacobian)
         pinv = torch.linalg.solve(gram, jacobian).mT  # J^T (J J^T + g I)^{-1} (gram symmetric)
-    out = FeedbackAlignment(row_angles(qbar.expand_as(jt), jt), row_angles(qbar.expand_as(pinv), pinv))
+    out = FeedbackAlignment(
+        row_angles(qbar.expand_as(jt), jt), row_angles(qbar.expand_as(pinv), pinv)
+    )
     if reduction == "none":
         return out
     if reduction != "mean":

@@ -108,7 +108,8 @@ class Condition3Margin(_MeanMetric):
     def __init__(self, alpha: float, **kwargs) -> None:
         super().__init__(**kwargs)
         self.alpha = float(alpha)
-        self.add_state("satisfied", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("satisfied", default=zero, dist_reduce_fx="sum")
 
     def update(
         self,
@@ -172,5 +173,7 @@ class AlignmentAngle(_MeanMetric):
 
     higher_is_better = False
 
-    def update(self, a: Tensor | Sequence[Tensor], b: Tensor | Sequence[Tensor] | None = None) -> None:
+    def update(
+        self, a: Tensor | Sequence[Tensor], b: Tensor | Sequence[Tensor] | None = None
+    ) -> None:
         self._accumulate(torch.as_tensor(a) if b is None else D.angle(a, b))

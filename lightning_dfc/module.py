@@ -6,6 +6,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -76,9 +77,15 @@ class DFCModule(DFCMixin, LightningModule):
             dfc_feedback_optimizer=feedback_optimizer,
             dfc_pretrain_optimizer=pretrain_optimizer,
         )
-        self.save_hyperparameters(ignore=["network"])
-        for key, value in self.hparams.items():  # checkpoints load with weights_only=True
-            self.hparams[key] = plain(value)
+        if _given_hyperparameters.get() is None:
+            # Plain Python: the network module is not a hyperparameter (pass it again to
+            # load_from_checkpoint); the rest is stored checkpoint-safe (weights_only=True).
+            self.save_hyperparameters(ignore=["network"])
+            for key, value in self.hparams.items():
+                self.hparams[key] = plain(value)
+        else:
+            # LightningCLI: the hparams are the parsed config, network included.
+            self.save_hyperparameters()
         classify = loss == "cross_entropy"
         n_out = self.dfc_net.sizes[-1]
         for stage in ("val", "test"):

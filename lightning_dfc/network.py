@@ -52,7 +52,9 @@ class MLP(nn.Sequential):
 
     Args:
         sizes: layer widths ``[n_0, n_1, ..., n_L]`` (at least input and output).
-        activation: hidden activation: ``tanh``, ``relu``, ``leaky_relu``, ``sigmoid`` or ``linear``.
+        activation: hidden activation: ``tanh``, ``relu``, ``leaky_relu``, ``sigmoid`` or ``linear``;
+            or a list with one name per hidden layer (e.g. a linear autoencoder bottleneck:
+            ``[tanh, linear, tanh]`` for 784-256-32-256-784).
         output_activation: activation of the output layer (``linear`` for classification with
             softmax absorbed into the loss, and for regression/autoencoders).
         bias: whether the layers have biases.
@@ -63,7 +65,7 @@ class MLP(nn.Sequential):
     def __init__(
         self,
         sizes: Sequence[int],
-        activation: str = "tanh",
+        activation: str | list[str] = "tanh",
         output_activation: str = "linear",
         bias: bool = True,
         init_gain: float = 1.0,
@@ -71,6 +73,11 @@ class MLP(nn.Sequential):
     ) -> None:
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
             raise ValueError(f"MLP: sizes must list at least two positive widths, got {list(sizes)}")
+        hidden = [activation] * (len(sizes) - 2) if isinstance(activation, str) else list(activation)
+        if len(hidden) != len(sizes) - 2:
+            raise ValueError(
+                f"MLP: {len(sizes) - 2} hidden layers need {len(sizes) - 2} activations, got {len(hidden)}"
+            )
         modules: list[nn.Module] = [nn.Flatten()] if flatten else []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             linear = nn.Linear(int(n_in), int(n_out), bias=bias)
@@ -79,7 +86,7 @@ class MLP(nn.Sequential):
                 nn.init.zeros_(linear.bias)
             modules.append(linear)
             last = i == len(sizes) - 2
-            modules.append(_activation_module(output_activation if last else activation))
+            modules.append(_activation_module(output_activation if last else hidden[i]))
         super().__init__(*modules)
 
 

@@ -107,8 +107,9 @@ class UpdateConfig:
             (the reference's ``normalize_lr``, on in all its configs).
         clip_norm: clip each forward update tensor (W_i and b_i separately) to this norm, as
             the reference does (``None``: no clipping). Clipped tensors are counted and logged.
-        exclude_non_converged: drop samples whose dynamics did not converge from the update
-            (the reference default); otherwise they are included. Either way they are counted.
+        exclude_non_converged: drop samples whose dynamics did not converge from the update (what
+            the reference code does; the paper configs in ``examples/`` set it); by default they
+            are included. Either way they are counted and logged.
         convergence_threshold: fixed-point tolerance of the convergence test (reference 1e-5).
         convergence_epsilon: required control-error reduction factor (squared; reference 0.5).
         max_diverged_batches: stop training after this many consecutive batches whose dynamics

@@ -280,8 +280,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.endswith(f"lightning-dfc {lightning_dfc.__version__}")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py passes version='lightning-dfc X' and jsonargparse "
-                   "prepends the program name: 'lightning-dfc lightning-dfc X'")
 def test_version_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
     assert print_version(capsys) == f"lightning-dfc {lightning_dfc.__version__}"
 

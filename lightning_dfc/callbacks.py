@@ -1,8 +1,9 @@
-"""Lightning callbacks: pictures of what the network does."""
+"""Lightning callbacks: the theory's diagnostics over training, and reconstruction images."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,208 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-__all__ = ["ReconstructionGrid"]
+from .distributed import sync_tensors
+
+__all__ = ["ConditionMonitor", "ReconstructionGrid", "MONITOR_METRICS"]
+
+MONITOR_METRICS = (
+    "condition_1",  # spread of the layer-input norms (std / mean)
+    "condition_2",  # ||P_J Q|| / ||Q||
+    "condition_3",  # alpha - max Re eig(-J Q): margin and fraction of samples with margin > 0
+    "stability",  # max Re eig of the linearised network + PI controller (Fig. 3E)
+    "bp",  # angle between the applied update and the BP gradient
+    "gn",  # ... and the damped Gauss-Newton update
+    "mn",  # ... and the damped minimum-norm update
+    "ssa",  # ... and the DFC-SSA update
+    "feedback",  # angles between Q and J^T, and Q and the damped pseudo-inverse of J
+)
+WAKE_ONLY = ("bp", "gn", "mn", "ssa")
+
+
+class ConditionMonitor(Callback):
+    """Logs Conditions 1-3, stability and update alignments of a DFC module over training.
+
+    Measured on the batch and the weights that a step's update came from (the module records
+    them on request), without touching the model: no autograd side effects, no state changes.
+    Values are torchmetrics means, exact under DDP (summed over ranks). Logged names are
+    ``diag/<metric>`` (``diag/angle_<ref>`` for alignments, with ``/layer_<i>`` per layer,
+    ``diag/condition_3_margin``, ``diag/condition_3_fraction``, ``diag/angle_q_jt``,
+    ``diag/angle_q_pinv``), with a ``<phase>/`` infix for sleep-phase measurements
+    (``diag/sleep/condition_2``).
+
+    Args:
+        metrics: any of :data:`MONITOR_METRICS` (update alignments only in wake epochs).
+        every_n_steps: also measure after every n-th batch of a monitored epoch (``None``: off).
+        at_epoch_end: measure on the epoch's last batch at the end of every monitored epoch.
+        phases: ``wake`` and/or ``sleep`` (pre-training epochs count as sleep).
+        damping: damping of the GN and MN updates and of the pseudo-inverse of J (the
+            reference's ``gn_damping``; 0.1 in the toy experiments).
+        max_samples: Jacobian-based conditions and stability use at most this many samples of
+            the batch (the alignments always use the whole batch, as the update did).
+        per_layer: also log per-layer alignment angles.
+
+    Cost (per measurement, MNIST sizes, float64): Jacobians O(B n_L S); GN/MN O(B n_L S) more;
+    stability an eigendecomposition of size S + n_L per sample (the dominant cost: keep
+    ``max_samples`` small or leave ``stability`` out).
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = MONITOR_METRICS,
+        every_n_steps: int | None = None,
+        at_epoch_end: bool = True,
+        phases: Sequence[str] = ("wake", "sleep"),
+        damping: float = 0.1,
+        max_samples: int | None = 32,
+        per_layer: bool = True,
+    ) -> None:
+        unknown = set(metrics) - set(MONITOR_METRICS)
+        if unknown:
+            raise ValueError(f"ConditionMonitor: unknown metrics {sorted(unknown)}; choose from {MONITOR_METRICS}")
+        if not set(phases) <= {"wake", "sleep"}:
+            raise ValueError(f"ConditionMonitor: phases must be 'wake' and/or 'sleep', got {list(phases)}")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError("ConditionMonitor: every_n_steps must be >= 1 or None")
+        if damping < 0:
+            raise ValueError("ConditionMonitor: damping must be >= 0")
+        self.metrics = tuple(metrics)
+        self.every_n_steps = every_n_steps
+        self.at_epoch_end = at_epoch_end
+        self.phases = tuple(phases)
+        self.damping = damping
+        self.max_samples = max_samples
+        self.per_layer = per_layer
+        self._meters: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from .metrics import AlignmentAngle, Condition1, Condition2, Condition3Margin, Stability
+        from .mixin import DFCMixin
+
+        if not isinstance(pl_module, DFCMixin):
+            raise ValueError("ConditionMonitor needs a DFC module (DFCModule or a DFCMixin model)")
+        pl_module.dfc_record_steps = True
+        dyn = pl_module.dfc_dynamics
+        meters: dict[str, Any] = {}
+        for phase in self.phases:
+            tag = "" if phase == "wake" else "sleep/"
+            if "condition_1" in self.metrics:
+                meters[f"{tag}condition_1"] = Condition1()
+            if "condition_2" in self.metrics:
+                meters[f"{tag}condition_2"] = Condition2()
+            if "condition_3" in self.metrics:
+                meters[f"{tag}condition_3"] = Condition3Margin(dyn.alpha)
+            if "stability" in self.metrics:
+                meters[f"{tag}stability"] = Stability.from_config(dyn)
+            if "feedback" in self.metrics:
+                meters[f"{tag}angle_q_jt"] = AlignmentAngle()
+                meters[f"{tag}angle_q_pinv"] = AlignmentAngle()
+        if "wake" in self.phases:
+            for ref in (m for m in self.metrics if m in WAKE_ONLY):
+                meters[f"angle_{ref}"] = AlignmentAngle()
+                if self.per_layer:
+                    for i in range(pl_module.dfc_net.num_layers):
+                        meters[f"angle_{ref}/layer_{i + 1}"] = AlignmentAngle()
+        self._meters = {k: m.to(pl_module.device) for k, m in meters.items()}
+
+    # ------------------------------------------------------------------ hooks
+    def _phase(self, pl_module) -> str:
+        return "wake" if pl_module.dfc_phase.phase.value == "wake" else "sleep"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        phase = self._phase(pl_module)
+        if self.every_n_steps and phase in self.phases and (batch_idx + 1) % self.every_n_steps == 0:
+            self._measure_and_log(pl_module, phase, on_step=True)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        phase = self._phase(pl_module)
+        if self.at_epoch_end and phase in self.phases:
+            self._measure_and_log(pl_module, phase, on_step=False)
+
+    # ------------------------------------------------------------------ measuring
+    @torch.no_grad()
+    def _measure_and_log(self, pl_module, phase: str, on_step: bool) -> None:
+        if phase == "wake":
+            record = pl_module.dfc_last_wake
+            if record is None:
+                return
+            x, params = record.x, record.params
+        else:
+            x = pl_module.dfc_last_sleep_input
+            if x is None:
+                return
+            params = pl_module.dfc_net.params()
+        self._update_conditions(params, x, "" if phase == "wake" else "sleep/")
+        if phase == "wake":
+            self._update_alignments(pl_module, record)
+        prefix = "" if phase == "wake" else "sleep/"
+        for name, meter in self._meters.items():
+            if name.startswith("sleep/") != (prefix == "sleep/"):
+                continue
+            value = meter.compute()  # synchronises across ranks
+            meter.reset()
+            values = value if isinstance(value, dict) else {"": value}
+            for suffix, v in values.items():
+                key = f"diag/{name}" + (f"_{suffix}" if suffix else "")
+                pl_module.log(key, v.float(), on_step=on_step, on_epoch=not on_step, sync_dist=False)
+
+    def _update_conditions(self, params, x: Tensor, tag: str) -> None:
+        from . import diagnostics as D
+        from .dynamics import feedforward
+
+        xs = x if self.max_samples is None else x[: self.max_samples]
+        ff = feedforward(params, xs)
+        jac = D.jacobian_at(params, v=ff.v)
+        m = self._meters
+        if f"{tag}condition_1" in m:
+            m[f"{tag}condition_1"].update(xs, ff)
+        if f"{tag}condition_2" in m:
+            m[f"{tag}condition_2"].update(params, jacobian=jac)
+        if f"{tag}condition_3" in m:
+            m[f"{tag}condition_3"].update(params, jacobian=jac)
+        if f"{tag}stability" in m:
+            m[f"{tag}stability"].update(params, v=ff.v)
+        if f"{tag}angle_q_jt" in m:
+            fa = D.feedback_alignment(jac, torch.cat(params.feedback), self.damping, reduction="none")
+            m[f"{tag}angle_q_jt"].update(fa.transpose)
+            m[f"{tag}angle_q_pinv"].update(fa.pseudoinverse)
+
+    def _update_alignments(self, pl_module, record) -> None:
+        from . import diagnostics as D
+        from .dynamics import feedforward
+        from .rules import bp_update, dfc_ssa_update, output_target
+
+        refs = [m for m in self.metrics if m in WAKE_ONLY]
+        if not refs:
+            return
+        params, x, y, loss = record.params, record.x, record.y, pl_module.dfc_loss
+        references = {}
+        if "bp" in refs:
+            references["bp"] = bp_update(params, x, y, loss).tensors()
+        if "gn" in refs:
+            references["gn"] = D.damped_gauss_newton_update(params, x, y, loss, self.damping)
+        if "mn" in refs:
+            references["mn"] = D.damped_minimum_norm_update(params, x, y, loss, self.damping)
+        if "ssa" in refs:
+            ff = feedforward(params, x)
+            lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
+            target = output_target(ff.r[-1], y, loss, lam)
+            ssa = dfc_ssa_update(params, x, ff, target, pl_module.dfc_dynamics.alpha,
+                                 pl_module.dfc_updates.learning_rule).tensors()
+            clip = pl_module.dfc_updates.clip_norm
+            if clip is not None:  # clipped like a real update, as the reference does
+                ssa = [t * min(1.0, clip / max(float(t.norm()), 1e-300)) for t in ssa]
+            references["ssa"] = ssa
+        strategy = pl_module.trainer.strategy
+        for ref, tensors in references.items():
+            # the applied update is the mean over ranks: so must the reference be
+            tensors = [t.clone() for t in tensors]
+            sync_tensors(strategy, tensors)
+            angles = D.alignment_angles(record.update, tensors)
+            self._meters[f"angle_{ref}"].update(angles.network.reshape(1))
+            if self.per_layer:
+                for i, a in enumerate(angles.layers):
+                    self._meters[f"angle_{ref}/layer_{i + 1}"].update(a.reshape(1))
 
 
 class ReconstructionGrid(Callback):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 
-__all__ = ["sync_updates", "check_strategy", "SUPPORTED_PRECISIONS"]
+__all__ = ["sync_tensors", "sync_updates", "check_strategy", "check_precision", "SUPPORTED_PRECISIONS"]
 
 SUPPORTED_PRECISIONS = ("64-true", "32-true", "64", "32", "bf16-true")
 
@@ -50,18 +50,22 @@ def check_precision(precision: str) -> None:
 
 
 @torch.no_grad()
-def sync_updates(strategy: Strategy, params: Sequence[torch.Tensor]) -> None:
-    """Average ``p.grad`` over all ranks (in place) with a single all-reduce.
+def sync_tensors(strategy: Strategy, tensors: Sequence[torch.Tensor]) -> None:
+    """Average tensors over all ranks, in place, with a single all-reduce (no-op on one process).
 
-    A no-op on a single process. Every ``p.grad`` must be set and the list identical on all ranks.
+    The list must have the same shapes in the same order on every rank.
     """
-    if strategy.world_size <= 1:
+    if strategy.world_size <= 1 or not tensors:
         return
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     flat = strategy.reduce(flat, reduce_op="mean")
     offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
         offset += n
+
+
+def sync_updates(strategy: Strategy, params: Sequence[torch.Tensor]) -> None:
+    """Average ``p.grad`` over all ranks (in place). Every ``p.grad`` must be set."""
+    sync_tensors(strategy, [p.grad for p in params])

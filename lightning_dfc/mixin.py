@@ -179,8 +179,9 @@ class DFCMixin:
         self._dfc_forward_epochs: int | None = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
-        self.dfc_record_wake = False  # set by diagnostics callbacks: keep the last WakeRecord
+        self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step
         self.dfc_last_wake: WakeRecord | None = None
+        self.dfc_last_sleep_input: Tensor | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[forward] or [forward, feedback, pretrain] (trained-feedback variants)."""
@@ -339,7 +340,7 @@ class DFCMixin:
             for p in params_list:  # per tensor, as the reference does
                 norm = torch.nn.utils.clip_grad_norm_([p], self.dfc_updates.clip_norm)
                 clipped += int(norm > self.dfc_updates.clip_norm)
-        if self.dfc_record_wake:
+        if self.dfc_record_steps:
             self.dfc_last_wake = WakeRecord(
                 x=x,
                 y=y,
@@ -362,6 +363,8 @@ class DFCMixin:
 
     def _dfc_sleep_step(self, x: Tensor, phase: Phase) -> None:
         cfg = self.dfc_feedback_config
+        if self.dfc_record_steps:
+            self.dfc_last_sleep_input = x
         grads, stats = feedback_update(
             self.dfc_net.params(),
             x,

@@ -185,7 +185,7 @@ def test_same_seed_gives_the_same_run(tmp_path):
 
 def test_wake_record_holds_the_pre_step_state_and_applied_update(tmp_path):
     m = model("dfc_fixed")
-    m.dfc_record_wake = True
+    m.dfc_record_steps = True
     before = [p.detach().clone().double() for p in m.network.parameters()]
     trainer(tmp_path, 1, limit_train_batches=1).fit(m, data())
     record = m.dfc_last_wake

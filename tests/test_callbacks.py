@@ -2,7 +2,6 @@
 
 import lightning.pytorch as pl
 import pytest
-import torch
 from helpers import write_fake_mnist
 from lightning.pytorch.loggers import CSVLogger
 from torchvision.io import decode_image

@@ -43,20 +43,7 @@ def data_args(root: Path) -> list[str]:
             "--data.batch_size=16"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tensors are tiny: one intra-op thread is as fast alone and about twice as fast on a
-    busy 2-core machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])  # no pytest arguments in the parser
-    monkeypatch.chdir(tmp_path)  # relative outputs (lightning_logs/, data/) land in tmp
+pytestmark = pytest.mark.usefixtures("one_thread", "cli_isolation")
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +47,7 @@ def task_and_variant(stem: str) -> tuple[str, str]:
 # every example trains
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tensors are tiny: one intra-op thread is as fast alone and about twice as fast on a
-    busy 2-core machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
-    monkeypatch.chdir(tmp_path)  # anything written relative to the cwd lands in tmp
+pytestmark = pytest.mark.usefixtures("one_thread", "cli_isolation")
 
 
 def fast_args(config: Path, tmp_path: Path) -> list[str]:

@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is as fast alone and about twice as fast on a busy
+    2-core machine (no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_isolation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No pytest arguments in the CLI parser; relative outputs (lightning_logs/, data/) in tmp."""
+    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
+    monkeypatch.chdir(tmp_path)

@@ -177,6 +177,7 @@ class DFCMixin:
         )
         self._dfc_diverged_in_a_row = 0
         self._dfc_forward_epochs: int | None = None
+        self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
         self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step
@@ -212,9 +213,11 @@ class DFCMixin:
             # Lightning restores a checkpoint's weights before converting the module: convert
             # first so that float64 weights are restored exactly.
             self.double()
-        if stage == "fit" and self._dfc_forward_epochs is None:
-            # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper.
-            loop = self.trainer.fit_loop
+        loop = self.trainer.fit_loop
+        if stage == "fit" and self._dfc_translated_loop is not loop:
+            # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per
+            # Trainer: the same module may be fit again by another Trainer).
+            self._dfc_translated_loop = loop
             if loop.max_epochs is not None and loop.max_epochs > 0:
                 self._dfc_forward_epochs = loop.max_epochs
                 loop.max_epochs = self.dfc_schedule.total_epochs(loop.max_epochs)

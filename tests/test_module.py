@@ -197,3 +197,12 @@ def test_wake_record_holds_the_pre_step_state_and_applied_update(tmp_path):
     step = [b - a for a, b in zip(m.network.parameters(), before)]
     for s, u in zip(step, record.update):
         torch.testing.assert_close(s.detach(), lr * u / (u.abs() + eps), rtol=1e-6, atol=1e-12)
+
+
+def test_fitting_again_with_a_new_trainer_counts_wake_epochs_again(tmp_path):
+    m = model()
+    first = trainer(tmp_path, 1)
+    first.fit(m, data())
+    second = trainer(tmp_path, 2)
+    second.fit(m, data(), ckpt_path=None)
+    assert first.current_epoch == 5 and second.current_epoch == 1 + 2 * 4

@@ -2,9 +2,12 @@
 
     lightning-dfc fit --config examples/mnist_dfc.yaml
     lightning-dfc fit --config examples/mnist_dfc.yaml --model.variant=dfc_ssa --trainer.max_epochs=5
+    lightning-dfc plot lightning_logs/fig3 --output docs/figures/fig3  (lightning_dfc.plotting)
 """
 
 from __future__ import annotations
+
+import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
@@ -42,5 +45,14 @@ def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``lightning-dfc`` and ``python -m lightning_dfc``."""
+    """Entry point of ``lightning-dfc`` and ``python -m lightning_dfc``.
+
+    ``plot ...`` is handled by :func:`lightning_dfc.plotting.plot_main` (not LightningCLI).
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] == "plot":
+        from .plotting import plot_main
+
+        plot_main(list(argv[1:]))
+        return
     build_cli(args)

@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from .distributed import sync_tensors
@@ -95,6 +95,12 @@ class ConditionMonitor(Callback):
             raise ValueError("ConditionMonitor needs a DFC module (DFCModule or a DFCMixin model)")
         pl_module.dfc_record_steps = True
         dyn = pl_module.dfc_dynamics
+        if pl_module.dfc_spec.rule in ("dfa", "bp"):
+            # no controller: its stability, Condition 3 and the SSA reference are meaningless
+            dropped = [m for m in self.metrics if m in ("condition_3", "stability", "ssa")]
+            if dropped:
+                rank_zero_warn(f"ConditionMonitor: {dropped} skipped for variant {pl_module.dfc_variant!r} (no controller)")
+            self.metrics = tuple(m for m in self.metrics if m not in dropped)
         meters: dict[str, Any] = {}
         for phase in self.phases:
             tag = "" if phase == "wake" else "sleep/"

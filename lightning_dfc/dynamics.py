@@ -131,6 +131,7 @@ def simulate(
     record: bool = False,
     rule: str = "nonlinear_difference",
     sample_mask: Tensor | None = None,
+    stop_residual: float | None = None,
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state towards ``target``.
 
@@ -146,6 +147,9 @@ def simulate(
         record: also return the trajectories of u and r_L (costs memory O(T)).
         rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
             phi(v) - phi(v^B) (the paper's eq. 5) or ``voltage_difference`` v - v^B (Theorem 2).
+        stop_residual: with early stopping, also require every sample's fixed-point residual
+            ||r_L - (r_L* - alpha u)|| / ||r_L^-|| below this before stopping (so that an early
+            stop never classifies a sample as non-converged that the full run would converge).
         sample_mask: boolean (B,): accumulate only these samples (the others still evolve, even
             to non-finite values, without touching the sums); finiteness is judged on them only.
 
@@ -242,7 +246,9 @@ def simulate(
             if not _all_finite(u, keep):
                 finite, steps_done = False, t + 1
                 break
-            if _settled(u, v, check_u, check_v, ff.v, cfg.tolerance * cfg.check_every):
+            if _settled(u, v, check_u, check_v, ff.v, cfg.tolerance * cfg.check_every) and (
+                stop_residual is None or bool((_residual(r[-1], target, alpha, u, ff.r[-1]) < stop_residual).all())
+            ):
                 steps_done = t + 1
                 remaining = steps - steps_done
                 if signal_sum is not None and remaining > 0:
@@ -263,9 +269,7 @@ def simulate(
         ]
     finite = finite and _all_finite(u, keep) and all(_all_finite(t, keep) for t in v)
     error_final = torch.linalg.vector_norm(target - r[-1], dim=1)
-    residual = torch.linalg.vector_norm(r[-1] - (target - alpha * u), dim=1) / torch.linalg.vector_norm(
-        ff.r[-1], dim=1
-    ).clamp_min(torch.finfo(x.dtype).tiny)
+    residual = _residual(r[-1], target, alpha, u, ff.r[-1])
     trajectory = {"u": torch.stack(traj_u), "r_L": torch.stack(traj_r)} if record else {}
     return SimulationResult(
         v=v,
@@ -321,6 +325,12 @@ def _add_correction(
         if keep is not None:  # excluded rows may be non-finite: 0 * inf would poison the sum
             shift = torch.where(keep, shift, 0.0)
         correction[i].addmm_(signals[i].T, shift, alpha=weight)
+
+
+def _residual(output: Tensor, target: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
+    """||r_L - (r_L* - alpha u)|| / ||r_L^-|| per sample (0 at the controller's fixed point)."""
+    norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output.dtype).tiny)
+    return torch.linalg.vector_norm(output - (target - alpha * u), dim=1) / norm_ff
 
 
 def _all_finite(t: Tensor, keep: Tensor | None = None) -> bool:

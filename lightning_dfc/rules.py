@@ -194,7 +194,8 @@ def dfc_ss_update(
     rule: str = "nonlinear_difference",
 ) -> Update:
     """DFC-SS: simulate, then apply the local rule at the final (steady) state only."""
-    result = simulate(params, x, ff, target, cfg)
+    stop = criterion.threshold if criterion.exclude else None
+    result = simulate(params, x, ff, target, cfg, stop_residual=stop)
     stats, converged = _simulation_stats(result, criterion)
     mask = None
     if criterion.exclude:
@@ -253,13 +254,15 @@ def dfc_update(
     if criterion.exclude and cfg.noisy and generator is None:
         generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
     noise_state = generator.get_state() if generator is not None else None
-    result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator, rule=rule)
+    stop = criterion.threshold if criterion.exclude else None
+    result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator, rule=rule,
+                      stop_residual=stop)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:
             generator.set_state(noise_state)
         result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator,
-                          rule=rule, sample_mask=converged)
+                          rule=rule, sample_mask=converged, stop_residual=stop)
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(result.finite)
     weights, biases = _continuous_rule(params, x, result, cfg.steps)

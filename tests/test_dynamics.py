@@ -844,3 +844,18 @@ def test_activation_difference_float32_exact_cases(act, lo, hi):
 def test_activation_difference_float32_leaky_relu_negative():
     good, _ = _float32_errors(Activation("leaky_relu", 0.2), -3.0, -0.1)
     assert good < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["dfc", "dfc_ss"])
+def test_early_stop_with_exclusion_excludes_what_the_full_run_excludes(variant):
+    """An early stop waits for the reference's fixed-point criterion when samples are excluded."""
+    net = make_net(feedback_init="weight_product")
+    x, y = batch(n=5)
+    kw = dict(dt=0.02, steps=1000, k_p=2.0, tau_v=0.2, alpha=0.01)
+    criterion = ConvergenceCriterion(exclude=True)
+    full = forward_update(variant, net.params(), x, y, "cross_entropy", 1e-2,
+                          SimulationConfig(early_stop=False, outer_every=1, **kw), criterion)
+    early = forward_update(variant, net.params(), x, y, "cross_entropy", 1e-2, SimulationConfig(**kw), criterion)
+    assert early.stats["excluded"] == full.stats["excluded"] < 5
+    a, b = (torch.cat([t.flatten() for t in u.tensors()]) for u in (full, early))
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) >= 0.9999

@@ -54,7 +54,7 @@ class SimulationConfig:
     sigma: float = 0.0
     sigma_output: float | None = None
     early_stop: bool = True
-    tolerance: float = 1e-4
+    tolerance: float = 3e-4
     check_every: int = 20
     outer_every: int = 10
 

@@ -134,6 +134,26 @@ def wait_quiet(threshold: float, max_wait: float, window: float = 0.5) -> float:
             return load
 
 
+def gemm_gflops(calls: int = 100) -> float:
+    """Calibration: float64 GEMM rate (128x256 @ 256x256, median of ``calls``) right now.
+
+    The wall time of every phase scales with how fast the (possibly shared, virtualised) CPU runs
+    at the moment; this number lets rows measured at different times be compared.
+    """
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(128, 256, generator=gen, dtype=torch.float64)
+    w = torch.randn(256, 256, generator=gen, dtype=torch.float64)
+    b = torch.randn(256, generator=gen, dtype=torch.float64)
+    for _ in range(10):
+        torch.addmm(b, a, w.T)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        torch.addmm(b, a, w.T)
+        times.append(time.perf_counter() - start)
+    return 2 * 128 * 256 * 256 / statistics.median(times) / 1e9
+
+
 def reset_peak_rss() -> bool:
     """Reset the peak-RSS counter (Linux >= 4.0); False where that is not possible."""
     try:
@@ -236,6 +256,7 @@ def run_child(spec: dict) -> dict:
     # samples above --max-foreign-load are retried, up to 5x --repeats attempts.
     calls = max(1, math.ceil(MIN_SAMPLE_S / max(warm_s, 1e-6))) if warm_s < MIN_SAMPLE_S else 1
     samples = []  # (seconds per call, foreign cores)
+    calib = [gemm_gflops()]
     for _ in range(5 * spec["repeats"]):
         wait_quiet(spec["max_foreign"], spec["wait_quiet"])
         busy0, own0, start = busy_jiffies(), own_jiffies(), time.perf_counter()
@@ -245,6 +266,7 @@ def run_child(spec: dict) -> dict:
         samples.append((wall / calls, foreign_load(busy0, own0, start)))
         if sum(f <= spec["max_foreign"] for _, f in samples) >= spec["repeats"]:
             break
+    calib.append(gemm_gflops())
     clean = [s for s in samples if s[1] <= spec["max_foreign"]]
     if len(clean) >= spec["repeats"]:
         used = clean[: spec["repeats"]]
@@ -259,6 +281,7 @@ def run_child(spec: dict) -> dict:
         "median_s": statistics.median(times),
         "foreign": statistics.mean(f for _, f in used),
         "contended": len(clean) < spec["repeats"],
+        "gflops": statistics.mean(calib),
         "attempts": len(samples),
         "peak_mb": peak_kb / 1024,
         "delta_mb": (peak_kb - rss_before) / 1024,
@@ -457,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrain-lr", type=float, default=100.0,
                         help="plain-SGD learning rate of the feedback pretraining (Q -= lr * grad)")
     parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--tolerance", type=float, nargs="+", default=[1e-4],
+    parser.add_argument("--tolerance", type=float, nargs="+", default=[SimulationConfig().tolerance],
                         help="early-stop tolerance(s); several give one DFC/DFC-SS row each")
     parser.add_argument("--outer-every", type=int, nargs="+", default=[10],
                         help="outer_every value(s); several give one DFC row each")
@@ -583,7 +606,8 @@ def measure(args: argparse.Namespace, net: DFCNetwork, x: torch.Tensor, y: torch
             res["tol"], res["outer_every"] = tol, oe
             rows.append(res)
             print(f"  measured {phase:8s} tol={tol:g} outer_every={oe}: {res['median_s']:.3f} s "
-                  f"(other load {res['foreign']:.2f}, {res['attempts']} samples)",
+                  f"(other load {res['foreign']:.2f}, {res['attempts']} samples, "
+                  f"GEMM {res['gflops']:.1f} GFLOP/s)",
                   file=sys.stderr, flush=True)
 
     threads = rows[0]["threads"] if rows else torch.get_num_threads()
@@ -599,15 +623,18 @@ def measure(args: argparse.Namespace, net: DFCNetwork, x: torch.Tensor, y: torch
         f"looping the call for >= {MIN_SAMPLE_S:g} s, taken when the machine is quiet; samples "
         f"during which other processes kept > {args.max_foreign_load:g} cores busy are retried "
         "('other load' = mean over the samples used; '*' = not enough quiet samples). "
+        "GEMM GFLOP/s: float64 128x256 @ 256x256 rate measured right before and after the "
+        "samples (the speed of the CPU at that moment; 'steal' by other virtual machines lowers "
+        "it). "
         "Memory: peak RSS of the warm-up call in a fresh process "
         f"({rows[0]['mem_method'] if rows else 'VmHWM'}), absolute (includes the imports) and the "
         "increase over the RSS right before the call. Sleep: sleep_defaults() (T=48, noisy)."
         + (f" {ref_note}" if ref_note else ""),
         "",
         "| phase | tol | outer_every | steps | non-conv. | time [s] | min-max [s] | ms/step "
-        "| other load [cores] | peak RSS [MB] | + during call [MB] | cos vs exact (worst tensor) "
-        "| vs authors (11 s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| other load [cores] | GEMM GFLOP/s | peak RSS [MB] | + during call [MB] "
+        "| cos vs exact (worst tensor) | vs authors (11 s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = table[:1] if not rows else table
     paper_shape = (
@@ -641,6 +668,7 @@ def measure(args: argparse.Namespace, net: DFCNetwork, x: torch.Tensor, y: torch
         lines.append(
             f"| {label} | {tol} | {oe} | {steps} | {nonconv} | {res['median_s']:.3f}{star} | "
             f"{min(times):.3f}-{max(times):.3f} | {per_step} | {res['foreign']:.2f} | "
+            f"{res['gflops']:.1f} | "
             f"{res['peak_mb']:.0f} | {res['delta_mb']:.1f} | {cos} | {speed} |"
         )
     if args.profile_steps:

@@ -15,7 +15,9 @@ is not possible, ``ru_maxrss``), then takes ``--repeats`` timed samples and repo
 The machine may be shared (2 cores: one foreign busy process slows a 2-thread BLAS call many
 times over). Each sample therefore records how many cores other processes kept busy during it
 (from ``/proc/stat`` minus this process's own CPU time); the child waits for a quiet machine
-before each sample and retries samples above ``--max-foreign-load``. The table shows that load.
+before each sample and retries samples above ``--max-foreign-load``. The table shows that load,
+and the float64 GEMM rate measured right before and after the samples: a virtual CPU's speed
+can change over time without any visible load, and times are comparable only at similar rates.
 
 For DFC the rows also give the Euler steps simulated and the cosine between the update and the
 exact reference update (float64, no early stop, ``outer_every=1``) on the same weights and batch,

@@ -78,6 +78,7 @@ def wake_config(
         early_stop=early_stop,
         tolerance=tolerance,
         outer_every=outer_every,
+        compile=args.compile,
     )
 
 
@@ -486,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="early-stop tolerance(s); several give one DFC/DFC-SS row each")
     parser.add_argument("--outer-every", type=int, nargs="+", default=[10],
                         help="outer_every value(s); several give one DFC row each")
+    parser.add_argument("--compile", action="store_true",
+                        help="SimulationConfig.compile: torch.compile each layer's element-wise step")
     parser.add_argument("--no-reference", action="store_true", help="skip the exact DFC reference")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--max-foreign-load", type=float, default=0.25,

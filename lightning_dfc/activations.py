@@ -51,9 +51,8 @@ class Activation:
 
     def derivative(self, v: Tensor) -> Tensor:
         """``phi'(v)``, same shape as ``v`` (0 for ReLU at v < 0, as in the reference)."""
-        if self.name == "tanh":
-            t = torch.tanh(v)
-            return 1.0 - t * t
+        if self.name == "tanh":  # 1 / cosh^2, not 1 - tanh^2: no cancellation where saturated
+            return torch.cosh(v).square().reciprocal()
         if self.name == "relu":
             return (v > 0).to(v.dtype)
         if self.name == "leaky_relu":
@@ -63,26 +62,92 @@ class Activation:
             return s * (1.0 - s)
         return torch.ones_like(v)
 
-    def difference(self, v: Tensor, v_basal: Tensor) -> Tensor:
+    def difference(
+        self,
+        v: Tensor,
+        v_basal: Tensor,
+        gap: Tensor | None = None,
+        phi_v: Tensor | None = None,
+        phi_basal: Tensor | None = None,
+    ) -> Tensor:
         """``phi(v) - phi(v_basal)`` without catastrophic cancellation.
 
         tanh: tanh(a) - tanh(b) = tanh(a - b) (1 - tanh(a) tanh(b)) (exact identity);
         sigmoid: s(a) - s(b) = -expm1(b - a) s(a) s(-b) (exact identity);
         linear: a - b; (leaky) ReLU: slope * (a - b) where a and b lie on the same side of 0.
+
+        Args:
+            v, v_basal: the two arguments (any shape, same shape).
+            gap: ``v - v_basal`` when the caller knows it more accurately than the subtraction
+                (the deviation-form simulation computes it from small quantities); the
+                identities above then never subtract nearly equal numbers.
+            phi_v, phi_basal: ``phi(v)`` and ``phi(v_basal)`` when already known (saves work).
         """
+        gap = v - v_basal if gap is None else gap
+        if self.name == "linear":
+            return gap
         if self.name == "tanh":
-            return torch.tanh(v - v_basal) * (1.0 - torch.tanh(v) * torch.tanh(v_basal))
+            phi_v = torch.tanh(v) if phi_v is None else phi_v
+            phi_basal = torch.tanh(v_basal) if phi_basal is None else phi_basal
+            return torch.tanh(gap) * (1.0 - phi_v * phi_basal)
         if self.name == "sigmoid":
             # s(a) - s(b) = (1 - e^{-(a-b)}) s(a) (1 - s(b)) = -expm1(-(a-b)) s(a) (1 - s(b))
-            return -torch.expm1(v_basal - v) * torch.sigmoid(v) * torch.sigmoid(-v_basal)
-        if self.name == "linear":
-            return v - v_basal
+            phi_v = torch.sigmoid(v) if phi_v is None else phi_v
+            one_minus = torch.sigmoid(-v_basal)  # not 1 - phi_basal: that cancels where saturated
+            return -torch.expm1(-gap) * phi_v * one_minus
         # relu / leaky_relu: exact slope * (v - v_basal) where both sit on the same side of 0
         slope = 0.0 if self.name == "relu" else self.negative_slope
-        diff = v - v_basal
         both_pos, both_neg = (v > 0) & (v_basal > 0), (v <= 0) & (v_basal <= 0)
-        mixed = self(v) - self(v_basal)
-        return torch.where(both_pos, diff, torch.where(both_neg, slope * diff, mixed))
+        phi_v = self(v) if phi_v is None else phi_v
+        phi_basal = self(v_basal) if phi_basal is None else phi_basal
+        return torch.where(both_pos, gap, torch.where(both_neg, slope * gap, phi_v - phi_basal))
+
+    def deviation(self, v_ref: Tensor, r_ref: Tensor, dv: Tensor, slope_ref: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Rate and rate deviation at ``v_ref + dv``: ``(phi(v_ref + dv), phi(v_ref + dv) - r_ref)``.
+
+        The deviation is computed without subtracting nearly equal numbers, so it keeps full
+        relative precision however small ``dv`` is (the float32 fast path relies on this).
+        For tanh, with A = tanh(v_ref) and T = tanh(dv): tanh(v_ref + dv) - A = T (1 - A^2) / (1 + A T),
+        one transcendental call per element.
+
+        Args:
+            v_ref, r_ref: reference voltage and its rate ``phi(v_ref)``; dv: deviation. Same shape.
+            slope_ref: ``phi'(v_ref)`` if precomputed (used by tanh: 1 - A^2).
+        """
+        if self.name == "linear":
+            return v_ref + dv, dv
+        if self.name == "tanh":
+            t = torch.tanh(dv)
+            slope_ref = self.derivative(v_ref) if slope_ref is None else slope_ref
+            dr = t * slope_ref / (1.0 + r_ref * t)
+            return r_ref + dr, dr
+        v = v_ref + dv
+        r = self(v)
+        return r, self.difference(v, v_ref, gap=dv, phi_v=r, phi_basal=r_ref)
+
+    def deviation_difference(
+        self,
+        v_ref: Tensor,
+        r_ref: Tensor,
+        dv: Tensor,
+        dr: Tensor,
+        dv_basal: Tensor,
+        slope_ref: Tensor | None = None,
+    ) -> Tensor:
+        """``phi(v_ref + dv) - phi(v_ref + dv_basal)`` from deviations, without cancellation.
+
+        ``dr`` = phi(v_ref + dv) - r_ref (from :meth:`deviation`). For tanh the factor
+        1 - tanh(a) tanh(b) is expanded around the reference, (1 - A^2) - A (p + q) - p q with
+        p, q the two rate deviations, so saturated units keep their precision too.
+        """
+        dr_basal = self.deviation(v_ref, r_ref, dv_basal, slope_ref)[1]
+        if self.name == "tanh":
+            slope_ref = self.derivative(v_ref) if slope_ref is None else slope_ref
+            factor = slope_ref - r_ref * (dr + dr_basal) - dr * dr_basal
+            return torch.tanh(dv - dv_basal) * factor
+        return self.difference(
+            v_ref + dv, v_ref + dv_basal, gap=dv - dv_basal, phi_v=r_ref + dr, phi_basal=r_ref + dr_basal
+        )
 
 
 def activation_from_module(module: nn.Module) -> Activation | None:

@@ -188,7 +188,7 @@ class ConditionMonitor(Callback):
     def _update_alignments(self, pl_module, record) -> None:
         from . import diagnostics as D
         from .dynamics import feedforward
-        from .rules import bp_update, dfc_ssa_update, output_target
+        from .rules import bp_update, dfc_ssa_update, output_delta
 
         refs = [m for m in self.metrics if m in WAKE_ONLY]
         if not refs:
@@ -204,9 +204,9 @@ class ConditionMonitor(Callback):
         if "ssa" in refs:
             ff = feedforward(params, x)
             lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
-            target = output_target(ff.r[-1], y, loss, lam)
-            ssa = dfc_ssa_update(params, x, ff, target, pl_module.dfc_dynamics.alpha,
-                                 pl_module.dfc_updates.learning_rule).tensors()
+            ssa = dfc_ssa_update(params, x, ff, None, pl_module.dfc_dynamics.alpha,
+                                 pl_module.dfc_updates.learning_rule,
+                                 delta=output_delta(ff.r[-1], y, loss, lam)).tensors()
             clip = pl_module.dfc_updates.clip_norm
             if clip is not None:  # clipped like a real update, as the reference does
                 ssa = [t * min(1.0, clip / max(float(t.norm()), 1e-300)) for t in ssa]

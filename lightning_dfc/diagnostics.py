@@ -556,7 +556,7 @@ def damped_minimum_norm_update(
     dv = damped_pinv_solve(output_jacobian(params, ff.v), grad_out, damping)
     blocks = torch.split(dv, _sizes(params), dim=1)
     if nonlinear:
-        blocks = [act.difference(v + d, v) for act, v, d in zip(params.activations, ff.v, blocks)]
+        blocks = [act.difference(v + d, v, gap=d) for act, v, d in zip(params.activations, ff.v, blocks)]
     return _split_update(params, list(blocks), [x, *ff.r[:-1]])
 
 

@@ -34,7 +34,6 @@ __all__ = [
     "simulate",
     "output_jacobian",
     "linearized_steady_state",
-    "basal_voltages",
     "teaching_signal",
     "RULES",
 ]
@@ -67,12 +66,6 @@ def feedforward(params: LayerParams, x: Tensor) -> Feedforward:
     return Feedforward(tuple(vs), tuple(rs))
 
 
-def basal_voltages(params: LayerParams, x: Tensor, rates: list[Tensor] | tuple[Tensor, ...]) -> list[Tensor]:
-    """v^B_i = W_i r_{i-1} + b_i recomputed from the given rates (r_0 = x)."""
-    pres = [x, *rates[:-1]]
-    return [_linear(params, i, pre) for i, pre in enumerate(pres)]
-
-
 @dataclass
 class SimulationResult:
     """Outcome of one simulation of T time points (t = 0 is the feedforward state).
@@ -83,7 +76,10 @@ class SimulationResult:
         steps_simulated: Euler steps actually run (<= T - 1; fewer after an early stop).
         finite: False if any state became non-finite (the dynamics diverged).
         error_initial, error_final: ||r_L* - r_L|| at t = 0 and at the end, (B,).
-        residual: ||r_L - (r_L* - alpha u)|| / ||r_L^-|| at the end, (B,) (0 at the fixed point).
+        residual: ||e - alpha u|| / ||r_L^-|| at the end, (B,) (0 at the fixed point; for the
+            linear output error this is ||r_L - (r_L* - alpha u)|| / ||r_L^-||).
+        dv, dr: final deviations from the feedforward pass, v_i - v^-_i and r_i - r^-_i, computed
+            without cancellation (use these, not ``v - ff.v``, in low precision).
         signal_sum: with ``accumulate_forward``: sum over t = 0..T-1 of the teaching signal
             phi(v_i[t]) - phi(v^B_i[t]), per sample, list of (B, n_i).
         outer_sum: with ``accumulate_forward``: sum over t and the batch of
@@ -103,6 +99,8 @@ class SimulationResult:
     error_initial: Tensor
     error_final: Tensor
     residual: Tensor
+    dv: list[Tensor] = field(default_factory=list)
+    dr: list[Tensor] = field(default_factory=list)
     signal_sum: list[Tensor] | None = None
     outer_sum: list[Tensor | None] | None = None
     feedback_sum: Tensor | None = None
@@ -118,13 +116,18 @@ def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tens
     return std * (cfg.dt**0.5 / tau_a)
 
 
+OUTPUT_ERRORS = ("linear", "softmax")
+
+
 def simulate(
     params: LayerParams,
     x: Tensor,
     ff: Feedforward,
-    target: Tensor,
+    target: Tensor | None,
     cfg: SimulationConfig,
     *,
+    delta: Tensor | None = None,
+    output_error: str = "linear",
     accumulate_forward: bool = False,
     accumulate_feedback: bool = False,
     generator: torch.Generator | None = None,
@@ -135,12 +138,24 @@ def simulate(
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state towards ``target``.
 
+    The state is simulated as deviations from the feedforward pass, dv_i = v_i - v^-_i and
+    dr_i = r_i - r^-_i, and the teaching signals are formed from these small quantities with
+    cancellation-free identities (:meth:`Activation.deviation`, :meth:`Activation.difference`).
+    Late in training the deviations are ~1e-6 of the voltages: simulating absolute voltages in
+    float32 would lose every significant digit of the signal, this form keeps float32 updates
+    equal to float64 ones. float64 uses the cheaper plain difference phi(v) - phi(v^B) for the
+    signal (no precision problem there).
+
     Args:
         params: network tensors (see :class:`LayerParams`).
         x: input (B, n_0).
         ff: its feedforward pass (the initial state).
-        target: output target r_L* (B, n_L).
+        target: output target r_L* (B, n_L); may be ``None`` when ``delta`` is given.
         cfg: simulation hyperparameters.
+        delta: r_L* - r^-_L (B, n_L), e.g. -lambda dL/dr_L computed directly. Pass it in low
+            precision: forming it as ``target - r^-_L`` cancels.
+        output_error: ``linear``: the controller sees e = r_L* - r_L (DFC); ``softmax``:
+            e = r_L* - softmax(r_L) (Strong-DFC with cross-entropy; ``target`` = soft labels).
         accumulate_forward: accumulate the forward-weight teaching signals (DFC rule).
         accumulate_feedback: accumulate v^A[t]^T u[t+1] (sleep-phase feedback rule).
         generator: random generator for the noise (``cfg.sigma > 0``).
@@ -148,8 +163,8 @@ def simulate(
         rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
             phi(v) - phi(v^B) (the paper's eq. 5) or ``voltage_difference`` v - v^B (Theorem 2).
         stop_residual: with early stopping, also require every sample's fixed-point residual
-            ||r_L - (r_L* - alpha u)|| / ||r_L^-|| below this before stopping (so that an early
-            stop never classifies a sample as non-converged that the full run would converge).
+            ||e - alpha u|| / ||r_L^-|| below this before stopping (so that an early stop never
+            classifies a sample as non-converged that the full run would converge).
         sample_mask: boolean (B,): accumulate only these samples (the others still evolve, even
             to non-finite values, without touching the sums); finiteness is judged on them only.
 
@@ -158,9 +173,12 @@ def simulate(
         accumulation) the simulation stops once settled and the remaining time points are added
         to the sums as copies of the final state: the time-averaged update is that of all T points.
     """
+    if rule not in RULES:
+        raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
     n_layers = params.num_layers
     acts = params.activations
-    sizes = [w.shape[0] for w in params.weights]
+    weights = params.weights
+    sizes = [w.shape[0] for w in weights]
     steps = cfg.steps - 1
     dt, alpha, k_p = cfg.dt, cfg.alpha, cfg.k_p
     soma_rate = dt / cfg.tau_v
@@ -169,18 +187,22 @@ def simulate(
     noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
     early_stop = cfg.early_stop and not cfg.noisy and not accumulate_feedback and not record
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
+    output_error_of = _output_error(output_error, target, delta, ff)
+    exact = x.dtype == torch.float64
+    slopes = [act.derivative(v) if act.name == "tanh" else None for act, v in zip(acts, ff.v)]
 
-    v = [t.clone() for t in ff.v]
-    r = [t.clone() for t in ff.r]
-    basal_first = ff.v[0]  # W_1 x + b_1 is constant during the dynamics
-    u = torch.zeros_like(target)
-    u_int = torch.zeros_like(target)
+    dv = [torch.zeros_like(t) for t in ff.v]
+    dr = [torch.zeros_like(t) for t in ff.r]
+    dvb: list[Tensor | None] = [None] * n_layers  # basal deviation W_i dr_{i-1} (None for layer 1)
+    u = torch.zeros_like(ff.r[-1])
+    u_int = torch.zeros_like(u)
     v_apical = torch.zeros(x.shape[0], qbar_t.shape[1], dtype=x.dtype, device=x.device)
-    error_initial = torch.linalg.vector_norm(target - r[-1], dim=1)
+    error = output_error_of(dr[-1])
+    error_initial = torch.linalg.vector_norm(error, dim=1)
 
-    signal_sum = [torch.zeros_like(t) for t in v] if accumulate_forward else None
-    # outer_sum_i = (sum_t s_i)^T r^-_{i-1} + sum_t s_i^T (r_{i-1}[t] - r^-_{i-1}): the first term is
-    # exact from signal_sum; the second is O(lambda^2) and is accumulated every `outer_every` steps.
+    signal_sum = [torch.zeros_like(t) for t in ff.v] if accumulate_forward else None
+    # outer_sum_i = (sum_t s_i)^T r^-_{i-1} + sum_t s_i^T dr_{i-1}[t]: the first term is exact from
+    # signal_sum; the second is O(lambda^2) and is accumulated every `outer_every` steps.
     correction = (
         [None] + [x.new_zeros(sizes[i], sizes[i - 1]) for i in range(1, n_layers)]
         if accumulate_forward
@@ -189,14 +211,16 @@ def simulate(
     outer_every = cfg.outer_every
     pending = 0
     feedback_sum = x.new_zeros(qbar_t.shape[1], qbar_t.shape[0]) if accumulate_feedback else None
-    traj_u, traj_r = ([u.clone()], [r[-1].clone()]) if record else ([], [])
-    check_u, check_v = u.clone(), [t.clone() for t in v]
+    traj_u, traj_r = ([u.clone()], [ff.r[-1].clone()]) if record else ([], [])
+    check_u, check_dv = u.clone(), [t.clone() for t in dv]
     finite = True
-    signals: list[Tensor] = []
+    signals: list[Tensor] = [torch.zeros_like(t) for t in ff.v]
     steps_done = steps
+    layer_step = _compiled_layer_step() if cfg.compile else _layer_step
 
     for t in range(steps):
-        error = target - r[-1]
+        if t > 0:
+            error = output_error_of(dr[-1])
         if k_p > 0:
             u_int.add_(error - alpha * u, alpha=dt)
             u_new = u_int + k_p * error
@@ -212,42 +236,35 @@ def simulate(
         v_apical, u = v_apical_new, u_new
         apical = torch.split(v_apical, sizes, dim=1)
 
-        if cfg.inst_transmission:
-            basal = []
-            for i in range(n_layers):
-                b_i = basal_first if i == 0 else _linear(params, i, r[i - 1])
-                v[i].lerp_(apical[i] + b_i, soma_rate)
-                r[i] = acts[i](v[i])
-                basal.append(b_i)
-        else:
-            basal = [basal_first] + [_linear(params, i, r[i - 1]) for i in range(1, n_layers)]
-            for i in range(n_layers):
-                v[i].lerp_(apical[i] + basal[i], soma_rate)
-                r[i] = acts[i](v[i])
+        if not cfg.inst_transmission:  # every layer sees the previous step's presynaptic rates
+            dvb = [None] + [dr[i - 1] @ weights[i].T for i in range(1, n_layers)]
+        for i in range(n_layers):
+            if cfg.inst_transmission and i > 0:
+                dvb[i] = dr[i - 1] @ weights[i].T
+            dv[i], dr[i], sig = layer_step(
+                acts[i], rule, exact, dv[i], apical[i], dvb[i], soma_rate, ff.v[i], ff.r[i], slopes[i],
+                signal_sum is not None,
+            )
+            if signal_sum is not None:
+                signals[i] = sig if keep is None else torch.where(keep, sig, 0.0)
+                signal_sum[i].add_(signals[i])
 
         if signal_sum is not None:
-            signals = [
-                teaching_signal(rule, acts[i], v[i], basal[i], r[i], ff.r[0] if i == 0 else None)
-                for i in range(n_layers)
-            ]
-            if keep is not None:
-                signals = [torch.where(keep, sig, 0.0) for sig in signals]
-            for i, s in enumerate(signals):
-                signal_sum[i].add_(s)
             pending += 1
             if pending == outer_every:
-                _add_correction(correction, signals, r, ff.r, pending, keep)
+                _add_correction(correction, signals, dr, pending, keep)
                 pending = 0
         if record:
             traj_u.append(u.clone())
-            traj_r.append(r[-1].clone())
+            traj_r.append(ff.r[-1] + dr[-1])
 
         if early_stop and (t + 1) % cfg.check_every == 0:
             if not _all_finite(u, keep):
                 finite, steps_done = False, t + 1
                 break
-            if _settled(u, v, check_u, check_v, ff.v, cfg.tolerance * cfg.check_every) and (
-                stop_residual is None or bool((_residual(r[-1], target, alpha, u, ff.r[-1]) < stop_residual).all())
+            if _settled(u, dv, check_u, check_dv, cfg.tolerance * cfg.check_every) and (
+                stop_residual is None
+                or bool((_residual(output_error_of(dr[-1]), alpha, u, ff.r[-1]) < stop_residual).all())
             ):
                 steps_done = t + 1
                 remaining = steps - steps_done
@@ -257,29 +274,32 @@ def simulate(
                     pending += remaining
                 break
             check_u.copy_(u)
-            for c, t_v in zip(check_v, v):
-                c.copy_(t_v)
+            for c, d in zip(check_dv, dv):
+                c.copy_(d)
 
     outer_sum = None
     if signal_sum is not None:
         if pending:
-            _add_correction(correction, signals, r, ff.r, pending, keep)
+            _add_correction(correction, signals, dr, pending, keep)
         outer_sum = [None] + [
             torch.addmm(correction[i], signal_sum[i].T, ff.r[i - 1]) for i in range(1, n_layers)
         ]
-    finite = finite and _all_finite(u, keep) and all(_all_finite(t, keep) for t in v)
-    error_final = torch.linalg.vector_norm(target - r[-1], dim=1)
-    residual = _residual(r[-1], target, alpha, u, ff.r[-1])
+    finite = finite and _all_finite(u, keep) and all(_all_finite(d, keep) for d in dv)
+    error = output_error_of(dr[-1])
+    error_final = torch.linalg.vector_norm(error, dim=1)
+    residual = _residual(error, alpha, u, ff.r[-1])
     trajectory = {"u": torch.stack(traj_u), "r_L": torch.stack(traj_r)} if record else {}
     return SimulationResult(
-        v=v,
-        r=r,
+        v=[a + d for a, d in zip(ff.v, dv)],
+        r=[a + d for a, d in zip(ff.r, dr)],
         u=u,
         steps_simulated=steps_done,
         finite=finite,
         error_initial=error_initial,
         error_final=error_final,
         residual=residual,
+        dv=dv,
+        dr=dr,
         signal_sum=signal_sum,
         outer_sum=outer_sum,
         feedback_sum=feedback_sum,
@@ -290,47 +310,111 @@ def simulate(
 RULES = ("nonlinear_difference", "voltage_difference")
 
 
-def teaching_signal(
+def _output_error(kind: str, target: Tensor | None, delta: Tensor | None, ff: Feedforward):
+    """The controller's error e as a function of the output deviation dr_L, (B, n_L) -> (B, n_L)."""
+    if kind == "linear":
+        if delta is None:
+            if target is None:
+                raise ValueError("simulate needs a target r_L* or its offset delta = r_L* - r_L^-")
+            delta = target - ff.r[-1]
+        return lambda dr_out: delta - dr_out
+    if kind == "softmax":
+        if target is None:
+            raise ValueError("output_error='softmax' needs the target probabilities (soft labels)")
+        return lambda dr_out: target - torch.softmax(ff.r[-1] + dr_out, dim=1)
+    raise ValueError(f"unknown output_error {kind!r}; choose one of {OUTPUT_ERRORS}")
+
+
+def _layer_step(
+    act,
+    rule: str,
+    exact: bool,
+    dv: Tensor,
+    apical: Tensor,
+    dvb: Tensor | None,
+    soma_rate: float,
+    v_ff: Tensor,
+    r_ff: Tensor,
+    slope_ff: Tensor | None,
+    want_signal: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One layer's somatic Euler step and teaching signal, in deviations; all (B, n_i).
+
+    dv <- dv + dt/tau_v (v^A + dvb - dv); dr = phi(v_ff + dv) - r_ff; signal as :func:`_signal`.
+    ``dvb`` is the basal deviation W_i dr_{i-1} (``None`` for the first layer, whose basal input
+    is constant). Element-wise only, so that ``torch.compile`` can fuse it into one kernel.
+    """
+    dv = torch.lerp(dv, apical if dvb is None else apical + dvb, soma_rate)
+    dr = act.deviation(v_ff, r_ff, dv, slope_ff)[1]
+    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff, exact) if want_signal else None
+    return dv, dr, signal
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_layer_step():
+    """``torch.compile`` of :func:`_layer_step` (built once per process; see ``SimulationConfig.compile``)."""
+    if "layer_step" not in _COMPILED:
+        _COMPILED["layer_step"] = torch.compile(_layer_step, dynamic=False)
+    return _COMPILED["layer_step"]
+
+
+def _signal(
     rule: str,
     act,
-    v: Tensor,
-    basal: Tensor,
-    rate: Tensor | None = None,
-    rate_basal: Tensor | None = None,
+    v_ff: Tensor,
+    r_ff: Tensor,
+    dv: Tensor,
+    dr: Tensor,
+    dvb: Tensor | None,
+    slope_ff: Tensor | None,
+    exact: bool,
 ) -> Tensor:
-    """The local teaching signal of one layer, (B, n_i).
+    """Teaching signal of one layer from deviations, (B, n_i).
 
-    ``nonlinear_difference``: phi(v) - phi(v^B); ``voltage_difference``: v - v^B.
-    ``rate`` = phi(v) and ``rate_basal`` = phi(v^B) may be passed when already known (layer 1's
-    basal input is constant, so phi(v^B_1) = r^-_1). float64 uses phi(v) - phi(v^B); lower
-    precisions use the cancellation-free :meth:`Activation.difference`.
+    v - v^B = dv - dvb; phi(v) - phi(v^B) = dr for the first layer (dvb ``None``).
     """
     if rule == "voltage_difference":
-        return v - basal
-    if rule != "nonlinear_difference":
+        return dv if dvb is None else dv - dvb
+    if dvb is None:
+        return dr
+    if exact:  # float64: the plain difference is accurate and cheaper
+        return (r_ff + dr) - act(v_ff + dvb)
+    return act.deviation_difference(v_ff, r_ff, dv, dr, dvb, slope_ff)
+
+
+def teaching_signal(
+    rule: str, act, v_ff: Tensor, dv: Tensor, dvb: Tensor | None, r_ff: Tensor | None = None
+) -> Tensor:
+    """The local teaching signal of one layer at a state given as deviations, (B, n_i).
+
+    ``nonlinear_difference``: phi(v) - phi(v^B); ``voltage_difference``: v - v^B, with
+    v = v_ff + dv and v^B = v_ff + dvb (``dvb`` = W_i (r_{i-1} - r^-_{i-1}); ``None`` for the first
+    layer). Computed without cancellation in every dtype.
+    """
+    if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
-    if v.dtype == torch.float64:
-        rate = act(v) if rate is None else rate
-        return rate - (act(basal) if rate_basal is None else rate_basal)
-    return act.difference(v, basal)
+    r_ff = act(v_ff) if r_ff is None else r_ff
+    dr = act.deviation(v_ff, r_ff, dv)[1]
+    return _signal(rule, act, v_ff, r_ff, dv, dr, dvb, None, exact=False)
 
 
 def _add_correction(
-    correction: list, signals: list[Tensor], r: list[Tensor], r_ff: tuple[Tensor, ...], weight: int,
-    keep: Tensor | None = None,
+    correction: list, signals: list[Tensor], dr: list[Tensor], weight: int, keep: Tensor | None = None
 ) -> None:
-    """correction_i += weight * s_i^T (r_{i-1} - r^-_{i-1})  (the O(lambda^2) part of the outer sum)."""
+    """correction_i += weight * s_i^T dr_{i-1}  (the O(lambda^2) part of the outer sum)."""
     for i in range(1, len(signals)):
-        shift = r[i - 1] - r_ff[i - 1]
+        shift = dr[i - 1]
         if keep is not None:  # excluded rows may be non-finite: 0 * inf would poison the sum
             shift = torch.where(keep, shift, 0.0)
         correction[i].addmm_(signals[i].T, shift, alpha=weight)
 
 
-def _residual(output: Tensor, target: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
-    """||r_L - (r_L* - alpha u)|| / ||r_L^-|| per sample (0 at the controller's fixed point)."""
-    norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output.dtype).tiny)
-    return torch.linalg.vector_norm(output - (target - alpha * u), dim=1) / norm_ff
+def _residual(error: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
+    """||e - alpha u|| / ||r_L^-|| per sample (0 at the controller's fixed point e = alpha u)."""
+    norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output_ff.dtype).tiny)
+    return torch.linalg.vector_norm(error - alpha * u, dim=1) / norm_ff
 
 
 def _all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
@@ -340,19 +424,17 @@ def _all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
     return bool(finite.all())
 
 
-def _settled(
-    u: Tensor, v: list[Tensor], check_u: Tensor, check_v: list[Tensor], v_ff: tuple[Tensor, ...], tol: float
-) -> bool:
-    """Whether, for every sample, u and v - v_ff changed by less than ``tol`` (relative).
+def _settled(u: Tensor, dv: list[Tensor], check_u: Tensor, check_dv: list[Tensor], tol: float) -> bool:
+    """Whether, for every sample, u and dv = v - v_ff changed by less than ``tol`` (relative).
 
     A state whose norms overflow is never settled.
     """
     du = torch.linalg.vector_norm(u - check_u, dim=1)
-    dv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(v, check_v)))
-    dev = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(v, v_ff)))
+    ddv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(dv, check_dv)))
+    dev = torch.sqrt(sum(torch.sum(a**2, dim=1) for a in dv))
     nu = torch.linalg.vector_norm(u, dim=1)
-    finite = torch.isfinite(du) & torch.isfinite(dv) & torch.isfinite(dev) & torch.isfinite(nu)
-    return bool((finite & (du <= tol * nu) & (dv <= tol * dev)).all())
+    finite = torch.isfinite(du) & torch.isfinite(ddv) & torch.isfinite(dev) & torch.isfinite(nu)
+    return bool((finite & (du <= tol * nu) & (ddv <= tol * dev)).all())
 
 
 def output_jacobian(params: LayerParams, v: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
@@ -376,11 +458,14 @@ def output_jacobian(params: LayerParams, v: tuple[Tensor, ...] | list[Tensor]) -
 
 
 class SteadyState(NamedTuple):
-    """Linearised steady state (Lemma 1): control (B, n_L), voltages and rates lists of (B, n_i)."""
+    """Linearised steady state (Lemma 1): control (B, n_L), voltages and rates lists of (B, n_i),
+    and their deviations from the feedforward pass (computed without cancellation)."""
 
     u: Tensor
     v: list[Tensor]
     r: list[Tensor]
+    dv: list[Tensor]
+    dr: list[Tensor]
 
 
 def linearized_steady_state(
@@ -389,7 +474,8 @@ def linearized_steady_state(
     """The steady state of Lemma 1, as DFC-SSA computes it.
 
     u_ss = (Jbar Qbar + alpha I)^{-1} delta per sample (Jbar at the feedforward point), then a
-    nonlinear forward sweep v_i = W_i r_{i-1} + b_i + Q_i u_ss, r_i = phi_i(v_i), r_0 = x.
+    nonlinear forward sweep v_i = W_i r_{i-1} + b_i + Q_i u_ss, r_i = phi_i(v_i), r_0 = x, done in
+    deviations: dv_i = W_i dr_{i-1} + Q_i u_ss.
 
     Args:
         delta: output error r_L* - r_L^- (B, n_L).
@@ -401,10 +487,12 @@ def linearized_steady_state(
     system = jac @ qbar + alpha * torch.eye(n_out, dtype=x.dtype, device=x.device)
     u = torch.linalg.solve(system, delta.unsqueeze(-1)).squeeze(-1)
     shifts = torch.split(u @ qbar.T, [w.shape[0] for w in params.weights], dim=1)
-    vs, rs, pre = [], [], x
+    vs, rs, dvs, drs = [], [], [], []
     for i, act in enumerate(params.activations):
-        v_i = _linear(params, i, pre) + shifts[i]
-        pre = act(v_i)
-        vs.append(v_i)
-        rs.append(pre)
-    return SteadyState(u, vs, rs)
+        dv_i = shifts[i] if i == 0 else shifts[i] + drs[-1] @ params.weights[i].T
+        r_i, dr_i = act.deviation(ff.v[i], ff.r[i], dv_i)
+        vs.append(ff.v[i] + dv_i)
+        rs.append(r_i)
+        dvs.append(dv_i)
+        drs.append(dr_i)
+    return SteadyState(u, vs, rs, dvs, drs)

@@ -26,7 +26,6 @@ from .config import SimulationConfig
 from .dynamics import (
     Feedforward,
     SimulationResult,
-    basal_voltages,
     feedforward,
     linearized_steady_state,
     simulate,
@@ -41,6 +40,7 @@ __all__ = [
     "loss_value",
     "loss_gradient",
     "output_target",
+    "output_delta",
     "dfc_update",
     "dfc_ss_update",
     "dfc_ssa_update",
@@ -137,21 +137,42 @@ def loss_gradient(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
     raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
 
 
+def output_delta(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:
+    """delta = r_L* - r_L^- = -lambda d(batch-mean loss)/d(r_L), (B, n_L), formed directly (no
+    subtraction of nearly equal outputs, which would cancel in float32)."""
+    return -target_stepsize * loss_gradient(output, y, loss)
+
+
 def output_target(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:
     """r_L* = r_L^- - lambda d(batch-mean loss)/d(r_L), (B, n_L). ``target_stepsize`` is lambda."""
-    return output - target_stepsize * loss_gradient(output, y, loss)
+    return output + output_delta(output, y, loss, target_stepsize)
+
+
+def _offset(ff: Feedforward, target: Tensor | None, delta: Tensor | None) -> Tensor:
+    if delta is not None:
+        return delta
+    if target is None:
+        raise ValueError("pass the output target r_L* or its offset delta = r_L* - r_L^-")
+    return target - ff.r[-1]
 
 
 def _steady_state_rule(
-    params: LayerParams, x: Tensor, v: list[Tensor], r: list[Tensor], mask: Tensor | None, rule: str
+    params: LayerParams,
+    x: Tensor,
+    ff: Feedforward,
+    dv: list[Tensor],
+    dr: list[Tensor],
+    mask: Tensor | None,
+    rule: str,
 ) -> Update:
-    """DFC-SS / DFC-SSA rule at a steady state: -2/B sum_b [phi(v_i) - phi(W_i r_{i-1} + b_i)] r_{i-1}^T."""
+    """DFC-SS / DFC-SSA rule at a steady state given as deviations from the feedforward pass:
+    -2/B sum_b [phi(v_i) - phi(W_i r_{i-1} + b_i)] r_{i-1}^T, with v^B_i - v^-_i = W_i dr_{i-1}."""
     batch = x.shape[0]
-    basal = basal_voltages(params, x, r)
-    pres = [x, *r[:-1]]
+    pres = [x, *(a + d for a, d in zip(ff.r[:-1], dr[:-1]))]
     weights, biases = [], []
     for i, act in enumerate(params.activations):
-        s = teaching_signal(rule, act, v[i], basal[i], r[i])
+        dvb = None if i == 0 else dr[i - 1] @ params.weights[i].T
+        s = teaching_signal(rule, act, ff.v[i], dv[i], dvb, ff.r[i])
         pre = pres[i]
         if mask is not None:  # where, not multiply: excluded rows may hold inf/NaN
             s = torch.where(mask.unsqueeze(1), s, 0.0)
@@ -188,21 +209,25 @@ def dfc_ss_update(
     params: LayerParams,
     x: Tensor,
     ff: Feedforward,
-    target: Tensor,
+    target: Tensor | None,
     cfg: SimulationConfig,
     criterion: ConvergenceCriterion = ConvergenceCriterion(),
     rule: str = "nonlinear_difference",
+    *,
+    delta: Tensor | None = None,
 ) -> Update:
-    """DFC-SS: simulate, then apply the local rule at the final (steady) state only."""
+    """DFC-SS: simulate, then apply the local rule at the final (steady) state only.
+
+    ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision."""
     stop = criterion.threshold if criterion.exclude else None
-    result = simulate(params, x, ff, target, cfg, stop_residual=stop)
+    result = simulate(params, x, ff, None, cfg, delta=_offset(ff, target, delta), stop_residual=stop)
     stats, converged = _simulation_stats(result, criterion)
     mask = None
     if criterion.exclude:
         mask = converged
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(all(bool(torch.isfinite(t[converged]).all()) for t in result.v))
-    update = _steady_state_rule(params, x, result.v, result.r, mask, rule)
+    update = _steady_state_rule(params, x, ff, result.dv, result.dr, mask, rule)
     update.stats = stats
     return update
 
@@ -211,13 +236,15 @@ def dfc_ssa_update(
     params: LayerParams,
     x: Tensor,
     ff: Feedforward,
-    target: Tensor,
+    target: Tensor | None,
     alpha: float,
     rule: str = "nonlinear_difference",
+    *,
+    delta: Tensor | None = None,
 ) -> Update:
     """DFC-SSA: the local rule at the analytical linearised steady state (Lemma 1)."""
-    steady = linearized_steady_state(params, x, ff, target - ff.r[-1], alpha)
-    update = _steady_state_rule(params, x, steady.v, steady.r, None, rule)
+    steady = linearized_steady_state(params, x, ff, _offset(ff, target, delta), alpha)
+    update = _steady_state_rule(params, x, ff, steady.dv, steady.dr, None, rule)
     update.stats = {"steps": 0.0, "non_converged": 0.0, "diverged": 0.0, "excluded": 0.0,
                     "finite": float(all(bool(torch.isfinite(t).all()) for t in steady.v))}
     return update
@@ -238,11 +265,13 @@ def dfc_update(
     params: LayerParams,
     x: Tensor,
     ff: Feedforward,
-    target: Tensor,
+    target: Tensor | None,
     cfg: SimulationConfig,
     criterion: ConvergenceCriterion = ConvergenceCriterion(),
     generator: torch.Generator | None = None,
     rule: str = "nonlinear_difference",
+    *,
+    delta: Tensor | None = None,
 ) -> Update:
     """DFC: the local rule applied continuously, averaged over all T time points (eq. 5).
 
@@ -250,18 +279,20 @@ def dfc_update(
     controlled presynaptic rate at the same time point (x for the first layer).
     With ``criterion.exclude``, non-converged samples are known only at the end: the batch is
     then simulated a second time with the same noise, accumulating only converged samples.
+    ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision.
     """
+    delta = _offset(ff, target, delta)
     if criterion.exclude and cfg.noisy and generator is None:
         generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
     noise_state = generator.get_state() if generator is not None else None
     stop = criterion.threshold if criterion.exclude else None
-    result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator, rule=rule,
-                      stop_residual=stop)
+    result = simulate(params, x, ff, None, cfg, delta=delta, accumulate_forward=True, generator=generator,
+                      rule=rule, stop_residual=stop)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:
             generator.set_state(noise_state)
-        result = simulate(params, x, ff, target, cfg, accumulate_forward=True, generator=generator,
+        result = simulate(params, x, ff, None, cfg, delta=delta, accumulate_forward=True, generator=generator,
                           rule=rule, sample_mask=converged, stop_residual=stop)
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(result.finite)
@@ -325,14 +356,14 @@ def forward_update(
     if variant == "bp":
         return bp_update(params, x, y, loss)
     ff = feedforward(params, x)
-    target = output_target(ff.r[-1], y, loss, target_stepsize)
+    delta = output_delta(ff.r[-1], y, loss, target_stepsize)
     if variant == "dfc":
-        return dfc_update(params, x, ff, target, cfg, criterion, generator, rule)
+        return dfc_update(params, x, ff, None, cfg, criterion, generator, rule, delta=delta)
     if variant == "dfc_ss":
-        return dfc_ss_update(params, x, ff, target, cfg, criterion, rule)
+        return dfc_ss_update(params, x, ff, None, cfg, criterion, rule, delta=delta)
     if variant == "dfc_ssa":
-        return dfc_ssa_update(params, x, ff, target, cfg.alpha, rule)
-    return dfa_update(params, x, ff, target - ff.r[-1])
+        return dfc_ssa_update(params, x, ff, None, cfg.alpha, rule, delta=delta)
+    return dfa_update(params, x, ff, delta)
 
 
 def feedback_update(
@@ -360,7 +391,8 @@ def feedback_update(
     if not cfg.noisy:
         raise ValueError("feedback learning needs noise: set sleep.sigma > 0")
     ff = feedforward(params, x)
-    result = simulate(params, x, ff, ff.r[-1], cfg, accumulate_feedback=True, generator=generator)
+    result = simulate(params, x, ff, None, cfg, delta=torch.zeros_like(ff.r[-1]), accumulate_feedback=True,
+                      generator=generator)
     sizes = [w.shape[0] for w in params.weights]
     norm = (cfg.steps - 1) * x.shape[0]
     grads = []

@@ -32,6 +32,9 @@ class SimulationConfig:
         sigma: std of the white noise entering the apical compartment of hidden layers
             (Euler-Maruyama: ``+ sigma * sqrt(dt) / tau_apical * N(0, 1)``). 0 disables noise.
         sigma_output: the same for the output layer; ``None`` means ``sigma``.
+        tau_noise: low-pass filter the noise (Strong-DFC): each layer's noise is
+            n <- (1 - dt/tau_noise) n + (dt/tau_noise) / sqrt(dt) * N(0, 1), and sigma * n is
+            added to the apical voltage. ``None``: white noise as above.
         early_stop: stop simulating once the dynamics have settled and add the remaining steps'
             contribution to time-averaged updates exactly (noise-free simulations only).
         tolerance: settled when, for every sample, the per-step relative change of the control
@@ -44,6 +47,8 @@ class SimulationConfig:
         outer_every: the DFC update's presynaptic sum splits exactly into a first-order part
             (accumulated every step) and an O(lambda^2) part s_i (r_{i-1} - r^-_{i-1})^T, which
             is accumulated every ``outer_every`` steps (rectangle rule). 1 = every step (exact).
+            The split assumes a small nudge and smooth dynamics: noisy simulations and strong
+            targets always use 1.
     """
 
     dt: float = 0.02
@@ -56,6 +61,7 @@ class SimulationConfig:
     inst_transmission: bool = True
     sigma: float = 0.0
     sigma_output: float | None = None
+    tau_noise: float | None = None
     early_stop: bool = True
     tolerance: float = 3e-4
     check_every: int = 20
@@ -92,6 +98,11 @@ class SimulationConfig:
             f"dt={self.dt} is larger than the somatic time constant tau_v={self.tau_v}: the Euler "
             "scheme would overshoot. Use a smaller dt or a larger tau_v.",
         )
+        if self.tau_noise is not None:
+            need(
+                math.isfinite(self.tau_noise) and self.tau_noise >= self.dt,
+                f"tau_noise must be >= dt={self.dt} (or None for white noise), got {self.tau_noise!r}",
+            )
         if self.tau_apical is not None:
             need(self.tau_apical > 0, f"tau_apical must be positive or None, got {self.tau_apical!r}")
             need(

@@ -78,6 +78,8 @@ class SimulationResult:
         error_initial, error_final: ||r_L* - r_L|| at t = 0 and at the end, (B,).
         residual: ||e - alpha u|| / ||r_L^-|| at the end, (B,) (0 at the fixed point; for the
             linear output error this is ||r_L - (r_L* - alpha u)|| / ||r_L^-||).
+        u_mean: the steady-state control: ``u`` for noise-free runs, the mean of u over the last
+            quarter of the steps for noisy ones (as the reference does), (B, n_L).
         dv, dr: final deviations from the feedforward pass, v_i - v^-_i and r_i - r^-_i, computed
             without cancellation (use these, not ``v - ff.v``, in low precision).
         signal_sum: with ``accumulate_forward``: sum over t = 0..T-1 of the teaching signal
@@ -101,6 +103,7 @@ class SimulationResult:
     residual: Tensor
     dv: list[Tensor] = field(default_factory=list)
     dr: list[Tensor] = field(default_factory=list)
+    u_mean: Tensor | None = None
     signal_sum: list[Tensor] | None = None
     outer_sum: list[Tensor | None] | None = None
     feedback_sum: Tensor | None = None
@@ -113,7 +116,8 @@ def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tens
     tau_a = cfg.tau_apical if cfg.tau_apical is not None else cfg.dt
     std = torch.full((sum(sizes),), cfg.sigma, dtype=like.dtype, device=like.device)
     std[-sizes[-1]:] = cfg.output_sigma
-    return std * (cfg.dt**0.5 / tau_a)
+    # white noise enters as sigma sqrt(dt) / tau_A xi; filtered noise as sigma n (n carries its scale)
+    return std if cfg.tau_noise is not None else std * (cfg.dt**0.5 / tau_a)
 
 
 OUTPUT_ERRORS = ("linear", "softmax")
@@ -130,11 +134,13 @@ def simulate(
     output_error: str = "linear",
     accumulate_forward: bool = False,
     accumulate_feedback: bool = False,
+    highpass_tau: float | None = None,
     generator: torch.Generator | None = None,
     record: bool = False,
     rule: str = "nonlinear_difference",
     sample_mask: Tensor | None = None,
     stop_residual: float | None = None,
+    outer_every: int | None = None,
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state towards ``target``.
 
@@ -158,6 +164,10 @@ def simulate(
             e = r_L* - softmax(r_L) (Strong-DFC with cross-entropy; ``target`` = soft labels).
         accumulate_forward: accumulate the forward-weight teaching signals (DFC rule).
         accumulate_feedback: accumulate v^A[t]^T u[t+1] (sleep-phase feedback rule).
+        highpass_tau: with ``accumulate_feedback``, pair v^A[t] with the high-pass filtered
+            control u[t+1] - ubar[t+1] instead, ubar an exponential moving average with rate
+            dt / highpass_tau started at u[1] (Strong-DFC's single-phase feedback rule: removes the
+            mean control that holds the output at the label, keeps the noise-driven part).
         generator: random generator for the noise (``cfg.sigma > 0``).
         record: also return the trajectories of u and r_L (costs memory O(T)).
         rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
@@ -165,6 +175,9 @@ def simulate(
         stop_residual: with early stopping, also require every sample's fixed-point residual
             ||e - alpha u|| / ||r_L^-|| below this before stopping (so that an early stop never
             classifies a sample as non-converged that the full run would converge).
+        outer_every: override ``cfg.outer_every`` (1 = exact). Noisy simulations always use 1:
+            the noise changes the presynaptic rates from one step to the next, so sampling them
+            every k-th step would alias.
         sample_mask: boolean (B,): accumulate only these samples (the others still evolve, even
             to non-finite values, without touching the sums); finiteness is judged on them only.
 
@@ -185,6 +198,12 @@ def simulate(
     apical_rate = cfg.apical_rate
     qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
     noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
+    noise_rate = None if cfg.tau_noise is None else dt / cfg.tau_noise
+    noise_state = None
+    u_lowpass = None
+    highpass_rate = None if highpass_tau is None else dt / highpass_tau
+    tail_start = steps - steps // 4  # the mean control over the last quarter (noisy runs)
+    u_tail = torch.zeros_like(ff.r[-1]) if cfg.noisy else None
     early_stop = cfg.early_stop and not cfg.noisy and not accumulate_feedback and not record
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
     output_error_of = _output_error(output_error, target, delta, ff)
@@ -208,7 +227,7 @@ def simulate(
         if accumulate_forward
         else None
     )
-    outer_every = cfg.outer_every
+    outer_every = 1 if cfg.noisy else (cfg.outer_every if outer_every is None else outer_every)
     pending = 0
     feedback_sum = x.new_zeros(qbar_t.shape[1], qbar_t.shape[0]) if accumulate_feedback else None
     traj_u, traj_r = ([u.clone()], [ff.r[-1].clone()]) if record else ([], [])
@@ -230,9 +249,20 @@ def simulate(
         v_apical_new = drive if apical_rate == 1.0 else torch.lerp(v_apical, drive, apical_rate)
         if noise_std is not None:
             noise = torch.randn(v_apical.shape, dtype=x.dtype, device=x.device, generator=generator)
+            if noise_rate is not None:  # low-pass filtered noise (Strong-DFC)
+                noise = noise * (noise_rate / dt**0.5)
+                noise_state = noise if noise_state is None else noise.add_(noise_state, alpha=1 - noise_rate)
+                noise = noise_state
             v_apical_new = v_apical_new + noise * noise_std
         if feedback_sum is not None:
-            feedback_sum.addmm_(v_apical.T, u_new)
+            pre_apical = v_apical if keep is None else torch.where(keep, v_apical, 0.0)
+            if highpass_rate is None:
+                feedback_sum.addmm_(pre_apical.T, u_new)
+            else:
+                u_lowpass = u_new.clone() if u_lowpass is None else u_lowpass.lerp_(u_new, highpass_rate)
+                feedback_sum.addmm_(pre_apical.T, u_new - u_lowpass)
+        if u_tail is not None and t >= tail_start:
+            u_tail.add_(u_new)
         v_apical, u = v_apical_new, u_new
         apical = torch.split(v_apical, sizes, dim=1)
 
@@ -300,6 +330,7 @@ def simulate(
         residual=residual,
         dv=dv,
         dr=dr,
+        u_mean=u if u_tail is None else u_tail / max(steps_done - tail_start, 1),
         signal_sum=signal_sum,
         outer_sum=outer_sum,
         feedback_sum=feedback_sum,

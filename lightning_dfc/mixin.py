@@ -13,6 +13,7 @@ everything else of the host module: its validation/test steps, metrics, logging 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from .config import SimulationConfig
 from .distributed import check_precision, check_strategy, sync_updates
 from .dynamics import feedforward
 from .network import DFCNetwork, LayerParams
-from .rules import LOSSES, ConvergenceCriterion, feedback_update, forward_update, loss_value
+from .rules import LOSSES, ConvergenceCriterion, FeedbackRule, feedback_update, forward_update, loss_value
 from .schedule import Phase, PhaseInfo, PhaseSchedule
 from .settings import FeedbackConfig, UpdateConfig, as_config, as_optimizer, variant_spec
 
@@ -146,6 +147,7 @@ class DFCMixin:
         self.dfc_feedback_config = as_config(feedback, FeedbackConfig) or FeedbackConfig()
         self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(spec.train_feedback)
+        self._dfc_check_strong(spec)
         net = DFCNetwork(
             network,
             feedback_init=spec.feedback_init or "xavier_normal",
@@ -184,10 +186,45 @@ class DFCMixin:
         self.dfc_last_wake: WakeRecord | None = None
         self.dfc_last_sleep_input: Tensor | None = None
 
+    def _dfc_check_strong(self, spec) -> None:
+        """Validate the Strong-DFC settings (strong target, single-phase learning)."""
+        fb, dyn = self.dfc_feedback_config, self.dfc_dynamics
+        if spec.strong and self.dfc_updates.normalize_lr:
+            raise ValueError(
+                f"{self.dfc_variant} drives the output to the label: there is no target stepsize to "
+                "normalise the learning rate by. Set updates.normalize_lr: false (or leave it unset)."
+            )
+        if spec.single_phase:
+            if not dyn.noisy:
+                raise ValueError(
+                    f"{self.dfc_variant} learns the feedback weights from the noise in the wake dynamics: "
+                    "set dynamics.sigma > 0 (the authors use sigma 4.28e-3, sigma_output 2.97e-2, "
+                    "tau_noise 0.07 on MNIST)"
+                )
+            if fb.highpass_tau is None:
+                raise ValueError(
+                    f"{self.dfc_variant} needs feedback.highpass_tau (the high-pass filter of the control "
+                    "signal in the single-phase feedback rule; the authors use 0.5)"
+                )
+        for name, sim in (("dynamics", dyn), ("feedback.simulation", fb.simulation)):
+            drives_q = name == "feedback.simulation" or spec.single_phase
+            if fb.layer_scaling and drives_q and sim.tau_noise is None:
+                raise ValueError(f"feedback.layer_scaling needs low-pass filtered noise: set {name}.tau_noise")
+
+    @property
+    def dfc_normalize_lr(self) -> bool:
+        """Whether the forward learning rate is divided by the target stepsize (see UpdateConfig)."""
+        value = self.dfc_updates.normalize_lr
+        return (not self.dfc_spec.strong) if value is None else bool(value)
+
+    def _dfc_feedback_rule(self) -> FeedbackRule:
+        cfg = self.dfc_feedback_config
+        return FeedbackRule(cfg.weight_decay, cfg.sigma_floor, cfg.highpass_tau, cfg.layer_scaling)
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[forward] or [forward, feedback, pretrain] (trained-feedback variants)."""
         forward = self._dfc_optimizers["forward"](self.dfc_net.forward_parameters())
-        if self.dfc_updates.normalize_lr:
+        if self.dfc_normalize_lr:
             for group in forward.param_groups:
                 group["lr"] = group["lr"] / self.dfc_target_stepsize
         if not self.dfc_spec.train_feedback:
@@ -267,12 +304,12 @@ class DFCMixin:
         with torch.no_grad():
             if self.trainer.fast_dev_run and self.dfc_spec.train_feedback:
                 # One fast_dev_run step exercises both phases.
-                self._dfc_sleep_step(x, Phase.SLEEP)
+                self._dfc_sleep_step(x, y, Phase.SLEEP)
                 self._dfc_wake_step(x, y)
             elif phase is Phase.WAKE:
                 self._dfc_wake_step(x, y)
             else:
-                self._dfc_sleep_step(x, phase)
+                self._dfc_sleep_step(x, y, phase)
 
     def _dfc_checked_input(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor:
         x = self.dfc_net.prepare_input(x)
@@ -315,16 +352,22 @@ class DFCMixin:
             self.dfc_criterion,
             self._dfc_generator,
             self.dfc_updates.learning_rule,
+            strong_class_value=self.dfc_updates.target_class_value if self.dfc_spec.strong else None,
+            feedback_rule=self._dfc_feedback_rule() if self.dfc_spec.single_phase else None,
         )
         tensors = update.tensors()
         stats = update.stats
+        feedback_grads = update.feedback
         bad = (
             stats.get("finite", 1.0) == 0.0
-            or stats.get("error_ratio", 0.0) > 1.0  # the control error grew: unstable dynamics
+            # the control error grew: unstable dynamics (with noise, the final error is noise-dominated)
+            or (stats.get("error_ratio", 0.0) > 1.0 and not self.dfc_dynamics.noisy)
             or not all(bool(torch.isfinite(t).all()) for t in tensors)
+            or (feedback_grads is not None and not all(bool(torch.isfinite(g).all()) for g in feedback_grads))
         )
+        logged = ("steps", "non_converged", "diverged", "excluded", "control_loss")
         self.log_dict(
-            {f"dfc/{k}": float(v) for k, v in stats.items() if k in ("steps", "non_converged", "diverged", "excluded")},
+            {f"dfc/{k}": float(v) for k, v in stats.items() if k in logged and math.isfinite(float(v))},
             on_step=True,
             on_epoch=True,
         )
@@ -357,6 +400,8 @@ class DFCMixin:
             )
         forward_opt.step()
         self.log("dfc/clipped", float(clipped), on_step=True, on_epoch=True, reduce_fx="sum")
+        if feedback_grads is not None:  # single-phase: Q learns from the same simulation
+            self._dfc_step_feedback(feedback_grads, self._dfc_opts()[1], "dfc/feedback_clipped")
         output = feedforward(params, x).r[-1]  # before the step: the batch the update came from
         self.dfc_train_loss(loss_value(output, y, self.dfc_loss))
         self.log("train_loss", self.dfc_train_loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -364,35 +409,42 @@ class DFCMixin:
             self.dfc_train_acc(output, y)
             self.log("train_acc", self.dfc_train_acc, on_step=False, on_epoch=True, prog_bar=True)
 
-    def _dfc_sleep_step(self, x: Tensor, phase: Phase) -> None:
+    def _dfc_sleep_step(self, x: Tensor, y: Tensor, phase: Phase) -> None:
         cfg = self.dfc_feedback_config
         if self.dfc_record_steps:
             self.dfc_last_sleep_input = x
+        strong_pretraining = self.dfc_spec.single_phase  # Strong-DFC: Q learns with the label target
         grads, stats = feedback_update(
             self.dfc_net.params(),
             x,
             cfg.simulation,
-            weight_decay=cfg.weight_decay,
-            sigma_floor=cfg.sigma_floor,
             generator=self._dfc_generator,
+            rule=self._dfc_feedback_rule() if strong_pretraining else FeedbackRule(cfg.weight_decay, cfg.sigma_floor),
+            y=y if strong_pretraining else None,
+            loss=self.dfc_loss,
+            strong_class_value=self.dfc_updates.target_class_value if strong_pretraining else None,
         )
-        qs = self.dfc_net.trainable_feedback()
-        grads = grads[: len(qs)]  # Q_L last: dropped when frozen
         bad = stats["finite"] == 0.0 or not all(bool(torch.isfinite(g).all()) for g in grads)
         if self._dfc_any_rank(bad):
             self._dfc_register_divergence("sleep")
             return
         self._dfc_diverged_in_a_row = 0
-        opt = self._dfc_opts()[2 if phase is Phase.PRETRAIN else 1]
+        self._dfc_step_feedback(grads, self._dfc_opts()[2 if phase is Phase.PRETRAIN else 1], "sleep/clipped")
+        self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
+
+    def _dfc_step_feedback(self, grads: list[Tensor], opt, clip_log: str) -> None:
+        """Apply feedback-weight updates (one per Q_i; Q_L's dropped when frozen) with ``opt``."""
+        cfg = self.dfc_feedback_config
+        qs = self.dfc_net.trainable_feedback()
+        grads = grads[: len(qs)]  # Q_L last: dropped when frozen
         opt.zero_grad()
         for q, g in zip(qs, grads):
-            q.grad = g
+            q.grad = g.to(q.dtype)
         sync_updates(self.trainer.strategy, qs)
         if cfg.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(qs, cfg.clip_norm)
-            self.log("sleep/clipped", float(norm > cfg.clip_norm), on_step=False, on_epoch=True, reduce_fx="sum")
+            self.log(clip_log, float(norm > cfg.clip_norm), on_step=False, on_epoch=True, reduce_fx="sum")
         opt.step()
-        self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
 
     def _dfc_opts(self) -> list:
         opts = self.optimizers()

@@ -41,6 +41,9 @@ __all__ = [
     "loss_gradient",
     "output_target",
     "output_delta",
+    "strong_target",
+    "FeedbackRule",
+    "feedback_gradients",
     "dfc_update",
     "dfc_ss_update",
     "dfc_ssa_update",
@@ -65,12 +68,18 @@ class Update:
         biases: one tensor (n_i,) or ``None`` per layer.
         stats: scalars for logging: ``steps`` simulated, ``non_converged`` and ``diverged``
             sample counts, ``excluded`` samples, ``finite`` (1.0 / 0.0), ``error_ratio`` (final
-            over initial mean control error; > 1 means the dynamics diverged).
+            over initial mean control error; > 1 means the dynamics diverged), and for strong
+            feedback ``control_loss`` H = mean_b ||Qbar u_ss||^2.
+        feedback: single-phase learning only: the feedback-weight updates Q_1..Q_L computed
+            from the same simulation (gradient sign), each (n_i, n_L).
+        control: the steady-state control u_ss of the simulation (B, n_L), if one was run.
     """
 
     weights: list[Tensor]
     biases: list[Tensor | None]
     stats: dict[str, float] = field(default_factory=dict)
+    feedback: list[Tensor] | None = None
+    control: Tensor | None = None
 
     def tensors(self) -> list[Tensor]:
         """W_1, b_1, ..., W_L, b_L (biases only where present), matching
@@ -141,6 +150,75 @@ def output_delta(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) 
     """delta = r_L* - r_L^- = -lambda d(batch-mean loss)/d(r_L), (B, n_L), formed directly (no
     subtraction of nearly equal outputs, which would cancel in float32)."""
     return -target_stepsize * loss_gradient(output, y, loss)
+
+
+def strong_target(output: Tensor, y: Tensor, loss: Loss, class_value: float = 0.99) -> tuple[Tensor, str]:
+    """Strong-DFC's controller target: the label itself, and the error the controller sees.
+
+    Cross-entropy: soft labels (``class_value`` for the correct class, (1 - class_value)/(n_L - 1)
+    for the others; a softmax can never reach an exact one-hot) with e = r_L* - softmax(r_L).
+    MSE: the regression target with e = r_L* - r_L.
+
+    Returns:
+        (target (B, n_L), ``output_error`` mode of :func:`~lightning_dfc.dynamics.simulate`).
+    """
+    if loss == "cross_entropy":
+        if y.dtype.is_floating_point or y.dim() != 1:
+            raise ValueError("cross_entropy expects integer class labels of shape (B,)")
+        if not 0.0 < class_value < 1.0:
+            raise ValueError(f"target_class_value must lie in (0, 1) for cross-entropy, got {class_value}")
+        n_out = output.shape[1]
+        target = torch.full_like(output, (1.0 - class_value) / (n_out - 1))
+        target.scatter_(1, y.long().unsqueeze(1), class_value)
+        return target, "softmax"
+    if loss == "mse":
+        if y.shape != output.shape:
+            raise ValueError(f"mse expects targets shaped like the output {tuple(output.shape)}, got {tuple(y.shape)}")
+        return y.to(output.dtype), "linear"
+    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+
+
+@dataclass(frozen=True)
+class FeedbackRule:
+    """Scaling of the feedback-weight rule dQ_i = s_i / (K B) sum_t sum_b v^A_i[t] u[t+1]^T + wd Q_i.
+
+    Args:
+        weight_decay: wd, added to the update (reference ``feedback_wd`` / Adam weight decay).
+        sigma_floor: s_i = 1 / max(sigma_i, sigma_floor)^2 (the reference's cap).
+        highpass_tau: pair v^A with the high-pass filtered control (Strong-DFC, ``tau_f``);
+            ``None``: the plain control (DFC's sleep phase).
+        layer_scaling: multiply layer i's update by (1 + tau_v / tau_noise)^(L - i), i = 1..L
+            (reference ``scaling_fb_updates``; needs low-pass filtered noise).
+    """
+
+    weight_decay: float = 0.0
+    sigma_floor: float = 0.01
+    highpass_tau: float | None = None
+    layer_scaling: bool = False
+
+
+def feedback_gradients(
+    params: LayerParams, feedback_sum: Tensor, batch: int, cfg: SimulationConfig, rule: FeedbackRule
+) -> list[Tensor]:
+    """The feedback rule's updates from an accumulated sum_t v^A[t]^T u[t+1] (S, n_L), one per Q_i."""
+    sizes = [w.shape[0] for w in params.weights]
+    norm = (cfg.steps - 1) * batch
+    n_layers = params.num_layers
+    if rule.layer_scaling and cfg.tau_noise is None:
+        raise ValueError("feedback layer_scaling needs low-pass filtered noise (simulation.tau_noise)")
+    grads = []
+    for i, block in enumerate(torch.split(feedback_sum, sizes, dim=0)):
+        sigma = cfg.output_sigma if i == n_layers - 1 else cfg.sigma
+        scale = 1.0 / max(sigma, rule.sigma_floor) ** 2
+        if rule.layer_scaling:
+            scale *= (1.0 + cfg.tau_v / cfg.tau_noise) ** (n_layers - i - 1)
+        grads.append(block * (scale / norm) + rule.weight_decay * params.feedback[i])
+    return grads
+
+
+def control_loss(params: LayerParams, u: Tensor) -> Tensor:
+    """H = mean over the batch of ||Qbar u||^2, 0-dim (the amount of control Strong-DFC minimises)."""
+    return (u @ torch.cat(params.feedback, 0).T).square().sum(1).mean()
 
 
 def output_target(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:
@@ -215,12 +293,17 @@ def dfc_ss_update(
     rule: str = "nonlinear_difference",
     *,
     delta: Tensor | None = None,
+    output_error: str = "linear",
+    generator: torch.Generator | None = None,
 ) -> Update:
     """DFC-SS: simulate, then apply the local rule at the final (steady) state only.
 
-    ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision."""
+    ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision;
+    ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC)."""
     stop = criterion.threshold if criterion.exclude else None
-    result = simulate(params, x, ff, None, cfg, delta=_offset(ff, target, delta), stop_residual=stop)
+    offset = _offset(ff, target, delta) if output_error == "linear" else None
+    result = simulate(params, x, ff, target, cfg, delta=offset, output_error=output_error, generator=generator,
+                      stop_residual=stop)
     stats, converged = _simulation_stats(result, criterion)
     mask = None
     if criterion.exclude:
@@ -228,7 +311,8 @@ def dfc_ss_update(
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(all(bool(torch.isfinite(t[converged]).all()) for t in result.v))
     update = _steady_state_rule(params, x, ff, result.dv, result.dr, mask, rule)
-    update.stats = stats
+    update.stats = {**stats, "control_loss": float(control_loss(params, result.u_mean))}
+    update.control = result.u_mean
     return update
 
 
@@ -272,6 +356,9 @@ def dfc_update(
     rule: str = "nonlinear_difference",
     *,
     delta: Tensor | None = None,
+    output_error: str = "linear",
+    feedback_rule: FeedbackRule | None = None,
+    outer_every: int | None = None,
 ) -> Update:
     """DFC: the local rule applied continuously, averaged over all T time points (eq. 5).
 
@@ -280,24 +367,41 @@ def dfc_update(
     With ``criterion.exclude``, non-converged samples are known only at the end: the batch is
     then simulated a second time with the same noise, accumulating only converged samples.
     ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision.
+    ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
+    With ``feedback_rule`` (single-phase learning) the same simulation also yields the
+    feedback-weight updates (``Update.feedback``), from the converged samples when excluding.
+    ``outer_every`` overrides ``cfg.outer_every`` (its split of the presynaptic sum assumes a small
+    nudge: strong targets pass 1).
     """
-    delta = _offset(ff, target, delta)
+    delta = _offset(ff, target, delta) if output_error == "linear" else None
+    single_phase = feedback_rule is not None
+    if single_phase and not cfg.noisy:
+        raise ValueError("single-phase feedback learning needs noise in the dynamics (sigma > 0)")
+    highpass = feedback_rule.highpass_tau if single_phase else None
     if criterion.exclude and cfg.noisy and generator is None:
         generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
     noise_state = generator.get_state() if generator is not None else None
     stop = criterion.threshold if criterion.exclude else None
-    result = simulate(params, x, ff, None, cfg, delta=delta, accumulate_forward=True, generator=generator,
-                      rule=rule, stop_residual=stop)
+    result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_forward=True,
+                      accumulate_feedback=single_phase, highpass_tau=highpass, generator=generator, rule=rule,
+                      stop_residual=stop, outer_every=outer_every)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:
             generator.set_state(noise_state)
-        result = simulate(params, x, ff, None, cfg, delta=delta, accumulate_forward=True, generator=generator,
-                          rule=rule, sample_mask=converged, stop_residual=stop)
+        result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error,
+                          accumulate_forward=True, accumulate_feedback=single_phase, highpass_tau=highpass,
+                          generator=generator, rule=rule, sample_mask=converged, stop_residual=stop,
+                          outer_every=outer_every)
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(result.finite)
     weights, biases = _continuous_rule(params, x, result, cfg.steps)
-    return Update(weights, biases, stats)
+    stats["control_loss"] = float(control_loss(params, result.u_mean))
+    feedback = None
+    if single_phase:
+        used = int(converged.sum()) if criterion.exclude else x.shape[0]
+        feedback = feedback_gradients(params, result.feedback_sum, max(used, 1), cfg, feedback_rule)
+    return Update(weights, biases, stats, feedback, result.u_mean)
 
 
 def dfa_update(params: LayerParams, x: Tensor, ff: Feedforward, delta: Tensor) -> Update:
@@ -342,6 +446,9 @@ def forward_update(
     criterion: ConvergenceCriterion = ConvergenceCriterion(),
     generator: torch.Generator | None = None,
     rule: str = "nonlinear_difference",
+    *,
+    strong_class_value: float | None = None,
+    feedback_rule: FeedbackRule | None = None,
 ) -> Update:
     """Forward-weight update of any variant on one batch: ``dfc``, ``dfc_ss``, ``dfc_ssa``, ``dfa``, ``bp``.
 
@@ -350,17 +457,37 @@ def forward_update(
         target_stepsize: lambda of the output target.
         cfg: simulation hyperparameters (``alpha`` is also the SSA leak).
         rule: ``nonlinear_difference`` (default, the paper's eq. 5) or ``voltage_difference``.
+        strong_class_value: Strong-DFC: the controller drives the output to the label itself
+            (:func:`strong_target`, soft labels with this value for cross-entropy) instead of the
+            nudged target; ``None``: DFC. Only ``dfc`` and ``dfc_ss`` simulate, so only they can.
+        feedback_rule: single-phase learning (``dfc`` only): also compute the feedback-weight
+            updates from the same simulation (``Update.feedback``).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    strong = strong_class_value is not None
+    if strong and variant not in ("dfc", "dfc_ss"):
+        raise ValueError(
+            f"strong feedback needs a simulated controller (dfc or dfc_ss), not {variant!r}: the linearised "
+            "steady state (ssa) is not accurate far from the feedforward state"
+        )
+    if feedback_rule is not None and variant != "dfc":
+        raise ValueError(f"single-phase feedback learning uses the continuous dfc rule, not {variant!r}")
     if variant == "bp":
         return bp_update(params, x, y, loss)
     ff = feedforward(params, x)
-    delta = output_delta(ff.r[-1], y, loss, target_stepsize)
+    if strong:
+        target, output_error = strong_target(ff.r[-1], y, loss, strong_class_value)
+        delta = target - ff.r[-1] if output_error == "linear" else None  # a label, not a small nudge
+    else:
+        target, output_error = None, "linear"
+        delta = output_delta(ff.r[-1], y, loss, target_stepsize)
     if variant == "dfc":
-        return dfc_update(params, x, ff, None, cfg, criterion, generator, rule, delta=delta)
+        return dfc_update(params, x, ff, target, cfg, criterion, generator, rule, delta=delta,
+                          output_error=output_error, feedback_rule=feedback_rule, outer_every=1 if strong else None)
     if variant == "dfc_ss":
-        return dfc_ss_update(params, x, ff, None, cfg, criterion, rule, delta=delta)
+        return dfc_ss_update(params, x, ff, target, cfg, criterion, rule, delta=delta, output_error=output_error,
+                             generator=generator)
     if variant == "dfc_ssa":
         return dfc_ssa_update(params, x, ff, None, cfg.alpha, rule, delta=delta)
     return dfa_update(params, x, ff, delta)
@@ -373,11 +500,17 @@ def feedback_update(
     weight_decay: float = 0.0,
     sigma_floor: float = 0.01,
     generator: torch.Generator | None = None,
+    *,
+    rule: FeedbackRule | None = None,
+    y: Tensor | None = None,
+    loss: Loss = "cross_entropy",
+    strong_class_value: float | None = None,
 ) -> tuple[list[Tensor], dict[str, float]]:
-    """Sleep-phase feedback rule (paper eq. 13) on one batch.
+    """Feedback-weight rule on one batch: DFC's sleep phase (paper eq. 13) or Strong-DFC's
+    feedback pre-training.
 
-    Noise drives the apical compartments while the controller holds the output at the noise-free
-    feedforward output. Per layer, with pairs (v^A[t], u[t+1]), t = 0..T-2:
+    DFC: noise drives the apical compartments while the controller holds the output at the
+    noise-free feedforward output. Per layer, with pairs (v^A[t], u[t+1]), t = 0..T-2:
 
         dQ_i = s_i / ((T - 1) B) sum_t sum_b v^A_i[t] u[t+1]^T + weight_decay * Q_i
 
@@ -385,21 +518,27 @@ def feedback_update(
     with sigma_i the layer's noise std (``sigma_output`` for Q_L): the reference caps the scale at
     1e4, which all its computer-vision configs hit.
 
+    Strong-DFC pre-training (``strong_class_value`` and labels ``y`` given): the controller
+    drives the output to the label, and ``rule.highpass_tau`` replaces u by its high-pass
+    filtered part. ``rule`` (a :class:`FeedbackRule`) overrides ``weight_decay``/``sigma_floor``.
+
     Returns:
         (one tensor per Q_i shaped (n_i, n_L), statistics).
     """
     if not cfg.noisy:
         raise ValueError("feedback learning needs noise: set sleep.sigma > 0")
+    rule = rule or FeedbackRule(weight_decay, sigma_floor)
     ff = feedforward(params, x)
-    result = simulate(params, x, ff, None, cfg, delta=torch.zeros_like(ff.r[-1]), accumulate_feedback=True,
-                      generator=generator)
-    sizes = [w.shape[0] for w in params.weights]
-    norm = (cfg.steps - 1) * x.shape[0]
-    grads = []
-    for i, block in enumerate(torch.split(result.feedback_sum, sizes, dim=0)):
-        sigma = cfg.output_sigma if i == params.num_layers - 1 else cfg.sigma
-        scale = 1.0 / max(sigma, sigma_floor) ** 2
-        grads.append(block * (scale / norm) + weight_decay * params.feedback[i])
+    if strong_class_value is not None:
+        if y is None:
+            raise ValueError("strong-feedback pre-training drives the output to the labels: pass y")
+        target, output_error = strong_target(ff.r[-1], y, loss, strong_class_value)
+        delta = target - ff.r[-1] if output_error == "linear" else None
+    else:
+        target, output_error, delta = None, "linear", torch.zeros_like(ff.r[-1])
+    result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_feedback=True,
+                      highpass_tau=rule.highpass_tau, generator=generator)
+    grads = feedback_gradients(params, result.feedback_sum, x.shape[0], cfg, rule)
     stats = {
         "steps": float(result.steps_simulated),
         "finite": float(result.finite),

@@ -30,12 +30,16 @@ class VariantSpec:
     Attributes:
         rule: the forward update computed by :func:`lightning_dfc.rules.forward_update`.
         feedback_init: initialisation of Q (``None``: no feedback weights used).
-        train_feedback: whether sleep epochs train Q.
+        train_feedback: whether Q is trained (sleep epochs, or single-phase learning).
+        strong: Strong-DFC: the controller drives the output to the label itself.
+        single_phase: forward and feedback weights learn from the same (noisy) simulation.
     """
 
     rule: str
     feedback_init: str | None
     train_feedback: bool
+    strong: bool = False
+    single_phase: bool = False
 
 
 VARIANTS: dict[str, VariantSpec] = {
@@ -47,6 +51,9 @@ VARIANTS: dict[str, VariantSpec] = {
     "dfc_ssa_fixed": VariantSpec("dfc_ssa", "weight_product", False),
     "dfa": VariantSpec("dfa", "xavier_normal", False),
     "bp": VariantSpec("bp", None, False),
+    # Strong-DFC (Meulemans, Tristany Farinha, Cervera et al., ICML 2022)
+    "strong_dfc": VariantSpec("dfc", "xavier_normal", True, strong=True, single_phase=True),
+    "strong_dfc_ss": VariantSpec("dfc_ss", "xavier_normal", True, strong=True),
 }
 
 
@@ -70,6 +77,11 @@ class FeedbackConfig:
         sigma_floor: the rule's scale is 1/max(sigma, sigma_floor)^2 (the reference's cap of 1e4).
         freeze_output: keep Q_L = I fixed (reference ``freeze_fb_weights_output``).
         clip_norm: clip the *total* norm of the Q updates (``None``: no clipping).
+        highpass_tau: Strong-DFC (``strong_dfc``): the feedback rule pairs v^A with the control
+            minus its exponential moving average of time constant ``tau_f`` (reference 0.5), in the
+            wake simulation and in pre-training. Required by single-phase learning.
+        layer_scaling: multiply Q_i's update by (1 + tau_v / tau_noise)^(L - i) (reference
+            ``scaling_fb_updates``; needs ``tau_noise`` in the simulation that drives it).
     """
 
     simulation: SimulationConfig = field(default_factory=sleep_defaults)
@@ -80,8 +92,12 @@ class FeedbackConfig:
     sigma_floor: float = 0.01
     freeze_output: bool = False
     clip_norm: float | None = 1.0
+    highpass_tau: float | None = None
+    layer_scaling: bool = False
 
     def __post_init__(self) -> None:
+        if self.highpass_tau is not None and not (math.isfinite(self.highpass_tau) and self.highpass_tau > 0):
+            raise ValueError(f"FeedbackConfig: highpass_tau must be positive or None, got {self.highpass_tau!r}")
         if isinstance(self.simulation, dict):
             self.simulation = SimulationConfig(**self.simulation)
         if not self.simulation.noisy:
@@ -104,7 +120,10 @@ class UpdateConfig:
         learning_rule: ``nonlinear_difference`` (phi(v) - phi(v^B), the paper's eq. 5) or
             ``voltage_difference`` (v - v^B).
         normalize_lr: divide the forward optimizer's learning rate by ``target_stepsize``
-            (the reference's ``normalize_lr``, on in all its configs).
+            (the reference's ``normalize_lr``, on in all its DFC configs). ``None``: on for the
+            nudged variants, off for the strong ones (they have no target stepsize).
+        target_class_value: Strong-DFC with cross-entropy: the correct class's value in the soft
+            label the controller drives the output to (the authors' 0.99).
         clip_norm: clip each forward update tensor (W_i and b_i separately) to this norm, as
             the reference does (``None``: no clipping). Clipped tensors are counted and logged.
         exclude_non_converged: drop samples whose dynamics did not converge from the update (what
@@ -117,7 +136,8 @@ class UpdateConfig:
     """
 
     learning_rule: str = "nonlinear_difference"
-    normalize_lr: bool = True
+    normalize_lr: bool | None = None
+    target_class_value: float = 0.99
     clip_norm: float | None = 1.0
     exclude_non_converged: bool = False
     convergence_threshold: float = 1e-5
@@ -129,6 +149,8 @@ class UpdateConfig:
             raise ValueError(f"UpdateConfig: learning_rule must be one of {RULES}, got {self.learning_rule!r}")
         if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise ValueError(f"UpdateConfig: clip_norm must be positive or None, got {self.clip_norm}")
+        if not 0.0 < self.target_class_value < 1.0:
+            raise ValueError(f"UpdateConfig: target_class_value must lie in (0, 1), got {self.target_class_value!r}")
         if self.max_diverged_batches < 1:
             raise ValueError("UpdateConfig: max_diverged_batches must be >= 1")
 

@@ -1,0 +1,373 @@
+"""Strong-DFC: label targets, low-pass filtered noise, single-phase learning, the control loss H.
+
+* The simulation against a literal, trajectory-storing implementation of the authors' equations
+  (filtered noise, softmax error, high-pass filtered control in the feedback rule).
+* Theory: zero loss means no control and no update; following the Strong-DFC update lowers the
+  amount of control H; single-phase feedback learning aligns Q with J^T (Condition 2).
+* The module: both modes train from their configs, log H, and reject bad settings.
+* The example configs carry the authors' published hyperparameters.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from lightning_dfc import MLP, DFCModule
+from lightning_dfc.config import SimulationConfig
+from lightning_dfc.diagnostics import condition_2
+from lightning_dfc.dynamics import feedforward, output_jacobian
+from lightning_dfc.network import DFCNetwork
+from lightning_dfc.rules import FeedbackRule, control_loss, forward_update, strong_target
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+DT = torch.float64
+
+
+def make_net(sizes=(6, 8, 7, 4), activation="tanh", seed=0, feedback_init="xavier_normal"):
+    torch.manual_seed(seed)
+    return DFCNetwork(MLP(list(sizes), activation=activation), feedback_init=feedback_init).to(DT)
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in tensors])
+
+
+# ------------------------------------------------------------------ the simulation, literally
+
+
+def brute_force_strong(W, b, Q, x, target, cfg, highpass_tau, noise):
+    """The authors' controller loop (dfc_network.py `controller`, single-phase class), storing
+    every time point: softmax error, proactive PI control with the leak on u, instantaneous
+    apical compartment v_fb = Q u + sigma n with n low-pass filtered noise, then the continuous
+    forward rule and the single-phase feedback rule with u high-pass filtered.
+
+    ``noise``: (T - 1, B, S) standard normal draws, one (B, S) block per Euler step.
+    """
+    L, T, dt = len(W), cfg.steps, cfg.dt
+    phi = [torch.tanh] * (L - 1) + [lambda a: a]
+    widths = [w.shape[0] for w in W]
+    sigmas = [cfg.sigma] * (L - 1) + [cfg.output_sigma]
+    v, vff, r, vfb = [[None] * L for _ in range(T)], [[None] * L for _ in range(T)], [[None] * L for _ in range(T)], []
+    pre = x
+    for i in range(L):
+        vff[0][i] = pre @ W[i].T + b[i]
+        v[0][i] = vff[0][i]
+        r[0][i] = phi[i](v[0][i])
+        pre = r[0][i]
+    vfb.append([torch.zeros_like(v[0][i]) for i in range(L)])
+    u = [torch.zeros_like(target)]
+    u_int = torch.zeros_like(target)
+    filtered = [torch.zeros_like(v[0][i]) for i in range(L)]
+    alpha_n = dt / cfg.tau_noise
+    for t in range(T - 1):
+        e = target - torch.softmax(r[t][L - 1], dim=1)
+        u_int = u_int + dt * (e - cfg.alpha * u[t])
+        u.append(u_int + cfg.k_p * e)
+        xi = torch.split(noise[t], widths, dim=1)
+        step_fb = []
+        pre = x
+        for i in range(L):
+            vff[t + 1][i] = pre @ W[i].T + b[i]
+            filtered[i] = alpha_n / math.sqrt(dt) * xi[i] + (1 - alpha_n) * filtered[i]
+            step_fb.append(u[t + 1] @ Q[i].T + sigmas[i] * filtered[i])
+            v[t + 1][i] = v[t][i] + dt / cfg.tau_v * (step_fb[i] + vff[t + 1][i] - v[t][i])
+            r[t + 1][i] = phi[i](v[t + 1][i])
+            pre = r[t + 1][i]
+        vfb.append(step_fb)
+    B = x.shape[0]
+    dW, db = [], []
+    for i in range(L):
+        gw, gb = torch.zeros_like(W[i]), torch.zeros_like(b[i])
+        for t in range(T):
+            s = phi[i](v[t][i]) - phi[i](vff[t][i])
+            gw += s.T @ (x if i == 0 else r[t][i - 1])
+            gb += s.sum(0)
+        dW.append(-2.0 / (B * T) * gw)
+        db.append(-2.0 / (B * T) * gb)
+    # high-pass filtered control: u[1..T-1] minus its EMA started at u[1]
+    alpha_u = dt / highpass_tau
+    lowpass = u[1]
+    hp = [torch.zeros_like(u[1])]
+    for t in range(2, T):
+        lowpass = alpha_u * u[t] + (1 - alpha_u) * lowpass
+        hp.append(u[t] - lowpass)
+    dQ = []
+    for i in range(L):
+        scale = 1.0 / max(sigmas[i], 0.01) ** 2 * (1 + cfg.tau_v / cfg.tau_noise) ** (L - i - 1)
+        acc = sum(vfb[t][i].T @ hp[t] for t in range(T - 1))  # pairs (v_fb[t], u_hp[t+1])
+        dQ.append(scale / ((T - 1) * B) * acc)
+    return dW, db, dQ, u
+
+
+def test_single_phase_update_matches_the_literal_simulation():
+    net = make_net()
+    params = net.params()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 6, dtype=DT, generator=g)
+    y = torch.randint(0, 4, (5,), generator=g)
+    cfg = SimulationConfig(dt=0.01, steps=60, k_p=1.5, alpha=0.01, tau_v=0.05, sigma=0.02, sigma_output=0.05,
+                           tau_noise=0.07)
+    rule = FeedbackRule(weight_decay=0.0, sigma_floor=0.01, highpass_tau=0.3, layer_scaling=True)
+    got = forward_update("dfc", params, x, y, "cross_entropy", 0.1, cfg, generator=torch.Generator().manual_seed(7),
+                         strong_class_value=0.9, feedback_rule=rule)
+    gen = torch.Generator().manual_seed(7)  # the same draws as the library: one (B, S) block per step
+    noise = torch.stack([torch.randn(5, sum(net.sizes[1:]), dtype=DT, generator=gen) for _ in range(cfg.steps - 1)])
+    target, _ = strong_target(feedforward(params, x).r[-1], y, "cross_entropy", 0.9)
+    dW, db, dQ, u = brute_force_strong(params.weights, params.biases, params.feedback, x, target, cfg, 0.3, noise)
+    torch.testing.assert_close(flat(got.weights), flat(dW), rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(flat(got.biases), flat(db), rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(flat(got.feedback), flat(dQ), rtol=1e-9, atol=1e-13)
+    # the logged H uses the mean control over the last quarter of the steps
+    tail = torch.stack(u[cfg.steps - (cfg.steps - 1) // 4:]).mean(0)
+    assert got.stats["control_loss"] == pytest.approx(float(control_loss(params, tail)), rel=1e-9)
+
+
+def test_strong_target_soft_labels():
+    out = torch.zeros(3, 4, dtype=DT)
+    target, mode = strong_target(out, torch.tensor([0, 3, 1]), "cross_entropy", 0.97)
+    assert mode == "softmax"
+    assert torch.allclose(target.sum(1), torch.ones(3, dtype=DT))
+    assert target[1, 3] == 0.97 and target[1, 0] == pytest.approx(0.01)
+    y = torch.randn(3, 4, dtype=DT)
+    assert strong_target(out, y, "mse", 0.99)[1] == "linear"
+    with pytest.raises(ValueError, match="target_class_value"):
+        strong_target(out, torch.tensor([0, 1, 2]), "cross_entropy", 1.0)
+
+
+# ------------------------------------------------------------------ theory
+
+
+@pytest.mark.parametrize("variant", ["dfc", "dfc_ss"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_zero_loss_means_no_control_and_no_update(variant, loss):
+    """Output already at the label: the controller never acts, H = 0, every update is 0."""
+    net = make_net()
+    x = torch.randn(4, 6, dtype=DT, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the output layer emits a fixed vector: W_L = 0, b_L = logits
+        net.layers[-1].weight.zero_()
+        if loss == "cross_entropy":
+            soft = torch.full((4,), 0.03 / 3, dtype=DT)
+            soft[2] = 0.97
+            net.layers[-1].bias.copy_(torch.log(soft))
+            y = torch.full((4,), 2)
+        else:
+            net.layers[-1].bias.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5], dtype=DT))
+            y = net.layers[-1].bias.detach().expand(4, 4).clone()
+    cfg = SimulationConfig(dt=0.01, steps=200, k_p=1.5, alpha=0.01, tau_v=0.05)
+    up = forward_update(variant, net.params(), x, y, loss, 0.1, cfg, strong_class_value=0.97)
+    assert up.stats["control_loss"] < 1e-26
+    assert float(up.control.abs().max()) < 1e-13
+    assert float(flat(up.tensors()).abs().max()) < 1e-13
+
+
+def test_following_the_strong_update_lowers_the_control_loss():
+    """H = ||Qbar u_ss||^2 is what Strong-DFC minimises: plain steps along its update shrink it."""
+    net = make_net(sizes=(6, 10, 10, 4), seed=1, feedback_init="weight_product")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 6, dtype=DT, generator=g)
+    y = torch.randint(0, 4, (16,), generator=g)
+    cfg = SimulationConfig(dt=0.01, steps=400, k_p=1.5, alpha=0.01, tau_v=0.05)
+    history = []
+    for _ in range(25):
+        up = forward_update("dfc_ss", net.params(), x, y, "cross_entropy", 0.1, cfg, strong_class_value=0.9)
+        history.append(up.stats["control_loss"])
+        with torch.no_grad():
+            for p, d in zip(net.forward_parameters(), up.tensors()):
+                p -= 0.05 * d
+    assert history[-1] < 0.5 * history[0]
+    assert sum(b < a for a, b in zip(history, history[1:])) >= 0.8 * (len(history) - 1)
+
+
+def test_single_phase_feedback_learning_improves_condition_2_on_a_linear_network():
+    """Only Q learns (from the same noisy simulations that would train W): col(Q) moves into
+    row(J), Condition 2 rises from its random-initialisation value."""
+    net = make_net(sizes=(5, 8, 8, 3), activation="linear", seed=4)
+    g = torch.Generator().manual_seed(5)
+    cfg = SimulationConfig(dt=0.01, steps=150, k_p=1.5, alpha=0.05, tau_v=0.05, sigma=0.05, sigma_output=0.05,
+                           tau_noise=0.05)
+    rule = FeedbackRule(weight_decay=0.0, highpass_tau=0.2, layer_scaling=False)
+    params = net.params()
+    jac = output_jacobian(params, feedforward(params, torch.zeros(1, 5, dtype=DT)).v)  # constant: linear
+    start = float(condition_2(jac, torch.cat(params.feedback)).mean())
+    opt = torch.optim.SGD(net.trainable_feedback(), lr=0.02)
+    for _ in range(60):
+        x = torch.randn(32, 5, dtype=DT, generator=g)
+        y = torch.randint(0, 3, (32,), generator=g)
+        up = forward_update("dfc", net.params(), x, y, "cross_entropy", 0.1, cfg, generator=g,
+                            strong_class_value=0.9, feedback_rule=rule)
+        opt.zero_grad()
+        for q, d in zip(net.trainable_feedback(), up.feedback):
+            q.grad = d
+        torch.nn.utils.clip_grad_norm_(net.trainable_feedback(), 1.0)
+        opt.step()
+    end = float(condition_2(jac, torch.cat(net.params().feedback)).mean())
+    assert end > start + 0.2 and end > 0.8, (start, end)
+
+
+# ------------------------------------------------------------------ the module
+
+
+def strong_module(variant: str, **overrides) -> DFCModule:
+    noisy = variant == "strong_dfc"
+    dynamics = dict(dt=0.01, steps=40, k_p=1.5, alpha=0.01, tau_v=0.05)
+    if noisy:
+        dynamics.update(sigma=0.01, sigma_output=0.02, tau_noise=0.05)
+    kwargs = dict(
+        network=MLP([6, 8, 4], activation="tanh"),
+        variant=variant,
+        loss="cross_entropy",
+        dynamics=dynamics,
+        feedback=dict(
+            pretrain_epochs=1, sleep_before=0 if noisy else 1, sleep_after=0, weight_decay=0.1,
+            highpass_tau=0.5 if noisy else None, layer_scaling=noisy,
+            simulation=dict(dt=0.01, steps=20, k_p=0.5, alpha=0.1, tau_v=0.05, sigma=0.01, tau_noise=0.05),
+        ),
+        forward_optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}},
+        feedback_optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 1e-4}},
+        pretrain_optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 1e-4}},
+    )
+    kwargs.update(overrides)
+    return DFCModule(**kwargs).double()
+
+
+@pytest.mark.parametrize("variant", ["strong_dfc", "strong_dfc_ss"])
+def test_strong_variants_train_and_log_the_control_loss(variant, tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, dtype=DT, generator=g)
+    y = torch.randint(0, 4, (64,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    model = strong_module(variant)
+    assert not model.dfc_normalize_lr  # no target stepsize to normalise by
+    q0 = [q.detach().clone() for q in model.dfc_feedback_weights]
+    w0 = [p.detach().clone() for p in model.dfc_net.forward_parameters()]
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, loader, loader)
+    metrics = trainer.callback_metrics
+    assert math.isfinite(float(metrics["dfc/control_loss_epoch"])) and float(metrics["dfc/control_loss_epoch"]) > 0
+    assert all(not torch.equal(a, b) for a, b in zip(w0, model.dfc_net.forward_parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(q0, model.dfc_feedback_weights))
+    if variant == "strong_dfc":  # no sleep epochs: epochs = pretraining + 2 forward epochs
+        assert trainer.current_epoch == 3
+
+
+@pytest.mark.parametrize(
+    "variant, overrides, match",
+    [
+        ("strong_dfc", {"updates": {"normalize_lr": True}}, "normalize_lr"),
+        ("strong_dfc", {"dynamics": {"dt": 0.01, "steps": 40}}, "sigma > 0"),
+        ("strong_dfc", {"feedback": {"highpass_tau": None, "sleep_before": 0, "sleep_after": 0}}, "highpass_tau"),
+        ("strong_dfc", {"feedback": {"highpass_tau": 0.5, "layer_scaling": True}}, "tau_noise"),
+    ],
+)
+def test_bad_strong_settings_are_rejected(variant, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        strong_module(variant, **overrides)
+
+
+@pytest.mark.parametrize("variant", ["dfc_ssa", "dfa"])
+def test_strong_feedback_needs_a_simulated_controller(variant):
+    net = make_net()
+    x = torch.randn(3, 6, dtype=DT)
+    with pytest.raises(ValueError, match="strong feedback needs a simulated controller"):
+        forward_update(variant, net.params(), x, torch.tensor([0, 1, 2]), "cross_entropy", 0.1,
+                       SimulationConfig(), strong_class_value=0.99)
+
+
+# ------------------------------------------------------------------ the example configs
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+
+
+# mariacer/strong_dfc dfc/EXPERIMENTS.rst, transcribed independently of the YAML files (4 digits)
+SINGLE = {
+    "mnist": dict(lr=3.0959e-4, eps=1.6289e-5, tau_v=9.2683e-3, alpha=7.6087e-6, sigma=4.2790e-3,
+                  sigma_output=2.9714e-2, tau_noise=0.07, lr_fb=2.0091e-8, wd=0.5, eps_fb=1.1023e-11, pre=1,
+                  lr_pre=4.5160e-7, fb=dict(dt=1.2168e-3, tau_v=1.4441e-2, alpha=1.6257e-2, k_p=2.8005e-3,
+                                              sigma=2.7608e-5, sigma_output=1.5149e-5)),
+    "fmnist": dict(lr=9.5320e-4, eps=9.7104e-8, tau_v=1.2868e-2, alpha=7.6371e-5, sigma=3.3626e-3,
+                   sigma_output=4.0921e-2, tau_noise=0.05, lr_fb=2.2865e-8, wd=0.0, eps_fb=1.8382e-11, pre=20,
+                   lr_pre=3.4319e-7, fb=dict(dt=6.9191e-4, tau_v=6.9191e-4, alpha=0.62668, k_p=2.4886e-2,
+                                               sigma=3.8859e-6, sigma_output=1.9337e-5)),
+}
+TWO = {
+    "mnist": dict(lr=6.5602e-4, betas=[0.9, 0.999], eps=2.3226e-4, cv=0.9, tau_v=3.5531e-2, alpha=8.0821e-3,
+                  lr_fb=9.7766e-6, fb_betas=[0.999, 0.9], eps_fb=1.9708e-3, wd=1e-5, lr_pre=2.7303e-4, after=0,
+                  fb=dict(dt=3.1944e-3, tau_v=7.2384e-3, alpha=0.99446, k_p=6.9156e-2, tau_apical=0.12961)),
+    "fmnist": dict(lr=1.1970e-3, betas=[0.9, 0.9], eps=2.9646e-7, cv=0.999, tau_v=7.4274e-3, alpha=1.3123e-3,
+                   lr_fb=1.5876e-5, fb_betas=[0.9, 0.999], eps_fb=8.4652e-8, wd=0.1, lr_pre=4.2757e-4, after=2,
+                   fb=dict(dt=1.9842e-3, tau_v=9.0344e-3, alpha=0.41918, k_p=9.9069e-2, tau_apical=0.22603)),
+}
+
+
+def near(a, b) -> bool:
+    return isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=1e-3, abs_tol=0.0)
+
+
+@pytest.mark.parametrize("task", ["mnist", "fmnist"])
+def test_single_phase_configs_carry_the_published_values(task):
+    spec, raw = SINGLE[task], load(f"{task}_strong_dfc")
+    assert raw["trainer"]["max_epochs"] == 40 and raw["trainer"]["precision"] == "64-true"
+    init = raw["model"]["init_args"]
+    assert init["variant"] == "strong_dfc" and init["loss"] == "cross_entropy"
+    dyn = init["dynamics"]
+    assert (dyn["dt"], dyn["steps"], dyn["k_p"], dyn["proactive"], dyn["inst_transmission"]) == (0.001, 500, 2.0, True, True)
+    for key in ("tau_v", "alpha", "sigma", "sigma_output", "tau_noise"):
+        assert near(dyn[key], spec[key]), key
+    fb = init["feedback"]
+    assert (fb["pretrain_epochs"], fb["sleep_before"], fb["sleep_after"]) == (spec["pre"], 0, 0)
+    assert fb["highpass_tau"] == 0.5 and fb["layer_scaling"] is True and near(fb["weight_decay"] + 1, spec["wd"] + 1)
+    sim = fb["simulation"]
+    assert sim["steps"] == 500 and near(sim["tau_noise"], spec["tau_noise"])
+    for key, value in spec["fb"].items():
+        assert near(sim[key], value), key
+    assert init["updates"]["target_class_value"] == 0.99 and init["updates"].get("normalize_lr") is None
+    fwd, fbo, pre = (init[k]["init_args"] for k in ("forward_optimizer", "feedback_optimizer", "pretrain_optimizer"))
+    assert near(fwd["lr"], spec["lr"]) and near(fwd["eps"], spec["eps"]) and fwd["betas"] == [0.9, 0.999]
+    assert near(fbo["lr"], spec["lr_fb"]) and near(fbo["eps"], spec["eps_fb"])
+    assert near(pre["lr"], spec["lr_pre"])
+
+
+@pytest.mark.parametrize("task", ["mnist", "fmnist"])
+def test_two_phase_configs_carry_the_published_values(task):
+    spec, raw = TWO[task], load(f"{task}_strong_dfc_ss")
+    init = raw["model"]["init_args"]
+    assert init["variant"] == "strong_dfc_ss"
+    dyn = init["dynamics"]
+    assert "sigma" not in dyn  # noise-free forward dynamics
+    assert (dyn["dt"], dyn["steps"], dyn["k_p"]) == (0.001, 500, 2.0)
+    assert near(dyn["tau_v"], spec["tau_v"]) and near(dyn["alpha"], spec["alpha"])
+    fb = init["feedback"]
+    assert (fb["pretrain_epochs"], fb["sleep_before"], fb["sleep_after"]) == (1, 1, spec["after"])
+    sim = fb["simulation"]
+    assert sim["sigma"] == 0.15 and sim["steps"] == 500 and sim["proactive"] is False
+    for key, value in spec["fb"].items():
+        assert near(sim[key], value), key
+    assert near(init["updates"]["target_class_value"], spec["cv"])
+    fwd, fbo = init["forward_optimizer"]["init_args"], init["feedback_optimizer"]["init_args"]
+    assert near(fwd["lr"], spec["lr"]) and fwd["betas"] == spec["betas"] and near(fwd["eps"], spec["eps"])
+    assert near(fbo["lr"], spec["lr_fb"]) and fbo["betas"] == spec["fb_betas"] and near(fbo["eps"], spec["eps_fb"])
+    assert near(init["pretrain_optimizer"]["init_args"]["lr"], spec["lr_pre"])
+
+
+def test_dfc_noise_config_is_the_dfc_config_plus_noise():
+    base, noisy = load("mnist_dfc"), load("mnist_dfc_noise")
+    dyn = noisy["model"]["init_args"].pop("dynamics")
+    base_dyn = base["model"]["init_args"].pop("dynamics")
+    assert {k: v for k, v in dyn.items() if k not in ("sigma", "sigma_output", "tau_noise")} == base_dyn
+    assert (dyn["sigma"], dyn["sigma_output"], dyn["tau_noise"]) == (4.279e-3, 2.971e-2, 0.07)
+    assert noisy["model"]["init_args"]["updates"].pop("exclude_non_converged") is False
+    base["model"]["init_args"]["updates"].pop("exclude_non_converged")
+    assert noisy["model"] == base["model"] and noisy["data"] == base["data"]

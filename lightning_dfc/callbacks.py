@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torchmetrics import MeanMetric
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
@@ -27,8 +28,10 @@ MONITOR_METRICS = (
     "mn",  # ... and the damped minimum-norm update
     "ssa",  # ... and the DFC-SSA update
     "feedback",  # angles between Q and J^T, and Q and the damped pseudo-inverse of J
+    "h",  # angle with dH/dW (H = ||Qbar u_ss||^2, Strong-DFC's control loss), H and Condition 2 at u_ss
 )
-WAKE_ONLY = ("bp", "gn", "mn", "ssa")
+WAKE_ONLY = ("bp", "gn", "mn", "ssa", "h")
+DEFAULT_METRICS = tuple(m for m in MONITOR_METRICS if m != "h")  # "h" solves a steady state: opt in
 
 
 class ConditionMonitor(Callback):
@@ -60,7 +63,7 @@ class ConditionMonitor(Callback):
 
     def __init__(
         self,
-        metrics: Sequence[str] = MONITOR_METRICS,
+        metrics: Sequence[str] = DEFAULT_METRICS,
         every_n_steps: int | None = None,
         at_epoch_end: bool = True,
         phases: Sequence[str] = ("wake", "sleep"),
@@ -97,7 +100,7 @@ class ConditionMonitor(Callback):
         dyn = pl_module.dfc_dynamics
         if pl_module.dfc_spec.rule in ("dfa", "bp"):
             # no controller: its stability, Condition 3 and the SSA reference are meaningless
-            dropped = [m for m in self.metrics if m in ("condition_3", "stability", "ssa")]
+            dropped = [m for m in self.metrics if m in ("condition_3", "stability", "ssa", "h")]
             if dropped:
                 rank_zero_warn(f"ConditionMonitor: {dropped} skipped for variant {pl_module.dfc_variant!r} (no controller)")
             self.metrics = tuple(m for m in self.metrics if m not in dropped)
@@ -115,6 +118,9 @@ class ConditionMonitor(Callback):
             if "feedback" in self.metrics:
                 meters[f"{tag}angle_q_jt"] = AlignmentAngle()
                 meters[f"{tag}angle_q_pinv"] = AlignmentAngle()
+        if "wake" in self.phases and "h" in self.metrics:
+            meters["control_loss"] = MeanMetric()
+            meters["condition_2_ss"] = MeanMetric()
         if "wake" in self.phases:
             for ref in (m for m in self.metrics if m in WAKE_ONLY):
                 meters[f"angle_{ref}"] = AlignmentAngle()
@@ -211,6 +217,8 @@ class ConditionMonitor(Callback):
             if clip is not None:  # clipped like a real update, as the reference does
                 ssa = [t * min(1.0, clip / max(float(t.norm()), 1e-300)) for t in ssa]
             references["ssa"] = ssa
+        if "h" in refs:
+            references["h"] = self._control_loss_reference(pl_module, params, x, y, loss)
         strategy = pl_module.trainer.strategy
         for ref, tensors in references.items():
             # the applied update is the mean over ranks: so must the reference be
@@ -221,6 +229,27 @@ class ConditionMonitor(Callback):
             if self.per_layer:
                 for i, a in enumerate(angles.layers):
                     self._meters[f"angle_{ref}/layer_{i + 1}"].update(a.reshape(1))
+
+
+    def _control_loss_reference(self, pl_module, params, x: Tensor, y: Tensor, loss: str) -> list[Tensor]:
+        """dH/dW at the controlled steady state of the batch (the target the module uses), and
+        H and Condition 2 there into their meters."""
+        from . import control as C
+        from .dynamics import feedforward
+        from .rules import output_target, strong_target
+
+        out = feedforward(params, x).r[-1]
+        if pl_module.dfc_spec.strong:
+            target, mode = strong_target(out, y, loss, pl_module.dfc_updates.target_class_value)
+            error = "cross_entropy" if mode == "softmax" else "mse"
+        else:
+            lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
+            target, error = output_target(out, y, loss, lam), "mse"
+        alpha = pl_module.dfc_dynamics.alpha
+        steady = C.controlled_steady_state(params, x, target, alpha, error)
+        self._meters["control_loss"].update(C.control_loss(params, steady.u, reduction="mean"))
+        self._meters["condition_2_ss"].update(C.condition_2_at_steady_state(params, steady.v).mean())
+        return C.control_loss_gradient(params, x, steady, alpha, error).tensors()
 
 
 class ReconstructionGrid(Callback):

@@ -107,23 +107,28 @@ class Activation:
 
         The deviation is computed without subtracting nearly equal numbers, so it keeps full
         relative precision however small ``dv`` is (the float32 fast path relies on this).
-        For tanh, with A = tanh(v_ref) and T = tanh(dv): tanh(v_ref + dv) - A = T (1 - A^2) / (1 + A T),
-        one transcendental call per element.
 
         Args:
             v_ref, r_ref: reference voltage and its rate ``phi(v_ref)``; dv: deviation. Same shape.
-            slope_ref: ``phi'(v_ref)`` if precomputed (used by tanh: 1 - A^2).
+            slope_ref: ``phi'(v_ref)`` if precomputed (used by tanh).
+        """
+        dr = self.rate_deviation(v_ref, r_ref, dv, slope_ref)
+        return r_ref + dr, dr
+
+    def rate_deviation(self, v_ref: Tensor, r_ref: Tensor, dv: Tensor, slope_ref: Tensor | None = None) -> Tensor:
+        """``phi(v_ref + dv) - r_ref`` alone, cancellation-free (see :meth:`deviation`).
+
+        For tanh, with A = tanh(v_ref) and T = tanh(dv): tanh(v_ref + dv) - A = T (1 - A^2) / (1 + A T),
+        one transcendental call per element.
         """
         if self.name == "linear":
-            return v_ref + dv, dv
+            return dv
         if self.name == "tanh":
             t = torch.tanh(dv)
             slope_ref = self.derivative(v_ref) if slope_ref is None else slope_ref
-            dr = t * slope_ref / (1.0 + r_ref * t)
-            return r_ref + dr, dr
+            return t * slope_ref / (1.0 + r_ref * t)
         v = v_ref + dv
-        r = self(v)
-        return r, self.difference(v, v_ref, gap=dv, phi_v=r, phi_basal=r_ref)
+        return self.difference(v, v_ref, gap=dv, phi_basal=r_ref)
 
     def deviation_difference(
         self,
@@ -140,7 +145,7 @@ class Activation:
         1 - tanh(a) tanh(b) is expanded around the reference, (1 - A^2) - A (p + q) - p q with
         p, q the two rate deviations, so saturated units keep their precision too.
         """
-        dr_basal = self.deviation(v_ref, r_ref, dv_basal, slope_ref)[1]
+        dr_basal = self.rate_deviation(v_ref, r_ref, dv_basal, slope_ref)
         if self.name == "tanh":
             slope_ref = self.derivative(v_ref) if slope_ref is None else slope_ref
             factor = slope_ref - r_ref * (dr + dr_basal) - dr * dr_basal

@@ -376,7 +376,7 @@ def _layer_step(
     is constant). Element-wise only, so that ``torch.compile`` can fuse it into one kernel.
     """
     dv = torch.lerp(dv, apical if dvb is None else apical + dvb, soma_rate)
-    dr = act.deviation(v_ff, r_ff, dv, slope_ff)[1]
+    dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
     signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff, exact) if want_signal else None
     return dv, dr, signal
 
@@ -427,7 +427,7 @@ def teaching_signal(
     if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
     r_ff = act(v_ff) if r_ff is None else r_ff
-    dr = act.deviation(v_ff, r_ff, dv)[1]
+    dr = act.rate_deviation(v_ff, r_ff, dv)
     return _signal(rule, act, v_ff, r_ff, dv, dr, dvb, None, exact=False)
 
 

@@ -120,51 +120,59 @@ def test_absolute_voltage_float32_loses_the_update(trained):
     assert cosine(naive32, exact) < 0.99
 
 
-@pytest.mark.parametrize("name", ["tanh", "sigmoid", "relu", "leaky_relu", "linear"])
+ACTIVATIONS = ["tanh", "sigmoid", "relu", "leaky_relu", "linear"]
+
+
+def reference_points(act: Activation, n_offsets: int):
+    """500 reference voltages a ~ N(0, 4) (away from ReLU kinks) and ``n_offsets`` tensors of
+    offsets ~ 1e-7 N(0, 1), float64."""
+    g = torch.Generator().manual_seed(0)
+    a = 2 * torch.randn(500, dtype=torch.float64, generator=g)
+    offsets = [1e-7 * torch.randn(500, dtype=torch.float64, generator=g) for _ in range(n_offsets)]
+    if act.name in ("relu", "leaky_relu"):  # kinks: away from them phi is linear
+        keep = a.abs() > 1e-6
+        a, offsets = a[keep], [o[keep] for o in offsets]
+    return a, offsets
+
+
+def taylor_shift(act: Activation, a, x):
+    """phi(a + x) - phi(a) by another route, phi'(a) x + phi''(a) x^2 / 2 (exact to 1e-14 for
+    |x| ~ 1e-7; phi'' by central differences, 0 for the piecewise-linear activations)."""
+    if act.name in ("relu", "leaky_relu"):
+        return act.derivative(a) * x
+    h = 1e-4
+    second = (act(a + h) - 2 * act(a) + act(a - h)) / h**2
+    return act.derivative(a) * x + 0.5 * second * x**2
+
+
+def max_rel_err(got, want) -> float:
+    return float(((got.double() - want).abs() / want.abs().clamp_min(1e-30)).max())
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_deviation_keeps_relative_precision_in_float32(name):
     act = Activation(name)
-    g = torch.Generator().manual_seed(0)
-    v = 2 * torch.randn(500, dtype=torch.float64, generator=g)
-    dv = 1e-7 * torch.randn(500, dtype=torch.float64, generator=g)
-    exact_r, exact_dr = act.deviation(v, act(v), dv)
-    # float64 reference by a different route: phi'(v) dv + phi''(v) dv^2 / 2 is exact to 1e-14 here
-    h = 1e-4
-    second = (act(v + h) - 2 * act(v) + act(v - h)) / h**2
-    want = act.derivative(v) * dv + 0.5 * second * dv**2
-    if name in ("relu", "leaky_relu"):  # kinks: away from them the deviation is slope * dv
-        want = act.derivative(v) * dv
-        keep = v.abs() > 1e-6
-        v, dv, want, exact_dr = v[keep], dv[keep], want[keep], exact_dr[keep]
-    torch.testing.assert_close(exact_dr, want, rtol=1e-8, atol=1e-22)
-    r32, dr32 = act.deviation(v.float(), act(v.float()), dv.float())
-    rel = ((dr32.double() - want).abs() / want.abs().clamp_min(1e-30)).max()
-    assert rel < 1e-5  # float32 keeps ~6 digits of a 1e-7 deviation (plain subtraction: none)
-    plain = (act(v.float() + dv.float()) - act(v.float())).double()
-    assert ((plain - want).abs() / want.abs().clamp_min(1e-30)).max() > 1e-2 or name == "linear"
+    v, (dv,) = reference_points(act, 1)
+    want = taylor_shift(act, v, dv)
+    torch.testing.assert_close(act.deviation(v, act(v), dv)[1], want, rtol=1e-8, atol=1e-22)
+    _, dr32 = act.deviation(v.float(), act(v.float()), dv.float())
+    assert max_rel_err(dr32, want) < 1e-5  # float32 keeps ~6 digits of a 1e-7 deviation
+    plain = act(v.float() + dv.float()) - act(v.float())  # plain subtraction: none
+    assert max_rel_err(plain, want) > 1e-2 or name == "linear"
 
 
-@pytest.mark.parametrize("name", ["tanh", "sigmoid", "relu", "leaky_relu", "linear"])
+@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_deviation_difference_keeps_relative_precision_in_float32(name):
     """phi(a + x) - phi(a + y) for x, y ~ 1e-7 (the teaching signal of a hidden layer)."""
     act = Activation(name)
-    g = torch.Generator().manual_seed(0)
-    a = 2 * torch.randn(500, dtype=torch.float64, generator=g)
-    x = 1e-7 * torch.randn(500, dtype=torch.float64, generator=g)
-    y = 1e-7 * torch.randn(500, dtype=torch.float64, generator=g)
-    if name in ("relu", "leaky_relu"):
-        keep = a.abs() > 1e-6
-        a, x, y = a[keep], x[keep], y[keep]
-    h = 1e-4
-    second = (act(a + h) - 2 * act(a) + act(a - h)) / h**2
-    want = act.derivative(a) * (x - y) + 0.5 * second * (x**2 - y**2)
-    if name in ("relu", "leaky_relu"):
-        want = act.derivative(a) * (x - y)
+    a, (x, y) = reference_points(act, 2)
+    want = taylor_shift(act, a, x) - taylor_shift(act, a, y)
 
     def signal(dtype):
         a_, x_, y_ = a.to(dtype), x.to(dtype), y.to(dtype)
         r_ = act(a_)
-        _, dr = act.deviation(a_, r_, x_)
+        dr = act.rate_deviation(a_, r_, x_)
         return act.deviation_difference(a_, r_, x_, dr, y_).double()
 
     torch.testing.assert_close(signal(torch.float64), want, rtol=1e-7, atol=1e-22)
-    assert ((signal(torch.float32) - want).abs() / want.abs().clamp_min(1e-30)).max() < 1e-4
+    assert max_rel_err(signal(torch.float32), want) < 1e-4

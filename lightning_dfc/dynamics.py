@@ -134,7 +134,7 @@ def simulate(
     output_error: str = "linear",
     accumulate_forward: bool = False,
     accumulate_feedback: bool = False,
-    highpass_tau: float | None = None,
+    highpass_rate: float | None = None,
     generator: torch.Generator | None = None,
     record: bool = False,
     rule: str = "nonlinear_difference",
@@ -164,11 +164,11 @@ def simulate(
             e = r_L* - softmax(r_L) (Strong-DFC with cross-entropy; ``target`` = soft labels).
         accumulate_forward: accumulate the forward-weight teaching signals (DFC rule).
         accumulate_feedback: accumulate v^A[t]^T u[t+1] (sleep-phase feedback rule).
-        highpass_tau: with ``accumulate_feedback``, pair v^A[t] with the high-pass filtered
-            control u[t+1] - ubar[t+1] instead, ubar an exponential moving average with rate
-            dt / highpass_tau started at u[1] (Strong-DFC's single-phase feedback rule: removes the
-            mean control that holds the output at the label, keeps the noise-driven part).
-        generator: random generator for the noise (``cfg.sigma > 0``).
+        highpass_rate: with ``accumulate_feedback``, pair v^A[t] with the high-pass filtered
+            control u[t+1] - ubar[t+1] instead, ubar an exponential moving average with this rate
+            per step (dt / tau_f) started at u[1] (Strong-DFC's single-phase feedback rule: removes
+            the mean control that holds the output at the label, keeps the noise-driven part).
+        generator: random generator for the noise (``cfg.sigma > 0``); ``None``: torch's global RNG.
         record: also return the trajectories of u and r_L (costs memory O(T)).
         rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
             phi(v) - phi(v^B) (the paper's eq. 5) or ``voltage_difference`` v - v^B (Theorem 2).
@@ -182,7 +182,7 @@ def simulate(
             to non-finite values, without touching the sums); finiteness is judged on them only.
 
     Returns:
-        :class:`SimulationResult`. With ``cfg.early_stop`` (and no noise, no feedback
+        :class:`SimulationResult`. With ``cfg.early_stop`` (``True`` or ``None``; no noise, no feedback
         accumulation) the simulation stops once settled and the remaining time points are added
         to the sums as copies of the final state: the time-averaged update is that of all T points.
     """
@@ -201,10 +201,9 @@ def simulate(
     noise_rate = None if cfg.tau_noise is None else dt / cfg.tau_noise
     noise_state = None
     u_lowpass = None
-    highpass_rate = None if highpass_tau is None else dt / highpass_tau
     tail_start = steps - steps // 4  # the mean control over the last quarter (noisy runs)
     u_tail = torch.zeros_like(ff.r[-1]) if cfg.noisy else None
-    early_stop = cfg.early_stop and not cfg.noisy and not accumulate_feedback and not record
+    early_stop = cfg.early_stop is not False and not cfg.noisy and not accumulate_feedback and not record
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
     output_error_of = _output_error(output_error, target, delta, ff)
     exact = x.dtype == torch.float64

@@ -25,10 +25,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .config import SimulationConfig
-from .distributed import check_precision, check_strategy, sync_updates
+from .distributed import check_precision, check_strategy, sync_tensors, sync_updates
 from .dynamics import feedforward
 from .network import DFCNetwork, LayerParams
-from .rules import LOSSES, ConvergenceCriterion, FeedbackRule, feedback_update, forward_update, loss_value
+from .rules import LOSSES, ConvergenceCriterion, FeedbackRule, Update, feedback_update, forward_update, loss_value
 from .schedule import Phase, PhaseInfo, PhaseSchedule
 from .settings import FeedbackConfig, UpdateConfig, as_config, as_optimizer, variant_spec
 
@@ -217,12 +217,35 @@ class DFCMixin:
         value = self.dfc_updates.normalize_lr
         return (not self.dfc_spec.strong) if value is None else bool(value)
 
-    def _dfc_feedback_rule(self) -> FeedbackRule:
+    def _dfc_feedback_rule(self, pretraining: bool = False) -> FeedbackRule:
+        """The feedback rule of single-phase learning (wake) or of a sleep/pre-training epoch.
+
+        Weight decay is left to the feedback optimizers (see :meth:`configure_optimizers`)."""
         cfg = self.dfc_feedback_config
-        return FeedbackRule(cfg.weight_decay, cfg.sigma_floor, cfg.highpass_tau, cfg.layer_scaling)
+        if not self.dfc_spec.single_phase:  # DFC's sleep rule, and Strong-DFC's two-phase one
+            return FeedbackRule(0.0, cfg.sigma_floor, layer_scaling=cfg.layer_scaling)
+        # Strong-DFC single phase: high-pass filtered control. The authors' pre-training takes the
+        # filter rate and the layer scaling's tau_v from the wake simulation (pretrain_mode).
+        clock = self.dfc_dynamics if pretraining and cfg.pretrain_mode == "published" else None
+        return FeedbackRule(0.0, cfg.sigma_floor, cfg.highpass_tau, cfg.layer_scaling, clock)
+
+    @property
+    def dfc_forward_clip_grouping(self) -> str:
+        """``tensor`` or ``layer`` (see :class:`UpdateConfig`)."""
+        value = self.dfc_updates.clip_grouping
+        return value if value is not None else ("layer" if self.dfc_spec.strong else "tensor")
+
+    @property
+    def dfc_feedback_clip_grouping(self) -> str:
+        """``all`` or ``layer`` (see :class:`FeedbackConfig`)."""
+        value = self.dfc_feedback_config.clip_grouping
+        return value if value is not None else ("layer" if self.dfc_spec.strong else "all")
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """[forward] or [forward, feedback, pretrain] (trained-feedback variants)."""
+        """[forward] or [forward, feedback, pretrain] (trained-feedback variants).
+
+        The forward learning rate is divided by the target stepsize when ``normalize_lr``; the
+        feedback optimizers get ``feedback.weight_decay`` as their own weight decay."""
         forward = self._dfc_optimizers["forward"](self.dfc_net.forward_parameters())
         if self.dfc_normalize_lr:
             for group in forward.param_groups:
@@ -232,7 +255,25 @@ class DFCMixin:
         qs = self.dfc_net.trainable_feedback()
         if not qs:
             raise ValueError("there are no feedback weights to train (a one-layer network with a frozen Q_L)")
-        return [forward, self._dfc_optimizers["feedback"](qs), self._dfc_optimizers["pretrain"](qs)]
+        feedback = [self._dfc_optimizers[name](qs) for name in ("feedback", "pretrain")]
+        decay = self.dfc_feedback_config.weight_decay
+        for name, opt in zip(("feedback_optimizer", "pretrain_optimizer"), feedback):
+            for group in opt.param_groups:
+                own = group.get("weight_decay")
+                if own is None:
+                    if decay:
+                        raise ValueError(
+                            f"{name} ({type(opt).__name__}) has no weight_decay setting, so feedback.weight_decay="
+                            f"{decay} cannot be applied; set feedback.weight_decay: 0 or use an optimizer with weight decay"
+                        )
+                elif own and decay and own != decay:
+                    raise ValueError(
+                        f"{name} has weight_decay={own} but feedback.weight_decay={decay}: give the feedback "
+                        "weight decay in one place (feedback.weight_decay, applied by the optimizer)"
+                    )
+                elif decay:
+                    group["weight_decay"] = decay
+        return [forward, *feedback]
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -335,26 +376,60 @@ class DFCMixin:
         total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
         return bool(total > 0)
 
-    def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
-        net = self.dfc_net
-        params = net.params()
-        # lambda multiplies the gradient of the *global* batch-mean loss: each rank sees 1/world
-        # of the batch, so per-sample targets equal those of one process on the whole batch.
-        target_stepsize = self.dfc_target_stepsize / max(self.trainer.world_size, 1)
-        update = forward_update(
+    def dfc_wake_update(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                        world_size: int = 1) -> Update:
+        """The forward-weight update of one wake batch, as the training step computes it (no
+        clipping, no optimizer step). Single-phase Strong-DFC also returns the feedback-weight
+        update of the same simulation (``Update.feedback``).
+
+        Args:
+            x: flattened input (B, n_0); y: labels (B,) or regression targets (B, n_L).
+            generator: the noise's random generator (noisy dynamics).
+            world_size: number of DDP ranks: lambda multiplies the gradient of the *global*
+                batch-mean loss, and each rank sees 1/world_size of the batch.
+        """
+        return forward_update(
             self.dfc_spec.rule,
-            params,
+            self.dfc_net.params(),
             x,
             y,
             self.dfc_loss,
-            target_stepsize,
+            self.dfc_target_stepsize / max(world_size, 1),
             self.dfc_dynamics,
             self.dfc_criterion,
-            self._dfc_generator,
+            generator,
             self.dfc_updates.learning_rule,
             strong_class_value=self.dfc_updates.target_class_value if self.dfc_spec.strong else None,
-            feedback_rule=self._dfc_feedback_rule() if self.dfc_spec.single_phase else None,
+            feedback_rule=self._dfc_feedback_rule(pretraining=False) if self.dfc_spec.single_phase else None,
         )
+
+    def dfc_sleep_update(self, x: Tensor, y: Tensor, pretraining: bool,
+                         generator: torch.Generator | None = None) -> tuple[list[Tensor], dict[str, float]]:
+        """The feedback-weight update of one sleep (or pre-training) batch, as the training step
+        computes it (no clipping, no weight decay: the optimizer adds it). One tensor per Q_i.
+
+        DFC: the controller holds the feedforward output against the noise. Strong-DFC: it drives
+        the output to the label; in pre-training (``pretrain_mode='published'``) with the linear
+        error, as the authors' runs did."""
+        cfg = self.dfc_feedback_config
+        strong = self.dfc_spec.strong
+        linear_error = strong and pretraining and cfg.pretrain_mode == "published"
+        return feedback_update(
+            self.dfc_net.params(),
+            x,
+            cfg.simulation,
+            generator=generator,
+            rule=self._dfc_feedback_rule(pretraining),
+            y=y if strong else None,
+            loss=self.dfc_loss,
+            strong_class_value=self.dfc_updates.target_class_value if strong else None,
+            output_error="linear" if linear_error else None,
+        )
+
+    def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
+        net = self.dfc_net
+        params = net.params()
+        update = self.dfc_wake_update(x, y, self._dfc_generator, self.trainer.world_size)
         tensors = update.tensors()
         stats = update.stats
         feedback_grads = update.feedback
@@ -381,11 +456,7 @@ class DFCMixin:
         for p, g in zip(params_list, tensors):
             p.grad = g.to(p.dtype)
         sync_updates(self.trainer.strategy, params_list)
-        clipped = 0
-        if self.dfc_updates.clip_norm is not None:
-            for p in params_list:  # per tensor, as the reference does
-                norm = torch.nn.utils.clip_grad_norm_([p], self.dfc_updates.clip_norm)
-                clipped += int(norm > self.dfc_updates.clip_norm)
+        clipped = self._dfc_clip(self._dfc_forward_clip_groups(), self.dfc_updates.clip_norm)
         if self.dfc_record_steps:
             self.dfc_last_wake = WakeRecord(
                 x=x,
@@ -410,41 +481,61 @@ class DFCMixin:
             self.log("train_acc", self.dfc_train_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def _dfc_sleep_step(self, x: Tensor, y: Tensor, phase: Phase) -> None:
-        cfg = self.dfc_feedback_config
         if self.dfc_record_steps:
             self.dfc_last_sleep_input = x
-        strong_pretraining = self.dfc_spec.single_phase  # Strong-DFC: Q learns with the label target
-        grads, stats = feedback_update(
-            self.dfc_net.params(),
-            x,
-            cfg.simulation,
-            generator=self._dfc_generator,
-            rule=self._dfc_feedback_rule() if strong_pretraining else FeedbackRule(cfg.weight_decay, cfg.sigma_floor),
-            y=y if strong_pretraining else None,
-            loss=self.dfc_loss,
-            strong_class_value=self.dfc_updates.target_class_value if strong_pretraining else None,
-        )
+        pretraining = phase is Phase.PRETRAIN
+        grads, stats = self.dfc_sleep_update(x, y, pretraining, self._dfc_generator)
         bad = stats["finite"] == 0.0 or not all(bool(torch.isfinite(g).all()) for g in grads)
         if self._dfc_any_rank(bad):
             self._dfc_register_divergence("sleep")
             return
         self._dfc_diverged_in_a_row = 0
-        self._dfc_step_feedback(grads, self._dfc_opts()[2 if phase is Phase.PRETRAIN else 1], "sleep/clipped")
+        self._dfc_step_feedback(grads, self._dfc_opts()[2 if pretraining else 1], "sleep/clipped")
         self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
 
     def _dfc_step_feedback(self, grads: list[Tensor], opt, clip_log: str) -> None:
-        """Apply feedback-weight updates (one per Q_i; Q_L's dropped when frozen) with ``opt``."""
+        """Apply feedback-weight updates (one per Q_i; Q_L's dropped when frozen) with ``opt``.
+
+        With ``clip_grouping='all'`` a frozen Q_L's update still counts in the clipping norm, as in
+        the DFC paper's code (it computes Q_L's update and clips all Q updates together)."""
         cfg = self.dfc_feedback_config
         qs = self.dfc_net.trainable_feedback()
-        grads = grads[: len(qs)]  # Q_L last: dropped when frozen
         opt.zero_grad()
-        for q, g in zip(qs, grads):
+        for q, g in zip(qs, grads):  # Q_L last: dropped when frozen
             q.grad = g.to(q.dtype)
-        sync_updates(self.trainer.strategy, qs)
+        frozen = [g.to(qs[0].dtype) for g in grads[len(qs):]]
+        sync_tensors(self.trainer.strategy, [q.grad for q in qs] + frozen)
+        if self.dfc_feedback_clip_grouping == "all":
+            groups = [[q.grad for q in qs] + frozen]
+        else:
+            groups = [[q.grad] for q in qs]
+        clipped = self._dfc_clip(groups, cfg.clip_norm)
         if cfg.clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(qs, cfg.clip_norm)
-            self.log(clip_log, float(norm > cfg.clip_norm), on_step=False, on_epoch=True, reduce_fx="sum")
+            self.log(clip_log, float(clipped), on_step=False, on_epoch=True, reduce_fx="sum")
         opt.step()
+
+    def _dfc_forward_clip_groups(self) -> list[list[Tensor]]:
+        """The forward updates (``.grad``) grouped for clipping: per tensor or per layer."""
+        if self.dfc_forward_clip_grouping == "tensor":
+            return [[p.grad] for p in self.dfc_net.forward_parameters()]
+        return [[p.grad for p in (lin.weight, lin.bias) if p is not None] for lin in self.dfc_net.layers]
+
+    @staticmethod
+    @torch.no_grad()
+    def _dfc_clip(groups: list[list[Tensor]], max_norm: float | None) -> int:
+        """Scale each group of updates in place to at most ``max_norm`` (their joint 2-norm, as
+        ``torch.nn.utils.clip_grad_norm_`` does it); returns how many groups were clipped."""
+        if max_norm is None:
+            return 0
+        clipped = 0
+        for group in groups:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in group]))
+            clipped += int(norm > max_norm)
+            coef = max_norm / (norm + 1e-6)  # torch's formula, epsilon included
+            if coef < 1.0:
+                for g in group:
+                    g.mul_(coef)
+        return clipped
 
     def _dfc_opts(self) -> list:
         opts = self.optimizers()

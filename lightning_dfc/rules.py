@@ -15,6 +15,7 @@ Scaling conventions (made explicit because the paper's text leaves them out):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -183,36 +184,53 @@ class FeedbackRule:
     """Scaling of the feedback-weight rule dQ_i = s_i / (K B) sum_t sum_b v^A_i[t] u[t+1]^T + wd Q_i.
 
     Args:
-        weight_decay: wd, added to the update (reference ``feedback_wd`` / Adam weight decay).
+        weight_decay: wd, added to the update here (functional use). The Lightning module leaves
+            this at 0 and gives the decay to the feedback optimizer instead, as both reference
+            code bases do (Adam ``weight_decay``: it acts after the update has been clipped).
         sigma_floor: s_i = 1 / max(sigma_i, sigma_floor)^2 (the reference's cap).
         highpass_tau: pair v^A with the high-pass filtered control (Strong-DFC, ``tau_f``);
             ``None``: the plain control (DFC's sleep phase).
         layer_scaling: multiply layer i's update by (1 + tau_v / tau_noise)^(L - i), i = 1..L
             (reference ``scaling_fb_updates``; needs low-pass filtered noise).
+        clock: the simulation whose ``dt`` and ``tau_v`` set the high-pass rate dt / highpass_tau
+            and the layer scaling's tau_v; ``None``: the simulation that drives the rule. The
+            authors' single-phase pre-training uses the *wake* simulation's values while it
+            simulates with its own (``FeedbackConfig.pretrain_mode``).
     """
 
     weight_decay: float = 0.0
     sigma_floor: float = 0.01
     highpass_tau: float | None = None
     layer_scaling: bool = False
+    clock: SimulationConfig | None = None
+
+    def highpass_rate(self, cfg: SimulationConfig) -> float | None:
+        """The low-pass filter's rate per step when ``cfg`` drives the rule (``None``: no filter)."""
+        if self.highpass_tau is None:
+            return None
+        return (self.clock or cfg).dt / self.highpass_tau
 
 
 def feedback_gradients(
     params: LayerParams, feedback_sum: Tensor, batch: int, cfg: SimulationConfig, rule: FeedbackRule
 ) -> list[Tensor]:
-    """The feedback rule's updates from an accumulated sum_t v^A[t]^T u[t+1] (S, n_L), one per Q_i."""
+    """The feedback rule's updates from an accumulated sum_t v^A[t]^T u[t+1] (S, n_L), one per Q_i.
+
+    ``cfg`` is the simulation that produced the sum: its T, noise levels and tau_noise."""
     sizes = [w.shape[0] for w in params.weights]
     norm = (cfg.steps - 1) * batch
     n_layers = params.num_layers
     if rule.layer_scaling and cfg.tau_noise is None:
         raise ValueError("feedback layer_scaling needs low-pass filtered noise (simulation.tau_noise)")
+    tau_v = (rule.clock or cfg).tau_v
     grads = []
     for i, block in enumerate(torch.split(feedback_sum, sizes, dim=0)):
         sigma = cfg.output_sigma if i == n_layers - 1 else cfg.sigma
         scale = 1.0 / max(sigma, rule.sigma_floor) ** 2
         if rule.layer_scaling:
-            scale *= (1.0 + cfg.tau_v / cfg.tau_noise) ** (n_layers - i - 1)
-        grads.append(block * (scale / norm) + rule.weight_decay * params.feedback[i])
+            scale *= (1.0 + tau_v / cfg.tau_noise) ** (n_layers - i - 1)
+        grad = block * (scale / norm)
+        grads.append(grad if rule.weight_decay == 0 else grad + rule.weight_decay * params.feedback[i])
     return grads
 
 
@@ -299,7 +317,10 @@ def dfc_ss_update(
     """DFC-SS: simulate, then apply the local rule at the final (steady) state only.
 
     ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision;
-    ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC)."""
+    ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
+    ``cfg.early_stop=None`` means off here: the rule needs the final state itself."""
+    if cfg.early_stop is None:
+        cfg = dataclasses.replace(cfg, early_stop=False)
     stop = criterion.threshold if criterion.exclude else None
     offset = _offset(ff, target, delta) if output_error == "linear" else None
     result = simulate(params, x, ff, target, cfg, delta=offset, output_error=output_error, generator=generator,
@@ -377,20 +398,20 @@ def dfc_update(
     single_phase = feedback_rule is not None
     if single_phase and not cfg.noisy:
         raise ValueError("single-phase feedback learning needs noise in the dynamics (sigma > 0)")
-    highpass = feedback_rule.highpass_tau if single_phase else None
+    highpass = feedback_rule.highpass_rate(cfg) if single_phase else None
     if criterion.exclude and cfg.noisy and generator is None:
         generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
     noise_state = generator.get_state() if generator is not None else None
     stop = criterion.threshold if criterion.exclude else None
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_forward=True,
-                      accumulate_feedback=single_phase, highpass_tau=highpass, generator=generator, rule=rule,
+                      accumulate_feedback=single_phase, highpass_rate=highpass, generator=generator, rule=rule,
                       stop_residual=stop, outer_every=outer_every)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:
             generator.set_state(noise_state)
         result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error,
-                          accumulate_forward=True, accumulate_feedback=single_phase, highpass_tau=highpass,
+                          accumulate_forward=True, accumulate_feedback=single_phase, highpass_rate=highpass,
                           generator=generator, rule=rule, sample_mask=converged, stop_residual=stop,
                           outer_every=outer_every)
         stats["excluded"] = stats["non_converged"]
@@ -505,6 +526,7 @@ def feedback_update(
     y: Tensor | None = None,
     loss: Loss = "cross_entropy",
     strong_class_value: float | None = None,
+    output_error: str | None = None,
 ) -> tuple[list[Tensor], dict[str, float]]:
     """Feedback-weight rule on one batch: DFC's sleep phase (paper eq. 13) or Strong-DFC's
     feedback pre-training.
@@ -518,9 +540,13 @@ def feedback_update(
     with sigma_i the layer's noise std (``sigma_output`` for Q_L): the reference caps the scale at
     1e4, which all its computer-vision configs hit.
 
-    Strong-DFC pre-training (``strong_class_value`` and labels ``y`` given): the controller
-    drives the output to the label, and ``rule.highpass_tau`` replaces u by its high-pass
-    filtered part. ``rule`` (a :class:`FeedbackRule`) overrides ``weight_decay``/``sigma_floor``.
+    Strong-DFC (``strong_class_value`` and labels ``y`` given): the controller drives the output
+    to the label (:func:`strong_target`; two-phase sleep epochs and pre-training), and
+    ``rule.highpass_tau`` replaces u by its high-pass filtered part (single-phase pre-training).
+    ``output_error`` overrides the error the controller sees (``linear``: e = r_L* - r_L, what the
+    authors' pre-training used with cross-entropy; ``None``: the loss's own, see
+    :func:`strong_target`). ``rule`` (a :class:`FeedbackRule`) overrides
+    ``weight_decay``/``sigma_floor``.
 
     Returns:
         (one tensor per Q_i shaped (n_i, n_L), statistics).
@@ -532,12 +558,15 @@ def feedback_update(
     if strong_class_value is not None:
         if y is None:
             raise ValueError("strong-feedback pre-training drives the output to the labels: pass y")
-        target, output_error = strong_target(ff.r[-1], y, loss, strong_class_value)
+        target, natural_error = strong_target(ff.r[-1], y, loss, strong_class_value)
+        output_error = output_error or natural_error
         delta = target - ff.r[-1] if output_error == "linear" else None
     else:
+        if output_error not in (None, "linear"):
+            raise ValueError("DFC's sleep phase holds the output at the feedforward output: its error is linear")
         target, output_error, delta = None, "linear", torch.zeros_like(ff.r[-1])
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_feedback=True,
-                      highpass_tau=rule.highpass_tau, generator=generator)
+                      highpass_rate=rule.highpass_rate(cfg), generator=generator)
     grads = feedback_gradients(params, result.feedback_sum, x.shape[0], cfg, rule)
     stats = {
         "steps": float(result.steps_simulated),

@@ -20,6 +20,10 @@ from .config import SimulationConfig, sleep_defaults
 from .dynamics import RULES
 from .schedule import PhaseSchedule
 
+FORWARD_CLIP_GROUPINGS = ("tensor", "layer")
+FEEDBACK_CLIP_GROUPINGS = ("all", "layer")
+PRETRAIN_MODES = ("published", "clean")
+
 __all__ = ["VariantSpec", "VARIANTS", "FeedbackConfig", "UpdateConfig", "as_config", "as_optimizer", "plain"]
 
 
@@ -73,15 +77,27 @@ class FeedbackConfig:
             pre-training optimizer.
         sleep_before: sleep epochs before each wake epoch (1 in the reference).
         sleep_after: sleep epochs after each wake epoch (reference ``extra_fb_epochs``).
-        weight_decay: L2 decay of Q added to its update (reference ``feedback_wd``).
+        weight_decay: L2 decay of Q (reference ``feedback_wd`` / ``weight_decay_fb``). It is the
+            feedback and pre-training optimizers' ``weight_decay``, as in both reference code
+            bases: it acts after the update has been clipped. (An optimizer given its own
+            ``weight_decay`` must agree with this, or this must be 0.)
         sigma_floor: the rule's scale is 1/max(sigma, sigma_floor)^2 (the reference's cap of 1e4).
         freeze_output: keep Q_L = I fixed (reference ``freeze_fb_weights_output``).
-        clip_norm: clip the *total* norm of the Q updates (``None``: no clipping).
+        clip_norm: clip the Q updates to this norm (``None``: no clipping), per ``clip_grouping``.
+        clip_grouping: ``all``: one norm over every Q_i's update, a frozen Q_L's included (the DFC
+            paper's code, deep_feedback_control); ``layer``: each Q_i separately (strong_dfc).
+            ``None``: ``layer`` for the Strong-DFC variants, ``all`` otherwise.
         highpass_tau: Strong-DFC (``strong_dfc``): the feedback rule pairs v^A with the control
             minus its exponential moving average of time constant ``tau_f`` (reference 0.5), in the
             wake simulation and in pre-training. Required by single-phase learning.
         layer_scaling: multiply Q_i's update by (1 + tau_v / tau_noise)^(L - i) (reference
             ``scaling_fb_updates``; needs ``tau_noise`` in the simulation that drives it).
+        pretrain_mode: Strong-DFC pre-training. ``published`` (default) does what the authors'
+            runs did: their pre-training runs before the switch to the cross-entropy error, so
+            the controller sees the linear error r_L* - r_L (soft label minus logits), and in
+            single-phase runs the high-pass rate dt / tau_f and the layer scaling's tau_v are the
+            *wake* simulation's, not the pre-training simulation's. ``clean``: the loss's own
+            error (softmax) and the pre-training simulation's dt and tau_v.
     """
 
     simulation: SimulationConfig = field(default_factory=sleep_defaults)
@@ -92,10 +108,18 @@ class FeedbackConfig:
     sigma_floor: float = 0.01
     freeze_output: bool = False
     clip_norm: float | None = 1.0
+    clip_grouping: str | None = None
     highpass_tau: float | None = None
     layer_scaling: bool = False
+    pretrain_mode: str = "published"
 
     def __post_init__(self) -> None:
+        if self.clip_grouping not in (None, *FEEDBACK_CLIP_GROUPINGS):
+            raise ValueError(
+                f"FeedbackConfig: clip_grouping must be one of {FEEDBACK_CLIP_GROUPINGS} or None, got {self.clip_grouping!r}"
+            )
+        if self.pretrain_mode not in PRETRAIN_MODES:
+            raise ValueError(f"FeedbackConfig: pretrain_mode must be one of {PRETRAIN_MODES}, got {self.pretrain_mode!r}")
         if self.highpass_tau is not None and not (math.isfinite(self.highpass_tau) and self.highpass_tau > 0):
             raise ValueError(f"FeedbackConfig: highpass_tau must be positive or None, got {self.highpass_tau!r}")
         if isinstance(self.simulation, dict):
@@ -124,8 +148,11 @@ class UpdateConfig:
             nudged variants, off for the strong ones (they have no target stepsize).
         target_class_value: Strong-DFC with cross-entropy: the correct class's value in the soft
             label the controller drives the output to (the authors' 0.99).
-        clip_norm: clip each forward update tensor (W_i and b_i separately) to this norm, as
-            the reference does (``None``: no clipping). Clipped tensors are counted and logged.
+        clip_norm: clip the forward updates to this norm, per ``clip_grouping`` (``None``: no
+            clipping). Clipped groups are counted and logged (``dfc/clipped``).
+        clip_grouping: ``tensor``: W_i and b_i separately (the DFC paper's code,
+            deep_feedback_control); ``layer``: [W_i, b_i] jointly (strong_dfc). ``None``:
+            ``layer`` for the Strong-DFC variants, ``tensor`` otherwise.
         exclude_non_converged: drop samples whose dynamics did not converge from the update (what
             the reference code does; the paper configs in ``examples/`` set it); by default they
             are included. Either way they are counted and logged.
@@ -139,6 +166,7 @@ class UpdateConfig:
     normalize_lr: bool | None = None
     target_class_value: float = 0.99
     clip_norm: float | None = 1.0
+    clip_grouping: str | None = None
     exclude_non_converged: bool = False
     convergence_threshold: float = 1e-5
     convergence_epsilon: float = 0.5
@@ -149,6 +177,10 @@ class UpdateConfig:
             raise ValueError(f"UpdateConfig: learning_rule must be one of {RULES}, got {self.learning_rule!r}")
         if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise ValueError(f"UpdateConfig: clip_norm must be positive or None, got {self.clip_norm}")
+        if self.clip_grouping not in (None, *FORWARD_CLIP_GROUPINGS):
+            raise ValueError(
+                f"UpdateConfig: clip_grouping must be one of {FORWARD_CLIP_GROUPINGS} or None, got {self.clip_grouping!r}"
+            )
         if not 0.0 < self.target_class_value < 1.0:
             raise ValueError(f"UpdateConfig: target_class_value must lie in (0, 1), got {self.target_class_value!r}")
         if self.max_diverged_batches < 1:

@@ -27,71 +27,37 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_dfc import MLP, DFCModule
+from lightning_dfc import DFCModule
 
-REFERENCE = Path(__file__).resolve().parent / "reference"
-sys.path.insert(0, str(REFERENCE))
-from authors import dfc_paper_settings, network_settings, strong_dfc_settings  # noqa: E402
-from make_reference import inputs  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+from harness import (  # noqa: E402
+    RUN_CASES,
+    UPDATE_CASES,
+    agreement,
+    batch,
+    build_module,
+    load,
+    load_excerpt,
+    our_update,
+)
 
-CASES = sorted(p.stem for p in REFERENCE.glob("*.pt") if p.stem != "mnist_excerpt")
-UPDATE_CASES = [c for c in CASES if not c.startswith("run_")]
-RUN_CASES = [c for c in CASES if c.startswith("run_")]
 COSINE_BAR = 1 - 1e-9
 NORM_BAR = 1e-6
 
 
-def load(case: str) -> dict:
-    return torch.load(REFERENCE / f"{case}.pt", weights_only=False)
-
-
 @pytest.fixture(scope="module")
 def excerpt() -> dict:
-    return torch.load(REFERENCE / "mnist_excerpt.pt")
-
-
-def settings_of(record: dict) -> dict:
-    if record["code"] == "deep_feedback_control":
-        return dfc_paper_settings(record["config"])
-    return strong_dfc_settings(record["config"], record["network_type"])
-
-
-def build_module(record: dict, **overrides) -> DFCModule:
-    """Our module for a reference case, with the authors' parameters before the update/run."""
-    settings = {**settings_of(record), **overrides}
-    network = network_settings(record["config"])
-    weights = record["before"]["W"]
-    network["sizes"] = [weights[0].shape[1]] + [w.shape[0] for w in weights]  # the reduced inputs
-    model = DFCModule(MLP(**network), **settings).double()
-    with torch.no_grad():
-        for lin, w, b in zip(model.dfc_net.layers, weights, record["before"]["b"]):
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
-        for q, ref in zip(model.dfc_net.feedback, record["before"].get("Q", [])):
-            q.copy_(ref)
-    return model
-
-
-def batch(record: dict, excerpt: dict, model: DFCModule) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = record["indices"]
-    x = inputs(excerpt["images"][idx], record["pool"])
-    y = x.clone() if model.dfc_loss == "mse" else excerpt["labels"][idx]
-    return x, y
+    return load_excerpt()
 
 
 def assert_close_updates(ours: list[torch.Tensor], theirs: list[torch.Tensor], what: str) -> None:
     assert len(ours) == len(theirs), what
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert a.shape == b.shape, (what, i)
-        na, nb = float(a.norm()), float(b.norm())
-        assert nb > 0, f"{what}[{i}]: the reference update is zero (a degenerate case)"
-        cosine = float((a.flatten() @ b.flatten()) / (na * nb))
-        assert cosine >= COSINE_BAR, f"{what}[{i}]: cosine {cosine!r} (1 - cos = {1 - cosine:.2e})"
-        assert abs(na / nb - 1) <= NORM_BAR, f"{what}[{i}]: norm ratio {na / nb!r}"
-
-
-def clipped_per_tensor(tensors: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
-    return [t * min(1.0, max_norm / (float(t.norm()) + 1e-6)) for t in tensors]
+        assert float(b.norm()) > 0, f"{what}[{i}]: the reference update is zero (a degenerate case)"
+        one_minus_cos, norm_error = agreement(a, b)
+        assert one_minus_cos <= 1 - COSINE_BAR, f"{what}[{i}]: 1 - cos = {one_minus_cos:.2e}"
+        assert norm_error <= NORM_BAR, f"{what}[{i}]: norm ratio off by {norm_error:.2e}"
 
 
 @pytest.mark.parametrize("case", UPDATE_CASES)
@@ -99,22 +65,11 @@ def test_update_equals_the_authors(case: str, excerpt: dict) -> None:
     record = load(case)
     model = build_module(record)
     x, y = batch(record, excerpt, model)
-    generator = torch.Generator().manual_seed(record["noise_seed"])
-    expected = record["update"]
-    if record["kind"] == "forward":
-        update = model.dfc_wake_update(x, y, generator)
-        weights, biases = update.weights, update.biases
-        if model.dfc_variant == "dfa":  # the authors' DFA layers clip each tensor to 1 themselves
-            weights, biases = clipped_per_tensor(weights, 1.0), clipped_per_tensor(biases, 1.0)
-        assert_close_updates(weights, expected["W"], f"{case} W")
-        assert_close_updates(biases, expected["b"], f"{case} b")
-        if "Q" in expected:  # single phase: Q learns from the same simulation
-            assert_close_updates(update.feedback, expected["Q"], f"{case} Q")
-        if "converged" in record:
-            assert update.stats["non_converged"] == x.shape[0] - record["converged"]
-    else:
-        grads, _ = model.dfc_sleep_update(x, y, pretraining=record["kind"] == "pretrain", generator=generator)
-        assert_close_updates(grads, expected["Q"], f"{case} Q")
+    ours = our_update(record, model, x, y)
+    for name, theirs in record["update"].items():
+        assert_close_updates(ours[name], theirs, f"{case} {name}")
+    if "converged" in record:  # the same samples converged (and were excluded or not)
+        assert ours["stats"]["non_converged"] == x.shape[0] - record["converged"]
 
 
 class EpochOrder(torch.utils.data.Sampler):

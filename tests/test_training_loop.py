@@ -1,0 +1,127 @@
+"""The loop around the updates, unit by unit: where the feedback weight decay acts, the clipping
+groups, steady-state updates without an early stop, and the settings' validation.
+
+(Against the authors' code these are checked together in ``tests/test_reference.py``.)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, UpdateConfig
+from lightning_dfc.mixin import DFCMixin
+from lightning_dfc.rules import forward_update
+
+DT = torch.float64
+
+
+def module(variant: str = "dfc", **kwargs) -> DFCModule:
+    torch.manual_seed(0)
+    return DFCModule(MLP([6, 5, 4, 3]), variant=variant, **kwargs).double()
+
+
+def test_feedback_weight_decay_is_the_optimizers() -> None:
+    model = module(feedback=FeedbackConfig(weight_decay=0.25))
+    _, feedback, pretrain = model.configure_optimizers()
+    assert all(g["weight_decay"] == 0.25 for opt in (feedback, pretrain) for g in opt.param_groups)
+    # and not part of the update the rule computes (it would be clipped with it)
+    x = torch.randn(4, 6, dtype=DT)
+    zero_q = module(feedback=FeedbackConfig(weight_decay=0.25))
+    grads, _ = zero_q.dfc_sleep_update(x, torch.zeros(4, dtype=torch.long), pretraining=False,
+                                       generator=torch.Generator().manual_seed(1))
+    plain, _ = module(feedback=FeedbackConfig(weight_decay=0.0)).dfc_sleep_update(
+        x, torch.zeros(4, dtype=torch.long), pretraining=False, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(grads, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_feedback_weight_decay_given_twice_is_refused() -> None:
+    adam = functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=0.5)
+    with pytest.raises(ValueError, match="weight decay in one place"):
+        module(feedback=FeedbackConfig(weight_decay=1e-3), feedback_optimizer=adam).configure_optimizers()
+    # the same value in both places, or only in the optimizer, is fine
+    module(feedback=FeedbackConfig(weight_decay=0.5), feedback_optimizer=adam).configure_optimizers()
+    opts = module(feedback=FeedbackConfig(weight_decay=0.0), feedback_optimizer=adam).configure_optimizers()
+    assert opts[1].param_groups[0]["weight_decay"] == 0.5
+
+
+def test_clip_groups_scale_jointly_like_torch() -> None:
+    a, b, c = torch.full((3,), 2.0, dtype=DT), torch.full((4,), 0.1, dtype=DT), torch.full((2,), 0.01, dtype=DT)
+    reference = [t.clone().requires_grad_() for t in (a, b)]
+    for p, g in zip(reference, (a, b)):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(reference, 1.0)
+    groups = [[a, b], [c]]
+    assert DFCMixin._dfc_clip(groups, 1.0) == 1  # [a, b] is clipped as one group, c is not
+    torch.testing.assert_close(a, reference[0].grad, rtol=0, atol=0)
+    torch.testing.assert_close(b, reference[1].grad, rtol=0, atol=0)
+    assert torch.equal(c, torch.full((2,), 0.01, dtype=DT))
+    assert DFCMixin._dfc_clip(groups, None) == 0
+
+
+@pytest.mark.parametrize(("variant", "forward", "feedback"), [
+    ("dfc", "tensor", "all"), ("dfc_ss_fixed", "tensor", "all"), ("dfa", "tensor", "all"),
+    ("strong_dfc_ss", "layer", "layer"),
+])
+def test_clip_groups_default_to_the_variants_code_base(variant: str, forward: str, feedback: str) -> None:
+    model = module(variant)
+    assert (model.dfc_forward_clip_grouping, model.dfc_feedback_clip_grouping) == (forward, feedback)
+    model = module(variant, updates=UpdateConfig(clip_grouping="layer"), feedback=FeedbackConfig(clip_grouping="all"))
+    assert (model.dfc_forward_clip_grouping, model.dfc_feedback_clip_grouping) == ("layer", "all")
+
+
+def test_forward_clip_groups_follow_the_layers() -> None:
+    model = module(updates=UpdateConfig(clip_grouping="layer"))
+    for p in model.dfc_net.forward_parameters():
+        p.grad = torch.ones_like(p)
+    groups = model._dfc_forward_clip_groups()
+    assert [[tuple(g.shape) for g in group] for group in groups] == [[(5, 6), (5,)], [(4, 5), (4,)], [(3, 4), (3,)]]
+    model = module()
+    for p in model.dfc_net.forward_parameters():
+        p.grad = torch.ones_like(p)
+    assert len(model._dfc_forward_clip_groups()) == 6
+
+
+def test_steady_state_updates_simulate_every_step_by_default() -> None:
+    model = module()
+    params = model.dfc_net.params()
+    x, y = torch.randn(8, 6, dtype=DT), torch.randint(0, 3, (8,))
+    cfg = SimulationConfig(steps=1000, alpha=0.5)  # early_stop=None
+    assert cfg.early_stop is None
+    ss = forward_update("dfc_ss", params, x, y, "cross_entropy", 0.1, cfg)
+    assert ss.stats["steps"] == 999
+    cont = forward_update("dfc", params, x, y, "cross_entropy", 0.1, cfg)
+    assert cont.stats["steps"] < 999  # the continuous update stops early (exactly extrapolated)
+    forced = forward_update("dfc_ss", params, x, y, "cross_entropy", 0.1,
+                            SimulationConfig(steps=1000, alpha=0.5, early_stop=True))
+    assert forced.stats["steps"] < 999
+
+
+@pytest.mark.parametrize(("cls", "field", "value"), [
+    (UpdateConfig, "clip_grouping", "all"),
+    (FeedbackConfig, "clip_grouping", "tensor"),
+    (FeedbackConfig, "pretrain_mode", "authors"),
+])
+def test_bad_loop_settings_are_refused(cls, field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        cls(**{field: value})
+
+
+def test_strong_pretraining_uses_the_linear_error_as_published() -> None:
+    """pretrain_mode='published' (default): the controller sees r* - r_L in pre-training and
+    r* - softmax(r_L) in sleep epochs; 'clean' uses the softmax error in both."""
+    x, y = torch.randn(6, 6, dtype=DT), torch.randint(0, 3, (6,))
+    sim = SimulationConfig(dt=0.002, steps=30, k_p=0.1, alpha=0.5, tau_v=0.005, proactive=True, sigma=0.01)
+    published = module("strong_dfc_ss", feedback=FeedbackConfig(simulation=sim, pretrain_mode="published"))
+    clean = module("strong_dfc_ss", feedback=FeedbackConfig(simulation=sim, pretrain_mode="clean"))
+
+    def grads(model, pretraining):
+        return model.dfc_sleep_update(x, y, pretraining, torch.Generator().manual_seed(3))[0]
+
+    for a, b in zip(grads(published, False), grads(clean, False)):  # sleep epochs: the same
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    differ = [not torch.allclose(a, b) for a, b in zip(grads(published, True), grads(clean, True))]
+    assert all(differ)

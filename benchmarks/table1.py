@@ -62,19 +62,32 @@ Options:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import (  # noqa: E402  (the shared module lives beside this script)
+    DFC_TABLE1,
+    REPO,
+    UsageError,
+    append_result,
+    check_results_file,
+    check_same_settings,
+    cli_args as run_cli_args,
+    finished_runs,
+    fit_and_test,
+    machine,
+    machine_text,
+    markdown,
+    read_results,
+    torch_load_epoch,  # noqa: F401  (kept importable from here)
+    utc_now,
+)
 
 TASKS: dict[str, dict[str, Any]] = {
     "mnist": dict(prefix="mnist_", title="MNIST test error (%)", key="error"),
@@ -99,21 +112,8 @@ METHODS: dict[str, str] = {
 }
 # Table 1 of the paper, mean and std over 5 seeds (dfc_reference.md section 7; full data sets,
 # 100 epochs, autoencoder 25). Only these four methods are published.
-PAPER: dict[tuple[str, str], tuple[float, float]] = {
-    ("mnist", "bp"): (2.08, 0.15), ("mnist", "dfc"): (2.25, 0.094),
-    ("mnist", "dfc_fixed"): (2.47, 0.12), ("mnist", "dfa"): (2.69, 0.11),
-    ("fmnist", "bp"): (10.60, 0.34), ("fmnist", "dfc"): (11.17, 0.27),
-    ("fmnist", "dfc_fixed"): (11.62, 0.30), ("fmnist", "dfa"): (11.38, 0.25),
-    ("mnist_autoencoder", "bp"): (9.42e-2, 0.09e-2), ("mnist_autoencoder", "dfc"): (11.28e-2, 0.18e-2),
-    ("mnist_autoencoder", "dfc_fixed"): (33.37e-2, 0.60e-2), ("mnist_autoencoder", "dfa"): (29.95e-2, 0.36e-2),
-    ("mnist_train", "bp"): (1.53e-7, 0.19e-7), ("mnist_train", "dfc"): (7.61e-8, 0.65e-8),
-    ("mnist_train", "dfc_fixed"): (1.30e-6, 0.15e-6), ("mnist_train", "dfa"): (7.09e-7, 1.11e-7),
-}
+PAPER: dict[tuple[str, str], tuple[float, float]] = DFC_TABLE1
 DEFAULT_EPOCHS = 5
-
-
-class UsageError(ValueError):
-    """A bad command-line argument (reported by the parser)."""
 
 
 # ------------------------------------------------------------------------------------ options
@@ -201,13 +201,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             raise UsageError(f"--examples {str(args.examples)!r} is not a folder")
         if args.results is None:
             args.results = args.output.with_suffix(".jsonl") if args.output else Path("table1_results.jsonl")
-        if args.table_only and not args.results.is_file():
-            raise UsageError(f"--table-only: results file {str(args.results)!r} does not exist")
-        if not args.resume and not args.table_only and args.results.is_file() and args.results.stat().st_size:
-            raise UsageError(
-                f"results file {str(args.results)!r} already holds runs: pass --resume to continue it, "
-                "--table-only to only make the table, or another --results / --output"
-            )
+        check_results_file(args.results, args.resume, args.table_only)
     except UsageError as err:
         parser.error(str(err))
     return args
@@ -227,25 +221,12 @@ def settings(args: argparse.Namespace, task: str) -> dict[str, Any]:
 def cli_args(args: argparse.Namespace, task: str, method: str, seed: int, root: Path) -> list[str]:
     data = {"data_dir": args.data_dir, "val_size": args.val_size, "train_subset": args.train_subset,
             "test_subset": args.test_subset}
-    out = [
-        "--config", str(config_path(args, task, method)),
-        f"--seed_everything={seed}",
-        f"--trainer.default_root_dir={root}",
-        f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--data.init_args.download={'true' if args.download else 'false'}",
-        *(f"--data.init_args.{k}={v}" for k, v in data.items() if v is not None),
-    ]
-    if args.epochs[task] is not None:
-        out.append(f"--trainer.max_epochs={args.epochs[task]}")
-    return out + list(args.override)
+    return run_cli_args([config_path(args, task, method)], seed=seed, root=root, epochs=args.epochs[task],
+                        data=data, download=args.download, override=args.override)
 
 
 def run_one(args: argparse.Namespace, task: str, method: str, seed: int) -> dict[str, Any]:
     """Fit and test one config; returns the JSON record (``status`` ok / skipped / failed)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from lightning_dfc.cli import build_cli
 
     record: dict[str, Any] = {"task": task, "method": method, "seed": seed,
@@ -258,70 +239,23 @@ def run_one(args: argparse.Namespace, task: str, method: str, seed: int) -> dict
             folder = getattr(datamodule, "raw_folder", "?")
             return {**record, "status": "skipped", "reason": f"data missing: {', '.join(missing)} in {folder}"}
         try:
-            start = time.perf_counter()
-            trainer.fit(model, datamodule=datamodule)
-            fit_seconds = time.perf_counter() - start
-            checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
-            if checkpoint.best_model_score is None or not checkpoint.best_model_path:
-                raise RuntimeError(f"no best checkpoint (monitor {checkpoint.monitor!r} never logged)")
-            best_score = float(checkpoint.best_model_score)
-            best_epoch = int(torch_load_epoch(checkpoint.best_model_path))
-            start = time.perf_counter()
-            tested = trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
-            test_seconds = time.perf_counter() - start
+            result = fit_and_test(trainer, model, datamodule)
         except FileNotFoundError as err:  # data vanished between the check and the run
             return {**record, "status": "skipped", "reason": f"data missing: {err}"}
         except Exception as err:  # noqa: BLE001 (diverged runs etc. are reported, not fatal)
             return {**record, "status": "failed", "reason": f"{type(err).__name__}: {err}"[:500]}
+    tested, best_score = result["tested"], result["best_score"]
     test_loss = float(tested["test_loss"])
     value = {"error": 100 * (1 - float(tested.get("test_acc", math.nan))), "test_loss": test_loss,
              "train_loss": best_score}[TASKS[task]["key"]]
     return {
         **record, "status": "ok", "value": value, "test_loss": test_loss,
         "test_acc": float(tested["test_acc"]) if "test_acc" in tested else None,
-        "monitor": checkpoint.monitor, "best_score": best_score, "best_epoch": best_epoch,
+        "monitor": result["monitor"], "best_score": best_score, "best_epoch": result["best_epoch"],
         "epochs_run": int(trainer.current_epoch), "num_train": len(datamodule.train_set),
-        "num_test": len(datamodule.test_set), "fit_seconds": fit_seconds, "test_seconds": test_seconds,
+        "num_test": len(datamodule.test_set), "fit_seconds": result["fit_seconds"],
+        "test_seconds": result["test_seconds"],
     }
-
-
-def torch_load_epoch(path: str) -> int:
-    """The (trainer) epoch stored in a checkpoint."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"{path}:{number}: not a JSON line ({err}); remove the line and --resume") from err
-    return records
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -331,10 +265,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         torch.set_num_threads(args.threads)
     seeds = args.seeds or [42]
     records = read_results(args.results)
-    done: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for rec in records:
-        if rec.get("status") in ("ok", "failed"):
-            done[(rec["task"], rec["method"], rec["seed"])] = rec
+    done = finished_runs(records, lambda rec: (rec["task"], rec["method"], rec["seed"]))
     host = machine()
     args.results.parent.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:
@@ -349,12 +280,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             for method in runnable:
                 key = (task, method, seed)
                 if key in done:
-                    old = {k: done[key].get(k) for k in settings(args, task)}
-                    if old != settings(args, task):
-                        raise SystemExit(
-                            f"{args.results}: {task} / {method} / seed {seed} was run with {old}, not "
-                            f"{settings(args, task)}; use another --results file or the same settings"
-                        )
+                    check_same_settings(args.results, f"{task} / {method} / seed {seed}", done[key],
+                                        settings(args, task))
                     print(f"[table1] {task} / {method} / seed {seed}: in {args.results}, skipped", flush=True)
                     continue
                 if data_missing:
@@ -362,14 +289,13 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 else:
                     print(f"[table1] {task} / {method} / seed {seed}: running", flush=True)
                     rec = run_one(args, task, method, seed)
-                    rec.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=host)
+                    rec.update(finished=utc_now(), machine=host)
                     if rec["status"] == "skipped":
                         data_missing = rec["reason"]
                 print(f"[table1] {task} / {method} / seed {seed}: {rec['status']} "
                       f"{rec.get('value', rec.get('reason', ''))}"
                       + (f" ({rec['fit_seconds']:.0f} s fit)" if "fit_seconds" in rec else ""), flush=True)
-                with args.results.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                append_result(args.results, rec)
                 records.append(rec)
     return records
 
@@ -430,10 +356,6 @@ def make_tables(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
         rows.append(row)
         time_rows.append(time_row)
 
-    def markdown(head: list[str], body: list[list[str]]) -> str:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
-
     used = [r for r in records if r.get("status") == "ok" and r.get("task") in args.tasks]
     notes = []
     for task in args.tasks:
@@ -446,9 +368,7 @@ def make_tables(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
         notes.append(f"{task}: {'/'.join(epochs)} forward-weight epochs, {'/'.join(map(str, n_train))} "
                      f"training images, {'/'.join(map(str, n_test))} test images")
     overrides = sorted({" ".join(r.get("override") or []) for r in used} - {""})
-    hosts = sorted({f"{m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}, "
-                    f"{m['threads']} thread(s)" + (f", {m['cuda']}" if m.get("cuda") else "")
-                    for r in used if (m := r.get("machine"))})
+    hosts = sorted({machine_text(m) for r in used if (m := r.get("machine"))})
     note = [f"Ours: mean ± std over {len(seeds)} seed(s) {seeds}; " + "; ".join(notes) + "."]
     if overrides:
         note.append(f"Extra CLI arguments: `{'`, `'.join(overrides)}`.")

@@ -72,7 +72,9 @@ class FeedbackConfig:
     """Feedback-weight (sleep) training: its simulation, the schedule and the rule's scaling.
 
     Args:
-        simulation: the noisy sleep-phase simulation (default: the paper's MNIST values).
+        simulation: the noisy sleep-phase simulation (default: the paper's MNIST values,
+            :func:`~lightning_dfc.config.sleep_defaults`; a dict, or a YAML section, that leaves
+            fields out keeps those defaults for them, e.g. a non-proactive controller).
         pretrain_epochs: sleep epochs before training (reference ``epochs_fb``), with the
             pre-training optimizer.
         sleep_before: sleep epochs before each wake epoch (1 in the reference).
@@ -123,7 +125,8 @@ class FeedbackConfig:
         if self.highpass_tau is not None and not (math.isfinite(self.highpass_tau) and self.highpass_tau > 0):
             raise ValueError(f"FeedbackConfig: highpass_tau must be positive or None, got {self.highpass_tau!r}")
         if isinstance(self.simulation, dict):
-            self.simulation = SimulationConfig(**self.simulation)
+            # fields a dict leaves out keep the sleep phase's defaults, as under LightningCLI
+            self.simulation = dataclasses.replace(sleep_defaults(), **self.simulation)
         if not self.simulation.noisy:
             raise ValueError("FeedbackConfig: the sleep simulation needs noise (simulation.sigma > 0)")
         if self.weight_decay < 0 or self.sigma_floor <= 0:

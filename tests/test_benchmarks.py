@@ -1,10 +1,16 @@
-"""``benchmarks/table1.py`` end to end on tiny fake data: the table's rows and columns, a task
-without data, a pair without a config, ``--resume`` after an interruption and ``--table-only``."""
+"""The benchmark scripts end to end on tiny fake data.
+
+``benchmarks/table1.py``: the table's rows and columns, a task without data, a pair without a config,
+``--resume`` after an interruption and ``--table-only``. ``benchmarks/learning_curves.py``: the
+records (curves per wake epoch, test at the best checkpoint, schedule, times, diagnostics), the
+report and figure, ``--resume``, ``--table-only``, worker processes and a failing run; and the
+subset override configs against the examples."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -148,3 +154,165 @@ def test_table1_epochs_option() -> None:
     assert table1.parse_epochs(["7"], tasks) == dict.fromkeys(tasks, 7)
     assert table1.parse_epochs(["paper", "mnist=2"], tasks) == {
         "mnist": 2, "fmnist": None, "mnist_autoencoder": None, "mnist_train": None}
+
+
+# ------------------------------------------------------------------------------------ learning_curves.py
+def load_learning_curves():
+    spec = importlib.util.spec_from_file_location("learning_curves", REPO / "benchmarks" / "learning_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def short_subset(folder: Path, stems: list[str], val_size: int = 16) -> Path:
+    """Override configs as in benchmarks/subset/, for the fake data: a small validation split and
+    one pre-training epoch."""
+    folder.mkdir()
+    for stem in stems:
+        raw = yaml.safe_load((REPO / "benchmarks" / "subset" / f"{stem}.yaml").read_text())
+        raw["data"]["init_args"]["val_size"] = val_size
+        if "model" in raw:
+            raw["model"]["init_args"]["feedback"]["pretrain_epochs"] = 1
+        (folder / f"{stem}.yaml").write_text(yaml.safe_dump(raw))
+    return folder
+
+
+def test_learning_curves_end_to_end_resume_and_table_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lc = load_learning_curves()
+    write_fake_mnist(tmp_path / "data", 48, 16)
+    stems = ["mnist_bp", "mnist_dfc", "mnist_autoencoder_bp"]
+    examples = short_examples(tmp_path / "examples", stems)
+    subset = short_subset(tmp_path / "subset", stems)
+    results, output, figure = tmp_path / "out" / "runs.jsonl", tmp_path / "out" / "lc.md", tmp_path / "fig" / "lc.png"
+    keep = tmp_path / "runs"
+    args = [
+        "--rows", "bp", "dfc", "autoencoder_bp", "--seeds", "1", "--epochs", "2", "--jobs", "0",
+        "--diagnostics", "--diagnostic-metrics", "condition_2", "bp", "h", "--diagnostic-samples", "4",
+        "--data-dir", str(tmp_path / "data"), "--examples", str(examples), "--subset-dir", str(subset),
+        "--keep-runs", str(keep), "--results", str(results), "--output", str(output), "--figure", str(figure),
+    ]
+    report = lc.main(args)
+    assert output.read_text() == report
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    records = {r["row"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert list(records) == ["bp", "dfc", "autoencoder_bp"]
+    for row, rec in records.items():
+        assert rec["status"] == "ok", rec.get("reason")
+        assert (rec["num_train"], rec["num_val"], rec["num_test"], rec["batches_per_epoch"]) == (32, 16, 16, 2)
+        assert rec["epochs"] == 2 and rec["seed"] == 1 and rec["config"] == f"mnist_{row}.yaml"
+        for key in ("curve_val_acc", "curve_val_loss", "curve_train_loss", "curve_train_acc"):
+            assert len(rec[key]) == 2 + 1  # wake epochs 0 (untrained), 1, 2
+        assert rec["curve_train_loss"][0] is None and all(v is not None for v in rec["curve_val_loss"])
+        assert 0 <= rec["best_wake_epoch"] <= 2
+        assert rec["best_val_loss"] == rec["curve_val_loss"][rec["best_wake_epoch"]]
+        assert set(rec["seconds"]) >= {"pretrain", "sleep", "wake", "validation", "other", "fit", "test"}
+        assert rec["sleep_val_changed"] == []
+        assert rec["machine"]["threads"] == 1 and rec["finished"]
+    bp, dfc, ae = records["bp"], records["dfc"], records["autoencoder_bp"]
+    assert bp["test_error"] == pytest.approx(100 * (1 - bp["test_acc"]))
+    assert bp["best_val_acc"] == bp["curve_val_acc"][bp["best_wake_epoch"]]
+    assert ae["test_acc"] is None and ae["curve_val_acc"] == [None] * 3 and ae["monitor"] == "val_loss"
+    assert bp["pretrain_epochs"] == 0 and bp["diagnostics"] is None and bp["seconds"]["sleep"] == 0
+    # DFC: 1 pre-training epoch + 2 x (1 sleep, wake, 2 sleep); the paper's updates would need more
+    assert (dfc["pretrain_epochs"], dfc["sleep_before"], dfc["sleep_after"]) == (1, 1, 2)
+    assert dfc["lightning_epochs_run"] == 1 + 2 * 4
+    assert dfc["paper_pretrain_epochs"] == 1 and "215" in dfc["pretrain_note"]  # round(430 / 2)
+    assert dfc["seconds"]["pretrain"] > 0 and dfc["seconds"]["sleep"] > 0
+    assert {"condition_2", "angle_bp", "angle_h", "control_loss", "condition_2_ss"} <= set(dfc["diagnostics"])
+    assert all(len(v) == 3 and v[0] is None and v[2] is not None for v in dfc["diagnostics"].values())
+    assert dfc["wake_stats"]["steps"][1] > 0 and len(dfc["wake_stats"]["excluded"]) == 3
+    assert "Wake-phase simulation" in report
+    # the untrained network's validation (computed before fit) is what the pre-training epoch logged
+    metrics = lc.read_metrics(next(keep.glob("dfc_seed1/dfc/version_*/metrics.csv")))
+    assert metrics[0]["phase"] == 0 and metrics[0]["val_loss"] == pytest.approx(dfc["curve_val_loss"][0], rel=1e-5)
+    assert metrics[0]["val_acc"] == pytest.approx(dfc["curve_val_acc"][0])
+
+    assert "| BP | `mnist_bp` |" in report and "| DFC | `mnist_dfc` |" in report
+    assert "2.08 ± 0.15 | 1.83 ± 0.11 | 1.83 (98.17 % acc.) |" in report  # BP: DFC paper, Strong-DFC, README
+    assert "| Autoencoder BP | `mnist_autoencoder_bp` |" in report and "0.0942 ± 0.0009" in report
+    assert "Validation accuracy (%) after wake epoch k" in report and "| row | 0 | 1 | 2 |" in report
+    assert "Wall time per run" in report and "Diagnostics (ConditionMonitor" in report
+    assert "32 train / 16 validation / 16 test images" in report
+
+    # an existing results file is never overwritten by accident
+    with pytest.raises(SystemExit):
+        lc.main(args)
+    assert "--resume" in capsys.readouterr().err
+
+    # interrupted during the last run: --resume runs only that one again, with the same result
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:-1]) + "\n")
+    resumed = lc.main([*args, "--resume"])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "running" in line] == [
+        line for line in out.splitlines() if line.startswith("[learning_curves] autoencoder_bp / seed 1: running")]
+    assert out.count("skipped") == 2
+    again = json.loads(results.read_text().splitlines()[-1])
+    assert again["curve_val_loss"] == json.loads(lines[-1])["curve_val_loss"]
+    assert again["test_loss"] == json.loads(lines[-1])["test_loss"]
+
+    # the outputs from the file alone
+    figure.unlink()
+    only = lc.main(["--table-only", "--results", str(results), "--figure", str(figure)])
+    assert only == resumed and figure.read_bytes()[:4] == b"\x89PNG"
+
+    # resuming with other settings is refused
+    with pytest.raises(SystemExit, match="was run with"):
+        lc.main([*args, "--resume", "--epochs", "3"])
+
+
+def test_learning_curves_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--jobs 2: two runs at once in worker processes; a broken run is recorded as failed."""
+    lc = load_learning_curves()
+    write_fake_mnist(tmp_path / "data", 48, 16)
+    stems = ["mnist_bp", "mnist_dfa"]
+    examples = short_examples(tmp_path / "examples", stems)
+    broken = yaml.safe_load((examples / "mnist_dfa.yaml").read_text())
+    broken["model"]["init_args"]["variant"] = "no_such_variant"
+    (examples / "mnist_dfa.yaml").write_text(yaml.safe_dump(broken))
+    results = tmp_path / "runs.jsonl"
+    report = lc.main(["--rows", "bp", "dfa", "--epochs", "1", "--jobs", "2", "--data-dir", str(tmp_path / "data"),
+                      "--examples", str(examples), "--subset-dir", str(short_subset(tmp_path / "subset", stems)),
+                      "--results", str(results)])
+    assert len([line for line in capsys.readouterr().out.splitlines() if ", pid " in line]) == 2
+    records = {r["row"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert records["bp"]["status"] == "ok" and len(records["bp"]["curve_val_acc"]) == 2
+    assert records["dfa"]["status"] == "failed" and "no_such_variant" in records["dfa"]["log_tail"]
+    assert "| DFA | `mnist_dfa` | failed (1/1 seeds) |" in report and "Failed: dfa / seed 42" in report
+
+
+def test_subset_configs_match_the_examples() -> None:
+    """benchmarks/subset/<example>.yaml: the validation split and the paper's number of feedback
+    pre-training updates (430 batches per full-MNIST epoch) on the 5,000 training images left."""
+    lc = load_learning_curves()
+    assert lc.PAPER_BATCHES == 430 and lc.subset_pretrain_epochs(10, 40) == 108
+    assert lc.subset_pretrain_epochs(1, 40) == 11 and lc.subset_pretrain_epochs(15, 40) == 161
+    for row, spec in lc.ROWS.items():
+        example = yaml.safe_load((REPO / "examples" / f"{spec.stem(row)}.yaml").read_text())
+        subset = yaml.safe_load((REPO / "benchmarks" / "subset" / f"{spec.stem(row)}.yaml").read_text())
+        assert subset["data"] == {"init_args": {"val_size": 1000}}, row
+        batches = math.ceil((6000 - 1000) / example["data"]["init_args"]["batch_size"])
+        paper = lc.paper_pretrain_epochs(REPO / "examples" / f"{spec.stem(row)}.yaml")
+        if paper is None:
+            assert set(subset) == {"data"}, row
+        else:
+            assert set(subset) == {"data", "model"}, row
+            assert subset["model"] == {"init_args": {"feedback": {
+                "pretrain_epochs": lc.subset_pretrain_epochs(paper, batches)}}}, row
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--rows", "cifar"], "unknown 'cifar'"),
+    (["--rows", "bp", "bp"], "repeated"),
+    (["--jobs", "-1"], "--jobs"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--figure", "curves.jpg"], ".png"),
+    (["--diagnostic-metrics", "magic"], "unknown ['magic']"),
+    (["--table-only", "--results", "missing.jsonl"], "does not exist"),
+    (["--data-dir", "no/such/folder"], "is not a folder"),
+])
+def test_learning_curves_bad_arguments(bad: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_learning_curves().main(bad)
+    assert message in capsys.readouterr().err

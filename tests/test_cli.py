@@ -76,7 +76,7 @@ def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     init = model["init_args"]
     assert init["variant"] == "dfc_ss"  # the short override form
     assert init["loss"] == "cross_entropy"
-    assert init["target_stepsize"] == pytest.approx(0.07794)
+    assert init["target_stepsize"] == pytest.approx(0.07794471150634391, rel=1e-12)
     assert init["network"]["init_args"]["sizes"] == [784, 256, 256, 256, 10]
     # the dataclass groups are printed completely, defaults included
     assert init["dynamics"]["steps"] == 1000 and init["dynamics"]["tau_apical"] is None

@@ -125,3 +125,15 @@ def test_strong_pretraining_uses_the_linear_error_as_published() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     differ = [not torch.allclose(a, b) for a, b in zip(grads(published, True), grads(clean, True))]
     assert all(differ)
+
+
+def test_a_partial_sleep_simulation_keeps_the_sleep_defaults_as_under_the_cli() -> None:
+    """FeedbackConfig(simulation={...}) completes the dict from sleep_defaults(), as LightningCLI
+    completes a YAML section from the field's default."""
+    from lightning_dfc import sleep_defaults
+
+    sim = FeedbackConfig(simulation={"sigma": 0.02, "steps": 30}).simulation
+    expected = sleep_defaults()
+    assert (sim.sigma, sim.steps) == (0.02, 30)
+    assert (sim.tau_apical, sim.proactive, sim.dt, sim.alpha) == (
+        expected.tau_apical, expected.proactive, expected.dt, expected.alpha)

@@ -180,7 +180,8 @@ def strong_dfc_settings(c: dict[str, Any], network_type: str) -> dict[str, Any]:
     ``network_type``: the script's (``run_dfc.py``: ``DFC``, ``run_dfc_single_phase.py``:
     ``DFC_single_phase``, ``run_bp.py``: ``BP``, ``run_dfa.py``: ``DFA``)."""
     loss = "cross_entropy" if c["dataset"] in ("mnist", "fashion_mnist", "cifar10") else "mse"
-    lr = _one(c["lr"], "lr")
+    # raw lr with normalize_lr: their parser has already divided it by the target stepsize
+    lr = _one(c["lr"], "lr") * (float(c["target_stepsize"]) if c["normalize_lr"] else 1.0)
     settings: dict[str, Any] = {"loss": loss}
     forward_args = (c["optimizer"], lr, (c["adam_beta1"], c["adam_beta2"]), _one(c["adam_epsilon"], "adam_epsilon"),
                     c["momentum"], c["weight_decay"])

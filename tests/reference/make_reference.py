@@ -247,6 +247,19 @@ class EpochLoader:
             yield self.x[idx], self.y[idx]
 
 
+def near_weight_product(torch, weights, seed=7):
+    """Feedback weights near the weight product W_{i+1}^T ... W_L^T (Q_L near I), so that the
+    dynamics of a per-update case converge: the product plus 30 % of its std as noise."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(len(weights)):
+        product = torch.eye(weights[-1].shape[0])
+        for later in reversed(weights[i + 1:]):
+            product = later.t() @ product
+        out.append(product + 0.3 * product.std() * torch.randn(product.shape, generator=g))
+    return out
+
+
 def epoch_orders(torch, n_passes, n_images, seed=1234):
     g = torch.Generator().manual_seed(seed)
     return [torch.randperm(n_images, generator=g) for _ in range(n_passes)]
@@ -297,15 +310,10 @@ def run_dfc_paper(repo: Path, out: Path, only: set[str] | None) -> None:
         layers = net.layers
         if args.network_type == "DFC":
             sizes = [layer.weights.shape[0] for layer in layers]
-            if not args.freeze_fb_weights:  # near the weight product, so that the dynamics converge
-                g = torch.Generator().manual_seed(7)
+            if not args.freeze_fb_weights:
                 with torch.no_grad():
-                    for i, layer in enumerate(layers):
-                        product = torch.eye(sizes[-1])
-                        for later in reversed(layers[i + 1:]):
-                            product = later.weights.t() @ product
-                        product = product + 0.3 * product.std() * torch.randn(product.shape, generator=g)
-                        layer.feedbackweights.copy_(product)
+                    for layer, q in zip(layers, near_weight_product(torch, [l.weights for l in layers])):
+                        layer.feedbackweights.copy_(q)
 
         def snapshot():
             if args.network_type == "DFC":
@@ -432,14 +440,9 @@ def run_strong(repo: Path, out: Path, only: set[str] | None) -> None:
         net = net_utils.generate_network(config, data, torch.device("cpu"), network_type, logger=logger)
         layers = net.layers
         sizes = [layer.weights.shape[0] for layer in layers]
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():  # near the weight product, so that the dynamics converge
-            for i, layer in enumerate(layers):
-                product = torch.eye(sizes[-1])
-                for later in reversed(layers[i + 1:]):
-                    product = later.weights.t() @ product
-                product = product + 0.3 * product.std() * torch.randn(product.shape, generator=g)
-                layer.weights_backward.copy_(product)
+        with torch.no_grad():
+            for layer, q in zip(layers, near_weight_product(torch, [l.weights for l in layers])):
+                layer.weights_backward.copy_(q)
         record["before"] = strong_snapshot(net)
         idx = torch.arange(UPDATE_BATCH)
         x, targets = x_all[idx], soft[idx]

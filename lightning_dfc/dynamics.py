@@ -17,7 +17,7 @@ Trajectories are never stored: what the learning rules need is accumulated as ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -188,6 +188,12 @@ def simulate(
     """
     if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
+    if cfg.dtype is not None and getattr(torch, cfg.dtype) != x.dtype:
+        return _simulate_in(getattr(torch, cfg.dtype), params, x, ff, target, cfg, delta=delta,
+                            output_error=output_error, accumulate_forward=accumulate_forward,
+                            accumulate_feedback=accumulate_feedback, highpass_rate=highpass_rate,
+                            generator=generator, record=record, rule=rule, sample_mask=sample_mask,
+                            stop_residual=stop_residual, outer_every=outer_every)
     n_layers = params.num_layers
     acts = params.activations
     weights = params.weights
@@ -338,6 +344,35 @@ def simulate(
 
 
 RULES = ("nonlinear_difference", "voltage_difference")
+
+
+def _simulate_in(dtype: torch.dtype, params: LayerParams, x: Tensor, ff: Feedforward, target: Tensor | None,
+                 cfg: SimulationConfig, *, delta: Tensor | None, **kwargs) -> SimulationResult:
+    """:func:`simulate` in ``dtype`` (``cfg.dtype``), the result cast back to ``x``'s dtype.
+
+    The feedforward pass is recomputed in ``dtype`` rather than cast, so that the state the
+    simulation deviates from is consistent (r = phi(v) in that dtype)."""
+    back = x.dtype
+
+    def cast(t):
+        return None if t is None else t.to(dtype)
+
+    params_in = params._replace(
+        weights=tuple(cast(w) for w in params.weights),
+        biases=tuple(cast(b) for b in params.biases),
+        feedback=tuple(cast(q) for q in params.feedback),
+    )
+    x_in = x.to(dtype)
+    result = simulate(params_in, x_in, feedforward(params_in, x_in), cast(target), replace(cfg, dtype=None),
+                      delta=cast(delta), **kwargs)
+    for name, value in vars(result).items():
+        if isinstance(value, Tensor):
+            setattr(result, name, value.to(back) if value.is_floating_point() else value)
+        elif isinstance(value, list):
+            setattr(result, name, [v.to(back) if isinstance(v, Tensor) else v for v in value])
+        elif isinstance(value, dict):
+            setattr(result, name, {k: v.to(back) for k, v in value.items()})
+    return result
 
 
 def _output_error(kind: str, target: Tensor | None, delta: Tensor | None, ff: Feedforward):

@@ -316,3 +316,47 @@ def test_learning_curves_bad_arguments(bad: list[str], message: str, capsys: pyt
     with pytest.raises(SystemExit):
         load_learning_curves().main(bad)
     assert message in capsys.readouterr().err
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_script_runs_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/gpu.py --device cpu``: the script itself (the device comparison is then CPU
+    against CPU, so the updates must agree to rounding), and its refusal without CUDA."""
+    gpu = load_script("gpu")
+    out = tmp_path / "gpu.md"
+    assert gpu.main(["--device", "cpu", "--repeats", "1", "--batch-size", "4", "--output", str(out),
+                     "--configs", "examples/mnist_dfc.yaml", "examples/mnist_strong_dfc.yaml"]) == 0
+    text = out.read_text()
+    equal = [line for line in text.splitlines() if "equal to the CPU" in line]
+    assert len(equal) == 3  # DFC wake and sleep, Strong-DFC single phase wake (no sleep pass)
+    for line in equal:
+        assert float(line.split("1 - cos ")[1].split(",")[0]) < 1e-12, line
+    assert "| mnist_dfc | epoch | 430 x (wake + 3 sleep)" in text
+    assert "| mnist_strong_dfc | epoch | 430 x (wake + 0 sleep)" in text
+    import torch
+
+    if not torch.cuda.is_available():
+        assert gpu.main([]) == 2
+        assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_side_by_side_table() -> None:
+    """``benchmarks/side_by_side.py``: ratios of medians and the epoch-equivalent rows."""
+    side = load_script("side_by_side")
+    rows = [
+        side.row("deep_feedback_control", "DFC", "wake", [10.0, 12.0, 11.0], [0.2, 0.25, 0.3], ours_settings="published"),
+        side.row("deep_feedback_control", "DFC", "sleep", [0.4, 0.5, 0.3], [0.1, 0.1, 0.1], ours_settings="published"),
+        {"agreement": ["DFC", "wake", "published"], "one_minus_cos": 3e-16},
+    ]
+    assert rows[0]["ratio"] == pytest.approx(11.0 / 0.25)
+    text = side.table(rows, threads=1)
+    assert "| DFC | wake | published | 11.000 | 0.2500 | **44.0x** | 3.0e-16 |" in text
+    assert "| DFC | sleep | published | 0.400 | 0.1000 | **4.0x** | not computed |" in text
+    # 1 wake + 3 sleep: (11 + 1.2) / (0.25 + 0.3)
+    assert "| DFC | 1 wake + 3 sleep | published / published | 12.200 | 0.5500 | **22.2x** |" in text

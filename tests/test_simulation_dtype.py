@@ -1,0 +1,122 @@
+"""``SimulationConfig.dtype``: a float64 model simulating in float32 (the fast path of noisy
+simulations) gives the float64 updates, to float32 precision with the same noise, and the same
+distribution of updates with float32's own noise draws.
+
+The settings are the published ones of the reference cases (``tests/reference``: tiny networks,
+16 MNIST images), so the dynamics are those of real runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+
+from harness import batch, build_module, load, load_excerpt  # noqa: E402
+
+from lightning_dfc import SimulationConfig  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@contextlib.contextmanager
+def float64_noise(seed: int):
+    """Every ``torch.randn`` draws float64 numbers from one seeded generator, cast to the dtype
+    asked for: the same noise for a float64 and a float32 simulation."""
+    original = torch.randn
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*size, dtype=None, device=None, **kwargs):
+        kwargs.pop("generator", None)
+        return original(*size, dtype=torch.float64, generator=generator, **kwargs).to(dtype)
+
+    torch.randn = randn
+    try:
+        yield
+    finally:
+        torch.randn = original
+
+
+def with_dtype(model, phase: str, dtype: str | None):
+    model = copy.deepcopy(model)
+    if phase == "wake":
+        model.dfc_dynamics = dataclasses.replace(model.dfc_dynamics, dtype=dtype)
+    else:
+        cfg = model.dfc_feedback_config
+        cfg.simulation = dataclasses.replace(cfg.simulation, dtype=dtype)
+    return model
+
+
+def update(model, phase: str, x, y, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if phase == "wake":
+            u = model.dfc_wake_update(x, y, generator)
+            return [*u.weights, *u.biases, *(u.feedback or [])]
+        return model.dfc_sleep_update(x, y, pretraining=phase == "pretrain", generator=generator)[0]
+
+
+CASES = [
+    ("dfc", "wake"),  # noise-free, 999 steps
+    ("dfc_sleep", "sleep"),
+    ("strong_dfc_wake", "wake"),  # noisy single phase: forward and feedback updates
+    ("strong_dfc_pretrain", "pretrain"),
+    ("strong_dfc_ss_wake", "wake"),  # steady state
+    ("strong_dfc_ss_sleep", "sleep"),
+]
+
+
+@pytest.mark.parametrize("case,phase", CASES)
+def test_float32_simulation_equals_float64_with_the_same_noise(case: str, phase: str) -> None:
+    record = load(case)
+    model = build_module(record)
+    x, y = batch(record, load_excerpt(), model)
+    with float64_noise(5):
+        exact = update(model, phase, x, y)
+    with float64_noise(5):
+        fast = update(with_dtype(model, phase, "float32"), phase, x, y)
+    for a, b in zip(exact, fast):
+        assert b.dtype == torch.float64  # the update comes back in the model's dtype
+        cosine = float(a.flatten() @ b.flatten() / (a.norm() * b.norm()))
+        assert 1 - cosine < 1e-9, (case, 1 - cosine)
+        assert abs(float(b.norm() / a.norm()) - 1) < 1e-5
+
+
+def test_float32_noise_gives_the_same_mean_sleep_update() -> None:
+    """With float32's own noise draws (not the float64 numbers), the mean feedback update over
+    seeds equals the float64 simulation's within the sampling error."""
+    record = load("dfc_sleep")
+    model = build_module(record)
+    x, y = batch(record, load_excerpt(), model)
+    fast = with_dtype(model, "sleep", "float32")
+    n = 100
+    exact = torch.stack([torch.cat([g.flatten() for g in update(model, "sleep", x, y, seed)]) for seed in range(n)])
+    draws = torch.stack([torch.cat([g.flatten() for g in update(fast, "sleep", x, y, 10_000 + s)]) for s in range(n)])
+    difference = exact.mean(0) - draws.mean(0)
+    variance = (exact.var(0) + draws.var(0)) / n  # of the difference of the means, per element
+    # sum of squared z-scores over the ~1,000 elements: about their number if the means agree
+    chi2 = float((difference**2 / variance).sum())
+    assert 0.8 * difference.numel() < chi2 < 1.2 * difference.numel(), (chi2, difference.numel())
+    # and the test would see a biased rule: the same statistic against a 20 % larger update
+    biased = float(((exact.mean(0) - 1.2 * draws.mean(0)) ** 2 / variance).sum())
+    assert biased > 1.3 * difference.numel()
+
+
+def test_float32_model_can_simulate_in_float64() -> None:
+    record = load("dfc_sleep")
+    model = build_module(record).float()
+    x, y = batch(record, load_excerpt(), model)
+    grads = update(with_dtype(model, "sleep", "float64"), "sleep", x.float(), y)
+    assert all(g.dtype == torch.float32 for g in grads)
+
+
+def test_unknown_simulation_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        SimulationConfig(dtype="bfloat16")

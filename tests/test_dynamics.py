@@ -859,3 +859,27 @@ def test_early_stop_with_exclusion_excludes_what_the_full_run_excludes(variant):
     assert early.stats["excluded"] == full.stats["excluded"] < 5
     a, b = (torch.cat([t.flatten() for t in u.tensors()]) for u in (full, early))
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) >= 0.9999
+
+
+def test_identity_output_feedback_is_not_multiplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Q_L = I (fixed feedback) with a wide output: the drive's last block is u itself instead of
+    a GEMM with the identity. Same simulation as the plain GEMM, to rounding."""
+    import lightning_dfc.dynamics as dynamics
+
+    net = make_net(sizes=[6, 9, 64], feedback_init="weight_product")
+    params = net.params()
+    assert torch.equal(params.feedback[-1], torch.eye(64, dtype=DT))
+    x, _ = batch(n=5, n_in=6)
+    ff = feedforward(params, x)
+    target = ff.r[-1] + 0.05 * torch.randn(5, 64, dtype=DT, generator=torch.Generator().manual_seed(3))
+    cfg = realistic_cfg(steps=300, early_stop=False, outer_every=1)
+    seen = []
+    original = dynamics._is_identity
+    monkeypatch.setattr(dynamics, "_is_identity", lambda q: seen.append(original(q)) or seen[-1])
+    skipped = simulate(params, x, ff, target, cfg, accumulate_forward=True)
+    assert seen == [True]  # the identity path was taken
+    monkeypatch.setattr(dynamics, "_is_identity", lambda q: False)
+    plain = simulate(params, x, ff, target, cfg, accumulate_forward=True)
+    for a, b in zip([skipped.u, *skipped.dv, *skipped.signal_sum, *skipped.outer_sum[1:]],
+                    [plain.u, *plain.dv, *plain.signal_sum, *plain.outer_sum[1:]]):
+        assert rel_err(a, b) < 1e-13

@@ -7,7 +7,7 @@ pre-training; the reference tests' choice), and one batch of 128 MNIST images
 
 * **Equality.** The wake and sleep updates computed on the GPU against the same on the CPU, in
   float64. The two devices' generators draw different numbers, so for this check the noise of
-  both is drawn on the CPU from one seeded generator and moved to the device (:func:`cpu_noise`);
+  both is drawn on the CPU from one seeded generator and moved to the device (``same_noise`` of ``tests/reference/harness.py``);
   the timed runs draw on the device. Printed: worst 1 - cosine and worst relative norm error over
   the update tensors.
 * **Time.** Median per-batch time of the wake pass and the sleep pass on the GPU (synchronised),
@@ -24,7 +24,6 @@ Without CUDA it says so and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import statistics
 import sys
@@ -36,6 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 
+from harness import load_excerpt, same_noise  # noqa: E402
 from make_reference import inputs, near_weight_product  # noqa: E402
 
 from lightning_dfc.cli import build_cli  # noqa: E402
@@ -43,24 +43,6 @@ from lightning_dfc.cli import build_cli  # noqa: E402
 CONFIGS = ["examples/mnist_dfc.yaml", "examples/mnist_strong_dfc.yaml", "examples/mnist_strong_dfc_ss.yaml"]
 BATCH = 128
 MNIST_BATCHES = 430  # 55,000 training images / 128
-
-
-@contextlib.contextmanager
-def cpu_noise(seed: int):
-    """Every ``torch.randn`` inside draws on the CPU from one generator seeded ``seed`` and is moved
-    to the requested device: the same noise on every device."""
-    original = torch.randn
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*size, dtype=None, device=None, **kwargs):
-        kwargs.pop("generator", None)
-        return original(*size, dtype=dtype, generator=generator, **kwargs).to(device)
-
-    torch.randn = randn
-    try:
-        yield
-    finally:
-        torch.randn = original
 
 
 def build_model(config: Path):
@@ -83,7 +65,7 @@ def build_model(config: Path):
 
 
 def batch(device: torch.device, size: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    excerpt = torch.load(REPO / "tests" / "reference" / "mnist_excerpt.pt")
+    excerpt = load_excerpt()
     x = inputs(excerpt["images"][:size], pool=1)
     return x.to(device), excerpt["labels"][:size].to(device)
 
@@ -144,11 +126,11 @@ def run_config(config: Path, repeats: int, device: torch.device, batch_size: int
         phases = [("wake", wake)] + ([("sleep", sleep)] if n_sleep else [])
         reference = {}
         for phase, fn in phases:
-            with cpu_noise(11):
+            with same_noise(11):
                 reference[phase] = fn(model, x_cpu, y_cpu)
         model.to(device)
         for phase, fn in phases:
-            with cpu_noise(11):
+            with same_noise(11):
                 cos, norm = compare(fn(model, x, y), reference[phase])
             lines.append(f"| {config.stem} | {phase} | equal to the CPU (same noise) | "
                          f"1 - cos {cos:.1e}, norm error {norm:.1e} |")

@@ -58,7 +58,7 @@ class SimulationConfig:
         dtype: simulate in this dtype (``"float32"`` or ``"float64"``) whatever the network's;
             the results come back in the network's dtype. ``None`` (default): the network's
             dtype. ``"float32"`` in a float64 model is the fast path for noisy simulations (sleep
-            phases, Strong-DFC single phase): about 2-3x faster on a CPU, and the same
+            phases, Strong-DFC single phase): 2-3x faster per pass on a CPU (``docs/performance.md``), and the same
             distribution of updates (the deviation form keeps float32 accurate, see
             ``docs/concepts.md`` section 8), but not the same numbers per noise draw as a
             float64 simulation, so not bit-equal to the authors' float64 runs.

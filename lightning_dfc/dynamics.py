@@ -417,18 +417,15 @@ def _layer_step(
     is constant). Element-wise only, so that ``torch.compile`` can fuse it into one kernel.
     """
     dv = torch.lerp(dv, apical if dvb is None else apical + dvb, soma_rate)
-    if exact and act.name == "tanh":
+    r = None
+    if exact and act.name != "linear":
         # float64: the plain difference is accurate to ~1e-16 absolute (the authors' own form) and
-        # costs 3 element-wise passes instead of 5; the rate r is reused by the signal
-        r = torch.tanh(v_ff + dv)
+        # takes fewer element-wise passes than the cancellation-free identities
+        r = act(v_ff + dv)
         dr = r - r_ff
-        if not want_signal:
-            return dv, dr, None
-        if rule == "nonlinear_difference" and dvb is not None:
-            return dv, dr, r - torch.tanh(v_ff + dvb)
-        return dv, dr, _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff, exact)
-    dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
-    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff, exact) if want_signal else None
+    else:
+        dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
+    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff, exact, r) if want_signal else None
     return dv, dr, signal
 
 
@@ -452,17 +449,19 @@ def _signal(
     dvb: Tensor | None,
     slope_ff: Tensor | None,
     exact: bool,
+    r: Tensor | None = None,
 ) -> Tensor:
     """Teaching signal of one layer from deviations, (B, n_i).
 
-    v - v^B = dv - dvb; phi(v) - phi(v^B) = dr for the first layer (dvb ``None``).
+    v - v^B = dv - dvb; phi(v) - phi(v^B) = dr for the first layer (dvb ``None``). ``r`` = phi(v)
+    if already computed (float64).
     """
     if rule == "voltage_difference":
         return dv if dvb is None else dv - dvb
     if dvb is None:
         return dr
     if exact:  # float64: the plain difference is accurate and cheaper
-        return (r_ff + dr) - act(v_ff + dvb)
+        return (r_ff + dr if r is None else r) - act(v_ff + dvb)
     return act.deviation_difference(v_ff, r_ff, dv, dr, dvb, slope_ff)
 
 

@@ -360,3 +360,12 @@ def test_side_by_side_table() -> None:
     assert "| DFC | sleep | published | 0.400 | 0.1000 | **4.0x** | not computed |" in text
     # 1 wake + 3 sleep: (11 + 1.2) / (0.25 + 0.3)
     assert "| DFC | 1 wake + 3 sleep | published / published | 12.200 | 0.5500 | **22.2x** |" in text
+
+
+def test_profile_pass_prints_the_operators(capsys: pytest.CaptureFixture[str]) -> None:
+    profile_pass = load_script("profile_pass")
+    profile_pass.main(["dfc_sleep", "sleep", "--dtype", "float32", "--rows", "5"])
+    out = capsys.readouterr().out
+    assert "one sleep pass:" in out and "aten::normal_" in out
+    with pytest.raises(SystemExit):
+        profile_pass.main(["sleep"])  # neither a case nor --config

@@ -8,7 +8,6 @@ The settings are the published ones of the reference cases (``tests/reference``:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import sys
@@ -19,29 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
 
-from harness import batch, build_module, load, load_excerpt  # noqa: E402
+from harness import batch, build_module, load, load_excerpt, same_noise  # noqa: E402
 
 from lightning_dfc import SimulationConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@contextlib.contextmanager
-def float64_noise(seed: int):
-    """Every ``torch.randn`` draws float64 numbers from one seeded generator, cast to the dtype
-    asked for: the same noise for a float64 and a float32 simulation."""
-    original = torch.randn
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*size, dtype=None, device=None, **kwargs):
-        kwargs.pop("generator", None)
-        return original(*size, dtype=torch.float64, generator=generator, **kwargs).to(dtype)
-
-    torch.randn = randn
-    try:
-        yield
-    finally:
-        torch.randn = original
 
 
 def with_dtype(model, phase: str, dtype: str | None):
@@ -78,9 +59,9 @@ def test_float32_simulation_equals_float64_with_the_same_noise(case: str, phase:
     record = load(case)
     model = build_module(record)
     x, y = batch(record, load_excerpt(), model)
-    with float64_noise(5):
+    with same_noise(5):
         exact = update(model, phase, x, y)
-    with float64_noise(5):
+    with same_noise(5):
         fast = update(with_dtype(model, phase, "float32"), phase, x, y)
     for a, b in zip(exact, fast):
         assert b.dtype == torch.float64  # the update comes back in the model's dtype

@@ -4,6 +4,7 @@ and the batch they used. Shared by ``tests/test_reference.py`` and
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -89,3 +90,22 @@ def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
     na, nb = float(ours.norm()), float(theirs.norm())
     cosine = float((ours.flatten() @ theirs.flatten()) / (na * nb))
     return 1 - cosine, abs(na / nb - 1)
+
+
+@contextlib.contextmanager
+def same_noise(seed: int):
+    """Every ``torch.randn`` inside draws float64 numbers on the CPU from one generator seeded
+    ``seed``, then casts and moves them to the dtype and device asked for: the same noise for a
+    float64 and a float32 simulation, on a CPU and on a GPU."""
+    original = torch.randn
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*size, dtype=None, device=None, **kwargs):
+        kwargs.pop("generator", None)
+        return original(*size, dtype=torch.float64, generator=generator, **kwargs).to(device=device, dtype=dtype)
+
+    torch.randn = randn
+    try:
+        yield
+    finally:
+        torch.randn = original

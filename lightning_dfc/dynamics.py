@@ -200,7 +200,6 @@ def simulate(
     sizes = [w.shape[0] for w in weights]
     steps = cfg.steps - 1
     dt, alpha, k_p = cfg.dt, cfg.alpha, cfg.k_p
-    soma_rate = dt / cfg.tau_v
     apical_rate = cfg.apical_rate
     qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
     # Q_L = I (fixed feedback, a frozen identity): its block of Q u is u itself. For a wide
@@ -218,16 +217,12 @@ def simulate(
     early_stop = cfg.early_stop is not False and not cfg.noisy and not accumulate_feedback and not record
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
     output_error_of = _output_error(output_error, target, delta, ff)
-    exact = x.dtype == torch.float64
-    slopes = [act.derivative(v) if act.name == "tanh" else None for act, v in zip(acts, ff.v)]
 
-    dv = [torch.zeros_like(t) for t in ff.v]
-    dr = [torch.zeros_like(t) for t in ff.r]
-    dvb: list[Tensor | None] = [None] * n_layers  # basal deviation W_i dr_{i-1} (None for layer 1)
+    state = (_AbsoluteState if x.dtype == torch.float64 else _DeviationState)(params, ff, cfg, rule)
     u = torch.zeros_like(ff.r[-1])
     u_int = torch.zeros_like(u)
     v_apical = torch.zeros(x.shape[0], qbar_t.shape[1], dtype=x.dtype, device=x.device)
-    error = output_error_of(dr[-1])
+    error = output_error_of(state.output_deviation())
     error_initial = torch.linalg.vector_norm(error, dim=1)
 
     signal_sum = [torch.zeros_like(t) for t in ff.v] if accumulate_forward else None
@@ -242,30 +237,34 @@ def simulate(
     pending = 0
     feedback_sum = x.new_zeros(qbar_t.shape[1], qbar_t.shape[0]) if accumulate_feedback else None
     traj_u, traj_r = ([u.clone()], [ff.r[-1].clone()]) if record else ([], [])
-    check_u, check_dv = u.clone(), [t.clone() for t in dv]
+    check_u, check_dv = u.clone(), state.voltage_deviations()
     finite = True
     signals: list[Tensor] = [torch.zeros_like(t) for t in ff.v]
     steps_done = steps
-    layer_step = _compiled_layer_step() if cfg.compile else _layer_step
 
     for t in range(steps):
         if t > 0:
-            error = output_error_of(dr[-1])
+            error = output_error_of(state.output_deviation())
         if k_p > 0:
             u_int.add_(error - alpha * u, alpha=dt)
             u_new = u_int + k_p * error
         else:
             u_new = u + dt * (error - alpha * u)
         control = u_new if cfg.proactive else u
-        drive = control @ qbar_t if drive_t is None else torch.cat([control @ drive_t, control], 1)
-        v_apical_new = drive if apical_rate == 1.0 else torch.lerp(v_apical, drive, apical_rate)
+        if drive_t is not None:
+            drive = torch.cat([control @ drive_t, control], 1)
+            v_apical_new = drive if apical_rate == 1.0 else torch.lerp(v_apical, drive, apical_rate)
+        elif apical_rate == 1.0:
+            v_apical_new = control @ qbar_t
+        else:  # the apical low-pass filter (1 - a) v^A + a Q u, in the GEMM
+            v_apical_new = torch.addmm(v_apical, control, qbar_t, beta=1 - apical_rate, alpha=apical_rate)
         if noise_std is not None:
             noise = torch.randn(v_apical.shape, dtype=x.dtype, device=x.device, generator=generator)
             if noise_rate is not None:  # low-pass filtered noise (Strong-DFC)
                 noise = noise * (noise_rate / dt**0.5)
                 noise_state = noise if noise_state is None else noise.add_(noise_state, alpha=1 - noise_rate)
                 noise = noise_state
-            v_apical_new = v_apical_new + noise * noise_std
+            v_apical_new.addcmul_(noise, noise_std)  # v_apical_new is always a fresh tensor here
         if feedback_sum is not None:
             pre_apical = v_apical if keep is None else torch.where(keep, v_apical, 0.0)
             if highpass_rate is None:
@@ -278,35 +277,30 @@ def simulate(
         v_apical, u = v_apical_new, u_new
         apical = torch.split(v_apical, sizes, dim=1)
 
-        if not cfg.inst_transmission:  # every layer sees the previous step's presynaptic rates
-            dvb = [None] + [dr[i - 1] @ weights[i].T for i in range(1, n_layers)]
-        for i in range(n_layers):
-            if cfg.inst_transmission and i > 0:
-                dvb[i] = dr[i - 1] @ weights[i].T
-            dv[i], dr[i], sig = layer_step(
-                acts[i], rule, exact, dv[i], apical[i], dvb[i], soma_rate, ff.v[i], ff.r[i], slopes[i],
-                signal_sum is not None,
-            )
-            if signal_sum is not None:
+        step_signals = state.step(apical, signal_sum is not None)
+        if signal_sum is not None:
+            for i, sig in enumerate(step_signals):
                 signals[i] = sig if keep is None else torch.where(keep, sig, 0.0)
                 signal_sum[i].add_(signals[i])
 
         if signal_sum is not None:
             pending += 1
             if pending == outer_every:
-                _add_correction(correction, signals, dr, pending, keep)
+                _add_correction(correction, signals, state.rate_deviations(), pending, keep)
                 pending = 0
         if record:
             traj_u.append(u.clone())
-            traj_r.append(ff.r[-1] + dr[-1])
+            traj_r.append(state.output_rate())
 
         if early_stop and (t + 1) % cfg.check_every == 0:
             if not _all_finite(u, keep):
                 finite, steps_done = False, t + 1
                 break
+            dv = state.voltage_deviations()
             if _settled(u, dv, check_u, check_dv, cfg.tolerance * cfg.check_every) and (
                 stop_residual is None
-                or bool((_residual(output_error_of(dr[-1]), alpha, u, ff.r[-1]) < stop_residual).all())
+                or bool((_residual(output_error_of(state.output_deviation()), alpha, u, ff.r[-1])
+                         < stop_residual).all())
             ):
                 steps_done = t + 1
                 remaining = steps - steps_done
@@ -316,9 +310,9 @@ def simulate(
                     pending += remaining
                 break
             check_u.copy_(u)
-            for c, d in zip(check_dv, dv):
-                c.copy_(d)
+            check_dv = dv if state.fresh_deviations else [d.clone() for d in dv]
 
+    dv, dr = state.voltage_deviations(), state.rate_deviations()
     outer_sum = None
     if signal_sum is not None:
         if pending:
@@ -400,7 +394,6 @@ def _output_error(kind: str, target: Tensor | None, delta: Tensor | None, ff: Fe
 def _layer_step(
     act,
     rule: str,
-    exact: bool,
     dv: Tensor,
     apical: Tensor,
     dvb: Tensor | None,
@@ -417,16 +410,103 @@ def _layer_step(
     is constant). Element-wise only, so that ``torch.compile`` can fuse it into one kernel.
     """
     dv = torch.lerp(dv, apical if dvb is None else apical + dvb, soma_rate)
-    r = None
-    if exact and act.name != "linear":
-        # float64: the plain difference is accurate to ~1e-16 absolute (the authors' own form) and
-        # takes fewer element-wise passes than the cancellation-free identities
-        r = act(v_ff + dv)
-        dr = r - r_ff
-    else:
-        dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
-    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff, exact, r) if want_signal else None
+    dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
+    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff) if want_signal else None
     return dv, dr, signal
+
+
+class _DeviationState:
+    """The network's state as deviations from the feedforward pass, dv_i = v_i - v^-_i and
+    dr_i = r_i - r^-_i (float32: the teaching signals from cancellation-free identities)."""
+
+    fresh_deviations = False  # voltage_deviations() returns the live state: copy to keep it
+
+    def __init__(self, params: LayerParams, ff: Feedforward, cfg: SimulationConfig, rule: str) -> None:
+        self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
+        self.soma_rate = cfg.dt / cfg.tau_v
+        self.dv = [torch.zeros_like(t) for t in ff.v]
+        self.dr = [torch.zeros_like(t) for t in ff.r]
+        self.slopes = [act.derivative(v) if act.name == "tanh" else None for act, v in zip(params.activations, ff.v)]
+        self.layer_step = _compiled_layer_step() if cfg.compile else _layer_step
+
+    def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
+        """One somatic Euler step of every layer given its apical voltage (B, n_i); the teaching
+        signals of this step (``None`` entries unless ``want_signal``)."""
+        weights, dr, n_layers = self.params.weights, self.dr, self.params.num_layers
+        dvb: list[Tensor | None] = [None] * n_layers  # basal deviation W_i dr_{i-1} (None: layer 1)
+        if not self.cfg.inst_transmission:  # every layer sees the previous step's presynaptic rates
+            dvb = [None] + [dr[i - 1] @ weights[i].T for i in range(1, n_layers)]
+        signals = []
+        for i in range(n_layers):
+            if self.cfg.inst_transmission and i > 0:
+                dvb[i] = dr[i - 1] @ weights[i].T
+            self.dv[i], dr[i], sig = self.layer_step(
+                self.params.activations[i], self.rule, self.dv[i], apical[i], dvb[i], self.soma_rate,
+                self.ff.v[i], self.ff.r[i], self.slopes[i], want_signal,
+            )
+            signals.append(sig)
+        return signals
+
+    def output_deviation(self) -> Tensor:
+        return self.dr[-1]
+
+    def output_rate(self) -> Tensor:
+        return self.ff.r[-1] + self.dr[-1]
+
+    def voltage_deviations(self) -> list[Tensor]:
+        return self.dv
+
+    def rate_deviations(self) -> list[Tensor]:
+        return self.dr
+
+
+class _AbsoluteState(_DeviationState):
+    """float64: absolute voltages v_i and rates r_i, as the authors simulate them (the plain
+    differences phi(v) - phi(v^B) are accurate to ~1e-16 there). Fewer element-wise passes per
+    step than the deviation form: v^B_i = W_i r_{i-1} + b_i is one ``addmm``, and deviations are
+    formed only when asked for (convergence checks, the outer-product correction, the result)."""
+
+    fresh_deviations = True
+
+    def __init__(self, params: LayerParams, ff: Feedforward, cfg: SimulationConfig, rule: str) -> None:
+        self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
+        self.soma_rate = cfg.dt / cfg.tau_v
+        self.v, self.r = list(ff.v), list(ff.r)  # replaced, never written in place
+
+    def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
+        params, r, n_layers = self.params, self.r, self.params.num_layers
+        basal = [self.ff.v[0]] + [None] * (n_layers - 1)  # layer 1's basal voltage W_1 x + b_1 is constant
+        if not self.cfg.inst_transmission:
+            basal[1:] = [_linear(params, i, r[i - 1]) for i in range(1, n_layers)]
+        signals = []
+        for i, act in enumerate(params.activations):
+            if basal[i] is None:
+                basal[i] = _linear(params, i, r[i - 1])
+            v = torch.lerp(self.v[i], basal[i] + apical[i], self.soma_rate)
+            r[i] = act(v)
+            self.v[i] = v
+            sig = None
+            if want_signal:
+                if self.rule == "voltage_difference":
+                    sig = v - basal[i]
+                elif i == 0:  # phi(v^B_1) is the feedforward rate
+                    sig = r[0] - self.ff.r[0]
+                else:
+                    sig = r[i] - act(basal[i])
+            signals.append(sig)
+        return signals
+
+    def output_deviation(self) -> Tensor:
+        return self.r[-1] - self.ff.r[-1]
+
+    def output_rate(self) -> Tensor:
+        return self.r[-1]
+
+    def voltage_deviations(self) -> list[Tensor]:
+        return [v - v_ff for v, v_ff in zip(self.v, self.ff.v)]
+
+    def rate_deviations(self) -> list[Tensor]:
+        return [r - r_ff for r, r_ff in zip(self.r, self.ff.r)]
 
 
 _COMPILED: dict[str, object] = {}
@@ -448,20 +528,15 @@ def _signal(
     dr: Tensor,
     dvb: Tensor | None,
     slope_ff: Tensor | None,
-    exact: bool,
-    r: Tensor | None = None,
 ) -> Tensor:
-    """Teaching signal of one layer from deviations, (B, n_i).
+    """Teaching signal of one layer from deviations without cancellation, (B, n_i).
 
-    v - v^B = dv - dvb; phi(v) - phi(v^B) = dr for the first layer (dvb ``None``). ``r`` = phi(v)
-    if already computed (float64).
+    v - v^B = dv - dvb; phi(v) - phi(v^B) = dr for the first layer (dvb ``None``).
     """
     if rule == "voltage_difference":
         return dv if dvb is None else dv - dvb
     if dvb is None:
         return dr
-    if exact:  # float64: the plain difference is accurate and cheaper
-        return (r_ff + dr if r is None else r) - act(v_ff + dvb)
     return act.deviation_difference(v_ff, r_ff, dv, dr, dvb, slope_ff)
 
 
@@ -478,7 +553,7 @@ def teaching_signal(
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
     r_ff = act(v_ff) if r_ff is None else r_ff
     dr = act.rate_deviation(v_ff, r_ff, dv)
-    return _signal(rule, act, v_ff, r_ff, dv, dr, dvb, None, exact=False)
+    return _signal(rule, act, v_ff, r_ff, dv, dr, dvb, None)
 
 
 def _add_correction(

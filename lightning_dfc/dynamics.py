@@ -219,6 +219,10 @@ def simulate(
     output_error_of = _output_error(output_error, target, delta, ff)
 
     state = (_AbsoluteState if x.dtype == torch.float64 else _DeviationState)(params, ff, cfg, rule)
+    # float64 without noise, apical filter or feedback learning: the apical voltage Q_i u is never
+    # needed on its own, so each layer adds it to its basal voltage inside one addmm
+    direct = (isinstance(state, _AbsoluteState) and apical_rate == 1.0 and not cfg.noisy
+              and not accumulate_feedback and drive_t is None)
     u = torch.zeros_like(ff.r[-1])
     u_int = torch.zeros_like(u)
     v_apical = torch.zeros(x.shape[0], qbar_t.shape[1], dtype=x.dtype, device=x.device)
@@ -246,12 +250,14 @@ def simulate(
         if t > 0:
             error = output_error_of(state.output_deviation())
         if k_p > 0:
-            u_int.add_(error - alpha * u, alpha=dt)
-            u_new = u_int + k_p * error
+            u_int.add_(error, alpha=dt).add_(u, alpha=-alpha * dt)
+            u_new = torch.add(u_int, error, alpha=k_p)
         else:
             u_new = u + dt * (error - alpha * u)
         control = u_new if cfg.proactive else u
-        if drive_t is not None:
+        if direct:  # v^A_i = Q_i u enters each layer's somatic input through its own GEMM
+            v_apical_new = None
+        elif drive_t is not None:
             drive = torch.cat([control @ drive_t, control], 1)
             v_apical_new = drive if apical_rate == 1.0 else torch.lerp(v_apical, drive, apical_rate)
         elif apical_rate == 1.0:
@@ -275,7 +281,7 @@ def simulate(
         if u_tail is not None and t >= tail_start:
             u_tail.add_(u_new)
         v_apical, u = v_apical_new, u_new
-        apical = torch.split(v_apical, sizes, dim=1)
+        apical = control if direct else torch.split(v_apical, sizes, dim=1)
 
         step_signals = state.step(apical, signal_sum is not None)
         if signal_sum is not None:
@@ -472,8 +478,11 @@ class _AbsoluteState(_DeviationState):
         self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
         self.soma_rate = cfg.dt / cfg.tau_v
         self.v, self.r = list(ff.v), list(ff.r)  # replaced, never written in place
+        self.feedback_t = [q.T for q in params.feedback]  # (n_L, n_i) views
 
-    def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
+    def step(self, apical: tuple[Tensor, ...] | Tensor, want_signal: bool) -> list[Tensor | None]:
+        """As :meth:`_DeviationState.step`; ``apical`` may also be the control u (B, n_L), whose
+        feedback Q_i u is then added to each layer's basal voltage in one ``addmm``."""
         params, r, n_layers = self.params, self.r, self.params.num_layers
         basal = [self.ff.v[0]] + [None] * (n_layers - 1)  # layer 1's basal voltage W_1 x + b_1 is constant
         if not self.cfg.inst_transmission:
@@ -482,7 +491,11 @@ class _AbsoluteState(_DeviationState):
         for i, act in enumerate(params.activations):
             if basal[i] is None:
                 basal[i] = _linear(params, i, r[i - 1])
-            v = torch.lerp(self.v[i], basal[i] + apical[i], self.soma_rate)
+            if isinstance(apical, Tensor):
+                soma = torch.addmm(basal[i], apical, self.feedback_t[i])
+            else:
+                soma = basal[i] + apical[i]
+            v = torch.lerp(self.v[i], soma, self.soma_rate)
             r[i] = act(v)
             self.v[i] = v
             sig = None

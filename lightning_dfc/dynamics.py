@@ -221,8 +221,9 @@ def simulate(
     state = (_AbsoluteState if x.dtype == torch.float64 else _DeviationState)(params, ff, cfg, rule)
     # float64 without noise, apical filter or feedback learning: the apical voltage Q_i u is never
     # needed on its own, so each layer adds it to its basal voltage inside one addmm
-    direct = (isinstance(state, _AbsoluteState) and apical_rate == 1.0 and not cfg.noisy
-              and not accumulate_feedback and drive_t is None)
+    direct = isinstance(state, _AbsoluteState) and apical_rate == 1.0 and not cfg.noisy and not accumulate_feedback
+    if direct and drive_t is not None:
+        state.feedback_t[-1] = None  # the identity block: u is added as it is
     u = torch.zeros_like(ff.r[-1])
     u_int = torch.zeros_like(u)
     v_apical = torch.zeros(x.shape[0], qbar_t.shape[1], dtype=x.dtype, device=x.device)
@@ -478,7 +479,7 @@ class _AbsoluteState(_DeviationState):
         self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
         self.soma_rate = cfg.dt / cfg.tau_v
         self.v, self.r = list(ff.v), list(ff.r)  # replaced, never written in place
-        self.feedback_t = [q.T for q in params.feedback]  # (n_L, n_i) views
+        self.feedback_t: list[Tensor | None] = [q.T for q in params.feedback]  # (n_L, n_i) views; None: I
 
     def step(self, apical: tuple[Tensor, ...] | Tensor, want_signal: bool) -> list[Tensor | None]:
         """As :meth:`_DeviationState.step`; ``apical`` may also be the control u (B, n_L), whose
@@ -492,7 +493,8 @@ class _AbsoluteState(_DeviationState):
             if basal[i] is None:
                 basal[i] = _linear(params, i, r[i - 1])
             if isinstance(apical, Tensor):
-                soma = torch.addmm(basal[i], apical, self.feedback_t[i])
+                q_t = self.feedback_t[i]
+                soma = basal[i] + apical if q_t is None else torch.addmm(basal[i], apical, q_t)
             else:
                 soma = basal[i] + apical[i]
             v = torch.lerp(self.v[i], soma, self.soma_rate)

@@ -47,9 +47,10 @@ class SimulationConfig:
             signal u and of the voltage deviation v - v_ff (measured over ``check_every``
             steps) is below this.
         check_every: how often (in steps) the convergence test runs.
-        compile: run each layer's element-wise step through ``torch.compile`` (fuses about 25
-            element-wise passes into one kernel; the first call compiles for tens of seconds,
-            see ``docs/benchmarks.md`` for when it wins).
+        compile: run each layer's element-wise step of a float32 (deviation-form) simulation
+            through ``torch.compile`` (fuses about 25 element-wise passes into one kernel; the
+            first call compiles for tens of seconds, see ``docs/benchmarks.md`` for when it
+            wins). float64 simulations use the absolute form, which has few passes to fuse.
         outer_every: the DFC update's presynaptic sum splits exactly into a first-order part
             (accumulated every step) and an O(lambda^2) part s_i (r_{i-1} - r^-_{i-1})^T, which
             is accumulated every ``outer_every`` steps (rectangle rule). 1 = every step (exact).

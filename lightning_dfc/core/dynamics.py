@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .config import SimulationConfig
+from .config import RULES, SimulationConfig
 from .network import LayerParams
 
 __all__ = [
@@ -350,8 +350,6 @@ def simulate(
         trajectory=trajectory,
     )
 
-
-RULES = ("nonlinear_difference", "voltage_difference")
 
 
 def _simulate_in(dtype: torch.dtype, params: LayerParams, x: Tensor, ff: Feedforward, target: Tensor | None,

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .config import SimulationConfig
+from ..core.config import SimulationConfig
 from .mixin import DFCMixin
-from .rules import loss_value
-from .settings import FeedbackConfig, UpdateConfig, plain
+from ..core.rules import loss_value
+from ..core.config import FeedbackConfig, UpdateConfig, plain
 
 __all__ = ["DFCModule"]
 

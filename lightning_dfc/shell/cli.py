@@ -12,7 +12,7 @@ import sys
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from .__about__ import __version__
+from ..__about__ import __version__
 from . import data as _data  # noqa: F401  (short class names in configs)
 from .module import DFCModule  # noqa: F401
 

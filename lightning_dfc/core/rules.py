@@ -471,7 +471,9 @@ def forward_update(
     strong_class_value: float | None = None,
     feedback_rule: FeedbackRule | None = None,
 ) -> Update:
-    """Forward-weight update of any variant on one batch: ``dfc``, ``dfc_ss``, ``dfc_ssa``, ``dfa``, ``bp``.
+    """Forward-weight update of a registered method on one batch (functional form of
+    :meth:`~lightning_dfc.core.methods.Method.forward_update`), e.g. ``dfc``, ``dfc_ss``,
+    ``dfc_ssa``, ``dfa``, ``bp``.
 
     Args:
         x: input (B, n_0); y: labels (B,) or regression targets (B, n_L).
@@ -479,39 +481,24 @@ def forward_update(
         cfg: simulation hyperparameters (``alpha`` is also the SSA leak).
         rule: ``nonlinear_difference`` (default, the paper's eq. 5) or ``voltage_difference``.
         strong_class_value: Strong-DFC: the controller drives the output to the label itself
-            (:func:`strong_target`, soft labels with this value for cross-entropy) instead of the
-            nudged target; ``None``: DFC. Only ``dfc`` and ``dfc_ss`` simulate, so only they can.
+            (:class:`~lightning_dfc.core.targets.StrongTarget`, soft labels with this value for
+            cross-entropy) instead of the nudged target; ``None``: the method's own target.
         feedback_rule: single-phase learning (``dfc`` only): also compute the feedback-weight
             updates from the same simulation (``Update.feedback``).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    strong = strong_class_value is not None
-    if strong and variant not in ("dfc", "dfc_ss"):
-        raise ValueError(
-            f"strong feedback needs a simulated controller (dfc or dfc_ss), not {variant!r}: the linearised "
-            "steady state (ssa) is not accurate far from the feedforward state"
-        )
-    if feedback_rule is not None and variant != "dfc":
-        raise ValueError(f"single-phase feedback learning uses the continuous dfc rule, not {variant!r}")
-    if variant == "bp":
-        return bp_update(params, x, y, loss)
-    ff = feedforward(params, x)
-    if strong:
-        target, output_error = strong_target(ff.r[-1], y, loss, strong_class_value)
-        delta = target - ff.r[-1] if output_error == "linear" else None  # a label, not a small nudge
-    else:
-        target, output_error = None, "linear"
-        delta = output_delta(ff.r[-1], y, loss, target_stepsize)
-    if variant == "dfc":
-        return dfc_update(params, x, ff, target, cfg, criterion, generator, rule, delta=delta,
-                          output_error=output_error, feedback_rule=feedback_rule, outer_every=1 if strong else None)
-    if variant == "dfc_ss":
-        return dfc_ss_update(params, x, ff, target, cfg, criterion, rule, delta=delta, output_error=output_error,
-                             generator=generator)
-    if variant == "dfc_ssa":
-        return dfc_ssa_update(params, x, ff, None, cfg.alpha, rule, delta=delta)
-    return dfa_update(params, x, ff, delta)
+    from .methods import UpdateSettings, resolve_method
+    from .targets import StrongTarget
+
+    method = resolve_method(variant)
+    changes = {}
+    if strong_class_value is not None:
+        changes["target"] = StrongTarget(strong_class_value)
+    if feedback_rule is not None:
+        changes["single_phase"] = True
+    if changes:
+        method = dataclasses.replace(method, **changes)
+    settings = UpdateSettings(loss, target_stepsize, cfg, criterion, rule, generator, feedback_rule)
+    return method.forward_update(params, x, y, settings)
 
 
 def feedback_update(
@@ -527,6 +514,7 @@ def feedback_update(
     loss: Loss = "cross_entropy",
     strong_class_value: float | None = None,
     output_error: str | None = None,
+    target=None,
 ) -> tuple[list[Tensor], dict[str, float]]:
     """Feedback-weight rule on one batch: DFC's sleep phase (paper eq. 13) or Strong-DFC's
     feedback pre-training.
@@ -543,6 +531,8 @@ def feedback_update(
     Strong-DFC (``strong_class_value`` and labels ``y`` given): the controller drives the output
     to the label (:func:`strong_target`; two-phase sleep epochs and pre-training), and
     ``rule.highpass_tau`` replaces u by its high-pass filtered part (single-phase pre-training).
+    ``target`` (a :class:`~lightning_dfc.core.targets.Target`) replaces ``strong_class_value``
+    and ``output_error``: :class:`~lightning_dfc.core.targets.HoldOutput` is DFC's sleep phase.
     ``output_error`` overrides the error the controller sees (``linear``: e = r_L* - r_L, what the
     authors' pre-training used with cross-entropy; ``None``: the loss's own, see
     :func:`strong_target`). ``rule`` (a :class:`FeedbackRule`) overrides
@@ -553,18 +543,20 @@ def feedback_update(
     """
     if not cfg.noisy:
         raise ValueError("feedback learning needs noise: set sleep.sigma > 0")
+    from .targets import HoldOutput, StrongTarget
+
     rule = rule or FeedbackRule(weight_decay, sigma_floor)
-    ff = feedforward(params, x)
-    if strong_class_value is not None:
+    if target is None and strong_class_value is not None:
         if y is None:
             raise ValueError("strong-feedback pre-training drives the output to the labels: pass y")
-        target, natural_error = strong_target(ff.r[-1], y, loss, strong_class_value)
-        output_error = output_error or natural_error
-        delta = target - ff.r[-1] if output_error == "linear" else None
-    else:
+        target = StrongTarget(strong_class_value, linear_error=output_error == "linear")
+    elif target is None:
         if output_error not in (None, "linear"):
             raise ValueError("DFC's sleep phase holds the output at the feedforward output: its error is linear")
-        target, output_error, delta = None, "linear", torch.zeros_like(ff.r[-1])
+        target = HoldOutput()
+    ff = feedforward(params, x)
+    control = target.control(ff.r[-1], y, loss, 0.0)
+    target, delta, output_error = control
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_feedback=True,
                       highpass_rate=rule.highpass_rate(cfg), generator=generator)
     grads = feedback_gradients(params, result.feedback_sum, x.shape[0], cfg, rule)

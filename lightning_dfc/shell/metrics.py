@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from . import diagnostics as D
-from .dynamics import Feedforward, feedforward
-from .network import LayerParams
+from ..core import diagnostics as D
+from ..core.dynamics import Feedforward, feedforward
+from ..core.network import LayerParams
 
 __all__ = ["Condition1", "Condition2", "Condition3Margin", "Stability", "AlignmentAngle"]
 

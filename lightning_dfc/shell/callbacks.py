@@ -98,7 +98,7 @@ class ConditionMonitor(Callback):
             raise ValueError("ConditionMonitor needs a DFC module (DFCModule or a DFCMixin model)")
         pl_module.dfc_record_steps = True
         dyn = pl_module.dfc_dynamics
-        if pl_module.dfc_spec.rule in ("dfa", "bp"):
+        if not pl_module.dfc_method.simulates:
             # no controller: its stability, Condition 3 and the SSA reference are meaningless
             dropped = [m for m in self.metrics if m in ("condition_3", "stability", "ssa", "h")]
             if dropped:
@@ -171,8 +171,8 @@ class ConditionMonitor(Callback):
                 pl_module.log(key, v.float(), on_step=on_step, on_epoch=not on_step, sync_dist=False)
 
     def _update_conditions(self, params, x: Tensor, tag: str) -> None:
-        from . import diagnostics as D
-        from .dynamics import feedforward
+        from ..core import diagnostics as D
+        from ..core.dynamics import feedforward
 
         xs = x if self.max_samples is None else x[: self.max_samples]
         ff = feedforward(params, xs)
@@ -192,9 +192,9 @@ class ConditionMonitor(Callback):
             m[f"{tag}angle_q_pinv"].update(fa.pseudoinverse)
 
     def _update_alignments(self, pl_module, record) -> None:
-        from . import diagnostics as D
-        from .dynamics import feedforward
-        from .rules import bp_update, dfc_ssa_update, output_delta
+        from ..core import diagnostics as D
+        from ..core.dynamics import feedforward
+        from ..core.rules import bp_update, dfc_ssa_update, output_delta
 
         refs = [m for m in self.metrics if m in WAKE_ONLY]
         if not refs:
@@ -234,17 +234,13 @@ class ConditionMonitor(Callback):
     def _control_loss_reference(self, pl_module, params, x: Tensor, y: Tensor, loss: str) -> list[Tensor]:
         """dH/dW at the controlled steady state of the batch (the target the module uses), and
         H and Condition 2 there into their meters."""
-        from . import control as C
-        from .dynamics import feedforward
-        from .rules import output_target, strong_target
+        from ..core import control as C
+        from ..core.dynamics import feedforward
 
         out = feedforward(params, x).r[-1]
-        if pl_module.dfc_spec.strong:
-            target, mode = strong_target(out, y, loss, pl_module.dfc_updates.target_class_value)
-            error = "cross_entropy" if mode == "softmax" else "mse"
-        else:
-            lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
-            target, error = output_target(out, y, loss, lam), "mse"
+        lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
+        target, mode = pl_module.dfc_target().output_target(out, y, loss, lam)
+        error = "cross_entropy" if mode == "softmax" else "mse"
         alpha = pl_module.dfc_dynamics.alpha
         steady = C.controlled_steady_state(params, x, target, alpha, error)
         self._meters["control_loss"].update(C.control_loss(params, steady.u, reduction="mean"))

@@ -24,13 +24,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .config import SimulationConfig
+from ..core.config import SimulationConfig
 from .distributed import check_precision, check_strategy, sync_tensors, sync_updates
-from .dynamics import feedforward
-from .network import DFCNetwork, LayerParams
-from .rules import LOSSES, ConvergenceCriterion, FeedbackRule, Update, feedback_update, forward_update, loss_value
-from .schedule import Phase, PhaseInfo, PhaseSchedule
-from .settings import FeedbackConfig, UpdateConfig, as_config, as_optimizer, variant_spec
+from ..core.dynamics import feedforward
+from ..core.network import DFCNetwork, LayerParams
+from ..core.rules import LOSSES, ConvergenceCriterion, FeedbackRule, Update, loss_value
+from ..core.schedule import Phase, PhaseInfo, PhaseSchedule
+from ..core.config import FeedbackConfig, UpdateConfig, as_config, as_optimizer
+from ..core.methods import UpdateSettings, resolve_method
 
 __all__ = ["DFCMixin", "WakeRecord", "default_optimizer"]
 
@@ -133,24 +134,24 @@ class DFCMixin:
         pretrain_optimizer: OptimizerCallable | None = None,
     ) -> None:
         """Validate the settings and wrap ``network`` (already an attribute of this module)."""
-        spec = variant_spec(variant)
+        method = resolve_method(variant)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         if not (isinstance(target_stepsize, (int, float)) and target_stepsize > 0):
             raise ValueError(f"target_stepsize (lambda) must be positive, got {target_stepsize!r}")
         self.automatic_optimization = False
-        self.dfc_variant = variant
-        self.dfc_spec = spec
+        self.dfc_variant = method.name or str(variant)
+        self.dfc_method = method
         self.dfc_loss = loss
         self.dfc_target_stepsize = float(target_stepsize)
         self.dfc_dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
         self.dfc_feedback_config = as_config(feedback, FeedbackConfig) or FeedbackConfig()
         self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
-        self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(spec.train_feedback)
-        self._dfc_check_strong(spec)
+        self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(method.train_feedback)
+        method.validate(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)
         net = DFCNetwork(
             network,
-            feedback_init=spec.feedback_init or "xavier_normal",
+            feedback_init=method.feedback_init or "xavier_normal",
             freeze_output_feedback=self.dfc_feedback_config.freeze_output,
         )
         if loss == "cross_entropy" and net.activations[-1].name != "linear":
@@ -186,60 +187,32 @@ class DFCMixin:
         self.dfc_last_wake: WakeRecord | None = None
         self.dfc_last_sleep_input: Tensor | None = None
 
-    def _dfc_check_strong(self, spec) -> None:
-        """Validate the Strong-DFC settings (strong target, single-phase learning)."""
-        fb, dyn = self.dfc_feedback_config, self.dfc_dynamics
-        if spec.strong and self.dfc_updates.normalize_lr:
-            raise ValueError(
-                f"{self.dfc_variant} drives the output to the label: there is no target stepsize to "
-                "normalise the learning rate by. Set updates.normalize_lr: false (or leave it unset)."
-            )
-        if spec.single_phase:
-            if not dyn.noisy:
-                raise ValueError(
-                    f"{self.dfc_variant} learns the feedback weights from the noise in the wake dynamics: "
-                    "set dynamics.sigma > 0 (the authors use sigma 4.28e-3, sigma_output 2.97e-2, "
-                    "tau_noise 0.07 on MNIST)"
-                )
-            if fb.highpass_tau is None:
-                raise ValueError(
-                    f"{self.dfc_variant} needs feedback.highpass_tau (the high-pass filter of the control "
-                    "signal in the single-phase feedback rule; the authors use 0.5)"
-                )
-        for name, sim in (("dynamics", dyn), ("feedback.simulation", fb.simulation)):
-            drives_q = name == "feedback.simulation" or spec.single_phase
-            if fb.layer_scaling and drives_q and sim.tau_noise is None:
-                raise ValueError(f"feedback.layer_scaling needs low-pass filtered noise: set {name}.tau_noise")
+    @property
+    def dfc_spec(self):
+        """The method object (``dfc_method``; the name of the variant spec it replaced)."""
+        return self.dfc_method
 
     @property
     def dfc_normalize_lr(self) -> bool:
         """Whether the forward learning rate is divided by the target stepsize (see UpdateConfig)."""
         value = self.dfc_updates.normalize_lr
-        return (not self.dfc_spec.strong) if value is None else bool(value)
+        return self.dfc_method.default_normalize_lr if value is None else bool(value)
 
     def _dfc_feedback_rule(self, pretraining: bool = False) -> FeedbackRule:
-        """The feedback rule of single-phase learning (wake) or of a sleep/pre-training epoch.
-
-        Weight decay is left to the feedback optimizers (see :meth:`configure_optimizers`)."""
-        cfg = self.dfc_feedback_config
-        if not self.dfc_spec.single_phase:  # DFC's sleep rule, and Strong-DFC's two-phase one
-            return FeedbackRule(0.0, cfg.sigma_floor, layer_scaling=cfg.layer_scaling)
-        # Strong-DFC single phase: high-pass filtered control. The authors' pre-training takes the
-        # filter rate and the layer scaling's tau_v from the wake simulation (pretrain_mode).
-        clock = self.dfc_dynamics if pretraining and cfg.pretrain_mode == "published" else None
-        return FeedbackRule(0.0, cfg.sigma_floor, cfg.highpass_tau, cfg.layer_scaling, clock)
+        """The feedback rule of single-phase learning (wake) or of a sleep/pre-training epoch."""
+        return self.dfc_method.feedback_rule(self.dfc_feedback_config, self.dfc_dynamics, pretraining)
 
     @property
     def dfc_forward_clip_grouping(self) -> str:
         """``tensor`` or ``layer`` (see :class:`UpdateConfig`)."""
         value = self.dfc_updates.clip_grouping
-        return value if value is not None else ("layer" if self.dfc_spec.strong else "tensor")
+        return value if value is not None else self.dfc_method.default_forward_clip_grouping
 
     @property
     def dfc_feedback_clip_grouping(self) -> str:
         """``all`` or ``layer`` (see :class:`FeedbackConfig`)."""
         value = self.dfc_feedback_config.clip_grouping
-        return value if value is not None else ("layer" if self.dfc_spec.strong else "all")
+        return value if value is not None else self.dfc_method.default_feedback_clip_grouping
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[forward] or [forward, feedback, pretrain] (trained-feedback variants).
@@ -250,7 +223,7 @@ class DFCMixin:
         if self.dfc_normalize_lr:
             for group in forward.param_groups:
                 group["lr"] = group["lr"] / self.dfc_target_stepsize
-        if not self.dfc_spec.train_feedback:
+        if not self.dfc_method.train_feedback:
             return [forward]
         qs = self.dfc_net.trainable_feedback()
         if not qs:
@@ -343,7 +316,7 @@ class DFCMixin:
         x = self._dfc_checked_input(x, y, batch_idx)
         phase = self.dfc_phase.phase
         with torch.no_grad():
-            if self.trainer.fast_dev_run and self.dfc_spec.train_feedback:
+            if self.trainer.fast_dev_run and self.dfc_method.train_feedback:
                 # One fast_dev_run step exercises both phases.
                 self._dfc_sleep_step(x, y, Phase.SLEEP)
                 self._dfc_wake_step(x, y)
@@ -388,19 +361,24 @@ class DFCMixin:
             world_size: number of DDP ranks: lambda multiplies the gradient of the *global*
                 batch-mean loss, and each rank sees 1/world_size of the batch.
         """
-        return forward_update(
-            self.dfc_spec.rule,
-            self.dfc_net.params(),
-            x,
-            y,
-            self.dfc_loss,
-            self.dfc_target_stepsize / max(world_size, 1),
-            self.dfc_dynamics,
-            self.dfc_criterion,
-            generator,
-            self.dfc_updates.learning_rule,
-            strong_class_value=self.dfc_updates.target_class_value if self.dfc_spec.strong else None,
-            feedback_rule=self._dfc_feedback_rule(pretraining=False) if self.dfc_spec.single_phase else None,
+        return self.dfc_method.forward_update(self.dfc_net.params(), x, y, self.dfc_update_settings(generator, world_size),
+                                              self.dfc_target())
+
+    def dfc_target(self):
+        """The wake simulation's target (:mod:`~lightning_dfc.core.targets`), configured."""
+        return self.dfc_method.wake_target(self.dfc_updates)
+
+    def dfc_update_settings(self, generator: torch.Generator | None = None, world_size: int = 1) -> UpdateSettings:
+        """What the method's forward update needs besides the batch; lambda per DDP rank."""
+        method = self.dfc_method
+        return UpdateSettings(
+            loss=self.dfc_loss,
+            target_stepsize=self.dfc_target_stepsize / max(world_size, 1),
+            dynamics=self.dfc_dynamics,
+            criterion=self.dfc_criterion,
+            learning_rule=self.dfc_updates.learning_rule,
+            generator=generator,
+            feedback_rule=self._dfc_feedback_rule(pretraining=False) if method.single_phase else None,
         )
 
     def dfc_sleep_update(self, x: Tensor, y: Tensor, pretraining: bool,
@@ -411,20 +389,10 @@ class DFCMixin:
         DFC: the controller holds the feedforward output against the noise. Strong-DFC: it drives
         the output to the label; in pre-training (``pretrain_mode='published'``) with the linear
         error, as the authors' runs did."""
-        cfg = self.dfc_feedback_config
-        strong = self.dfc_spec.strong
-        linear_error = strong and pretraining and cfg.pretrain_mode == "published"
-        return feedback_update(
-            self.dfc_net.params(),
-            x,
-            cfg.simulation,
-            generator=generator,
-            rule=self._dfc_feedback_rule(pretraining),
-            y=y if strong else None,
-            loss=self.dfc_loss,
-            strong_class_value=self.dfc_updates.target_class_value if strong else None,
-            output_error="linear" if linear_error else None,
-        )
+        cfg, method = self.dfc_feedback_config, self.dfc_method
+        target = method.sleep_target(self.dfc_updates, cfg, pretraining)
+        return method.sleep_update(self.dfc_net.params(), x, y if method.strong else None, self.dfc_loss, target,
+                                   cfg.simulation, self._dfc_feedback_rule(pretraining), generator)
 
     def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
         net = self.dfc_net

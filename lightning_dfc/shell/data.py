@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 from torchvision import datasets, transforms
 
-from lightning_dfc.activations import Activation
+from ..core.activations import Activation
 
 __all__ = ["MNISTDataModule", "FashionMNISTDataModule", "StudentTeacherDataModule"]
 

@@ -1,0 +1,88 @@
+"""What the controller drives the output to: one object per kind of target.
+
+* :class:`NudgedTarget`: DFC's r_L* = r_L^- - lambda dL/dr_L, a small nudge of the output.
+* :class:`StrongTarget`: Strong-DFC's label itself (soft labels with cross-entropy).
+* :class:`HoldOutput`: the sleep phase's target, the noise-free feedforward output.
+
+Each turns a batch into a :class:`ControlTarget`, the three things a simulation needs (see
+:func:`~lightning_dfc.core.dynamics.simulate`), and gives the output target r_L* on its own for the
+Jacobian-based diagnostics. Wake and sleep simulations use the same objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .rules import Loss, output_delta, strong_target
+
+__all__ = ["ControlTarget", "Target", "NudgedTarget", "StrongTarget", "HoldOutput"]
+
+
+class ControlTarget(NamedTuple):
+    """A simulation's target: ``target`` r_L* (B, n_L) or ``None``, ``delta`` = r_L* - r_L^-
+    (B, n_L; formed directly where it is a small nudge) or ``None``, and ``output_error``, the
+    controller's error: ``linear`` e = r_L* - r_L or ``softmax`` e = r_L* - softmax(r_L)."""
+
+    target: Tensor | None
+    delta: Tensor | None
+    output_error: str
+
+
+class Target:
+    """Base class of the targets. ``outer_every``: the DFC rule's ``outer_every`` split assumes a
+    small nudge; a target that is far from the output forces 1 (``None``: the simulation's)."""
+
+    strong = False
+    outer_every: int | None = None
+
+    def control(self, output: Tensor, y: Tensor | None, loss: Loss, target_stepsize: float) -> ControlTarget:
+        """The simulation's target for the feedforward output (B, n_L) and labels/targets ``y``.
+        ``target_stepsize`` is lambda divided by the number of DDP ranks."""
+        raise NotImplementedError
+
+    def output_target(self, output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> tuple[Tensor, str]:
+        """(r_L* (B, n_L), ``output_error``) for the diagnostics (Conditions, H)."""
+        control = self.control(output, y, loss, target_stepsize)
+        target = control.target if control.target is not None else output + control.delta
+        return target, control.output_error
+
+
+@dataclass(frozen=True)
+class NudgedTarget(Target):
+    """DFC: r_L* = r_L^- - lambda dL/dr_L (batch-mean loss), delta formed without cancellation."""
+
+    def control(self, output, y, loss, target_stepsize):
+        return ControlTarget(None, output_delta(output, y, loss, target_stepsize), "linear")
+
+
+@dataclass(frozen=True)
+class StrongTarget(Target):
+    """Strong-DFC: the label itself (cross-entropy: soft labels with ``class_value`` for the
+    correct class and e = r_L* - softmax(r_L); MSE: the regression target, e = r_L* - r_L).
+
+    ``linear_error``: the controller sees r_L* - r_L even with cross-entropy (the authors'
+    pre-training, ``FeedbackConfig.pretrain_mode='published'``)."""
+
+    class_value: float = 0.99
+    linear_error: bool = False
+    strong = True
+    outer_every = 1
+
+    def control(self, output, y, loss, target_stepsize):
+        if y is None:
+            raise ValueError("a strong target drives the output to the labels: pass y")
+        target, error = strong_target(output, y, loss, self.class_value)
+        error = "linear" if self.linear_error else error
+        return ControlTarget(target, target - output if error == "linear" else None, error)
+
+
+@dataclass(frozen=True)
+class HoldOutput(Target):
+    """The sleep phase: the controller holds the output at the noise-free feedforward output."""
+
+    def control(self, output, y, loss, target_stepsize):
+        return ControlTarget(None, torch.zeros_like(output), "linear")

@@ -181,6 +181,163 @@ class ControlledSteadyState(NamedTuple):
         return int((~self.converged).sum())
 
 
+def _check_solver_args(
+    params: LayerParams,
+    x: Tensor,
+    target: Tensor,
+    alpha: float,
+    error: str,
+    tol: float | None,
+    max_iter: int,
+    max_halvings: int,
+    u0: Tensor | None,
+    on_failure: str,
+) -> tuple[float, float]:
+    """Validate the solver's arguments (x (B, n_0), target and u0 (B, n_L)); return alpha, tol."""
+    _check_error(error)
+    alpha = _check_alpha(alpha, error)
+    _check_input(params, x)
+    batch, n_out = x.shape[0], params.sizes[-1]
+    _check_batch_vector("target", target, batch, n_out)
+    if u0 is not None:
+        _check_batch_vector("u0", u0, batch, n_out)
+    if tol is None:
+        tol = 1e-12 if x.dtype == torch.float64 else 1e-5
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (isinstance(max_halvings, int) and max_halvings >= 0):
+        raise ValueError(f"max_halvings must be an integer >= 0, got {max_halvings!r}")
+    if on_failure not in ("warn", "raise"):
+        raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
+    return alpha, tol
+
+
+def _residual_at(
+    params: LayerParams,
+    error: str,
+    alpha: float,
+    x: Tensor,
+    target: Tensor,
+    u: Tensor,
+    scale: Tensor,
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+    """Sweep at u (B, n_L): v, r (lists of (B, n_i)), F = e - alpha u (B, n_L), ||F||/scale (B,)."""
+    vs, rs = _sweep(params, x, u)
+    f = _error(error, target, rs[-1]) - alpha * u
+    res = torch.linalg.vector_norm(f, dim=1) / scale
+    return vs, rs, f, torch.where(torch.isfinite(res), res, torch.full_like(res, math.inf))
+
+
+def _newton_direction(
+    params: LayerParams,
+    error: str,
+    alpha: float,
+    qbar: Tensor,
+    eye: Tensor,
+    v: list[Tensor],
+    output: Tensor,
+    f: Tensor,
+) -> Tensor:
+    """Newton step (G Jbar Qbar + alpha I)^{-1} F, (B, n_L); NaN rows where the solve failed."""
+    jq = output_jacobian(params, v) @ qbar  # (Ba, n_L, n_L)
+    system = _apply_g(error, output, jq) + alpha * eye
+    step, info = torch.linalg.solve_ex(system, f.unsqueeze(-1))
+    step = step.squeeze(-1)
+    return torch.where((info == 0).unsqueeze(1), step, torch.full_like(step, math.nan))
+
+
+def _line_search(
+    params: LayerParams,
+    error: str,
+    alpha: float,
+    max_halvings: int,
+    x: Tensor,
+    target: Tensor,
+    u: Tensor,
+    scale: Tensor,
+    f: Tensor,
+    res: Tensor,
+    v: list[Tensor],
+    r: list[Tensor],
+    step: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """Backtracking (t = 2^-k) per sample: accepted (B,), new u, F (B, n_L), res (B,), v, r.
+
+    A sample takes the first t that reduces its residual; a sample no step reduces keeps its
+    old state and is not ``accepted``.
+    """
+    t = torch.ones_like(res)
+    accepted = torch.zeros_like(res, dtype=torch.bool)
+    new_u, new_f, new_res = u.clone(), f.clone(), res.clone()
+    new_v = [t_.clone() for t_ in v]
+    new_r = [t_.clone() for t_ in r]
+    for _ in range(max_halvings + 1):
+        pending = (~accepted).nonzero().squeeze(1)
+        if pending.numel() == 0:
+            break
+        trial_u = u[pending] + t[pending].unsqueeze(1) * step[pending]
+        tv, tr, tf, tres = _residual_at(
+            params, error, alpha, x[pending], target[pending], trial_u, scale[pending]
+        )
+        ok = tres < res[pending]
+        take = pending[ok]
+        new_u[take], new_f[take], new_res[take] = trial_u[ok], tf[ok], tres[ok]
+        for dst, src in zip(new_v, tv):
+            dst[take] = src[ok]
+        for dst, src in zip(new_r, tr):
+            dst[take] = src[ok]
+        accepted[take] = True
+        t[pending[~ok]] *= 0.5
+    return accepted, new_u, new_f, new_res, new_v, new_r
+
+
+def _newton_solve(
+    params: LayerParams,
+    x: Tensor,
+    target: Tensor,
+    u0: Tensor | None,
+    alpha: float,
+    error: str,
+    tol: float,
+    max_iter: int,
+    max_halvings: int,
+) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor, Tensor]:
+    """Damped Newton on F(u) = 0: u (B, n_L), v, r (lists of (B, n_i)), res (B,), iterations (B,).
+
+    res is inf where non-finite. Only the samples still iterating are processed each iteration;
+    a sample stops when it converged or when no step reduced its residual (stalled).
+    """
+    qbar = _qbar(params)
+    eye = torch.eye(params.sizes[-1], dtype=x.dtype, device=x.device)
+    scale = _scale(target)
+    u = torch.zeros_like(target) if u0 is None else u0.clone()
+    v, r, f, res = _residual_at(params, error, alpha, x, target, u, scale)
+    iterations = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    active = res > tol  # inf (non-finite) counts as active: it may still recover with a line search
+    for _ in range(max_iter):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        va, ra, fa = [t[idx] for t in v], [t[idx] for t in r], f[idx]
+        step = _newton_direction(params, error, alpha, qbar, eye, va, ra[-1], fa)
+        iterations[idx] += 1
+        accepted, new_u, new_f, new_res, new_v, new_r = _line_search(
+            params, error, alpha, max_halvings,
+            x[idx], target[idx], u[idx], scale[idx], fa, res[idx], va, ra, step,
+        )  # fmt: skip
+        u[idx], f[idx], res[idx] = new_u, new_f, new_res
+        for dst, src in zip(v, new_v):
+            dst[idx] = src
+        for dst, src in zip(r, new_r):
+            dst[idx] = src
+        still = accepted & (new_res > tol)
+        active = torch.zeros_like(active)
+        active[idx[still]] = True
+    return u, v, r, res, iterations
+
+
 @torch.no_grad()
 def controlled_steady_state(
     params: LayerParams,
@@ -234,83 +391,12 @@ def controlled_steady_state(
         ValueError: for mismatched shapes, an unknown error type, alpha < 0 (or alpha = 0 with
             ``cross_entropy``), or a bad ``tol`` / ``max_iter`` / ``on_failure``.
     """
-    _check_error(error)
-    alpha = _check_alpha(alpha, error)
-    _check_input(params, x)
-    batch, n_out = x.shape[0], params.sizes[-1]
-    _check_batch_vector("target", target, batch, n_out)
-    if u0 is not None:
-        _check_batch_vector("u0", u0, batch, n_out)
-    if tol is None:
-        tol = 1e-12 if x.dtype == torch.float64 else 1e-5
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 1):
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not (isinstance(max_halvings, int) and max_halvings >= 0):
-        raise ValueError(f"max_halvings must be an integer >= 0, got {max_halvings!r}")
-    if on_failure not in ("warn", "raise"):
-        raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
-
-    qbar = _qbar(params)
-    eye = torch.eye(n_out, dtype=x.dtype, device=x.device)
-    scale = _scale(target)
-
-    def residual_at(sub_x: Tensor, sub_t: Tensor, sub_u: Tensor, sub_scale: Tensor):
-        vs, rs = _sweep(params, sub_x, sub_u)
-        f = _error(error, sub_t, rs[-1]) - alpha * sub_u
-        res = torch.linalg.vector_norm(f, dim=1) / sub_scale
-        return vs, rs, f, torch.where(torch.isfinite(res), res, torch.full_like(res, math.inf))
-
-    u = torch.zeros_like(target) if u0 is None else u0.clone()
-    v, r, f, res = residual_at(x, target, u, scale)
-    iterations = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    active = res > tol  # inf (non-finite) counts as active: it may still recover with a line search
-    for _ in range(max_iter):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        xa, ta, ua, sa, fa, resa = x[idx], target[idx], u[idx], scale[idx], f[idx], res[idx]
-        va = [t[idx] for t in v]
-        out = r[-1][idx]
-        jq = output_jacobian(params, va) @ qbar  # (Ba, n_L, n_L)
-        system = _apply_g(error, out, jq) + alpha * eye
-        step, info = torch.linalg.solve_ex(system, fa.unsqueeze(-1))
-        step = step.squeeze(-1)
-        step = torch.where((info == 0).unsqueeze(1), step, torch.full_like(step, math.nan))
-        iterations[idx] += 1
-
-        # backtracking: accept the first t = 2^-k that reduces the residual, per sample
-        t = torch.ones_like(resa)
-        accepted = torch.zeros_like(resa, dtype=torch.bool)
-        new_u, new_f, new_res = ua.clone(), fa.clone(), resa.clone()
-        new_v = [t_.clone() for t_ in va]
-        new_r = [t_.clone() for t_ in (r_[idx] for r_ in r)]
-        for _ in range(max_halvings + 1):
-            pending = (~accepted).nonzero().squeeze(1)
-            if pending.numel() == 0:
-                break
-            trial_u = ua[pending] + t[pending].unsqueeze(1) * step[pending]
-            tv, tr, tf, tres = residual_at(xa[pending], ta[pending], trial_u, sa[pending])
-            ok = tres < resa[pending]
-            take = pending[ok]
-            new_u[take], new_f[take], new_res[take] = trial_u[ok], tf[ok], tres[ok]
-            for dst, src in zip(new_v, tv):
-                dst[take] = src[ok]
-            for dst, src in zip(new_r, tr):
-                dst[take] = src[ok]
-            accepted[take] = True
-            t[pending[~ok]] *= 0.5
-        u[idx], f[idx], res[idx] = new_u, new_f, new_res
-        for dst, src in zip(v, new_v):
-            dst[idx] = src
-        for dst, src in zip(r, new_r):
-            dst[idx] = src
-        # a sample stops when it converged, or when no step reduced its residual (stalled)
-        still = accepted & (new_res > tol)
-        active = torch.zeros_like(active)
-        active[idx[still]] = True
-
+    alpha, tol = _check_solver_args(
+        params, x, target, alpha, error, tol, max_iter, max_halvings, u0, on_failure
+    )
+    u, v, r, res, iterations = _newton_solve(
+        params, x, target, u0, alpha, error, tol, max_iter, max_halvings
+    )
     converged = res <= tol
     residual = torch.where(torch.isfinite(res), res, torch.full_like(res, math.nan))
     result = ControlledSteadyState(u, v, r, converged, residual, iterations)
@@ -318,7 +404,7 @@ def controlled_steady_state(
     if failed:
         worst = residual[~converged]
         msg = (
-            f"controlled_steady_state: {failed} of {batch} samples did not converge within "
+            f"controlled_steady_state: {failed} of {x.shape[0]} samples did not converge within "
             f"{max_iter} Newton iterations (tol={tol:g}; largest residual "
             f"{float(worst.nan_to_num(math.inf).max()):.3g}); see the result's `converged` mask"
         )
@@ -396,6 +482,46 @@ def _check_state(params: LayerParams, x: Tensor, steady_state) -> None:
             _check_batch_vector(f"steady_state.{name}[{i}]", t, batch, n)
 
 
+def _masked_state(
+    x: Tensor, steady_state, mask: Tensor | None
+) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor]:
+    """Samples kept by the mask: u (B', n_L), v (list of (B', n_i)), r_{i-1} (from r_0 = x), r_L."""
+    if mask is None:
+        mask = getattr(steady_state, "converged", None)
+    if mask is not None and (mask.dtype != torch.bool or mask.shape != (x.shape[0],)):
+        raise ValueError(
+            f"mask must be a boolean tensor of shape ({x.shape[0]},), "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    u, v, r = steady_state.u, list(steady_state.v), list(steady_state.r)
+    pres = [x, *r[:-1]]
+    if mask is not None and not bool(mask.all()):
+        u, v, pres, r_out = u[mask], [t[mask] for t in v], [t[mask] for t in pres], r[-1][mask]
+    else:
+        r_out = r[-1]
+    return u, v, pres, r_out
+
+
+def _control_loss_delta(
+    params: LayerParams,
+    x: Tensor,
+    u: Tensor,
+    v: list[Tensor],
+    r_out: Tensor,
+    alpha: float,
+    error: str,
+) -> Tensor:
+    """delta = -2 J^T G M^{-T} Qbar^T Qbar u per sample, (B, S), from u (B, n_L) and v, r_L."""
+    qbar = _qbar(params)
+    n_out = qbar.shape[1]
+    jac = output_jacobian(params, v)  # (B, n_L, S)
+    gj = _apply_g(error, r_out, jac)  # (B, n_L, S)
+    system = gj @ qbar + alpha * torch.eye(n_out, dtype=x.dtype, device=x.device)
+    rhs = (u @ qbar.T) @ qbar  # (B, n_L): Qbar^T Qbar u
+    w = torch.linalg.solve(system.mT, rhs.unsqueeze(-1))  # (B, n_L, 1)
+    return -2.0 * (gj.mT @ w).squeeze(-1)  # (B, S): -2 J^T G w  (G symmetric)
+
+
 @torch.no_grad()
 def control_loss_gradient(
     params: LayerParams,
@@ -455,33 +581,14 @@ def control_loss_gradient(
     alpha = _check_alpha(alpha, error)
     _check_input(params, x)
     _check_state(params, x, steady_state)
-    if mask is None:
-        mask = getattr(steady_state, "converged", None)
-    if mask is not None and (mask.dtype != torch.bool or mask.shape != (x.shape[0],)):
-        raise ValueError(
-            f"mask must be a boolean tensor of shape ({x.shape[0]},), "
-            f"got {mask.dtype} {tuple(mask.shape)}"
-        )
-    u, v, r = steady_state.u, list(steady_state.v), list(steady_state.r)
-    pres = [x, *r[:-1]]
-    if mask is not None and not bool(mask.all()):
-        u, v, pres, r_out = u[mask], [t[mask] for t in v], [t[mask] for t in pres], r[-1][mask]
-    else:
-        r_out = r[-1]
+    u, v, pres, r_out = _masked_state(x, steady_state, mask)
     count = u.shape[0]
     if count == 0:
         return ControlLossGradient(
             [torch.zeros_like(w) for w in params.weights],
             [None if b is None else torch.zeros_like(b) for b in params.biases],
         )
-    qbar = _qbar(params)
-    n_out = qbar.shape[1]
-    jac = output_jacobian(params, v)  # (B, n_L, S)
-    gj = _apply_g(error, r_out, jac)  # (B, n_L, S)
-    system = gj @ qbar + alpha * torch.eye(n_out, dtype=x.dtype, device=x.device)
-    rhs = (u @ qbar.T) @ qbar  # (B, n_L): Qbar^T Qbar u
-    w = torch.linalg.solve(system.mT, rhs.unsqueeze(-1))  # (B, n_L, 1)
-    delta = -2.0 * (gj.mT @ w).squeeze(-1)  # (B, S): -2 J^T G w  (G symmetric)
+    delta = _control_loss_delta(params, x, u, v, r_out, alpha, error)
     blocks = torch.split(delta, _sizes(params), dim=1)
     weights = [d.T @ pre / count for d, pre in zip(blocks, pres)]
     biases = [None if b is None else d.mean(0) for d, b in zip(blocks, params.biases)]

@@ -23,8 +23,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .accumulators import ControlTail, EarlyStop, FeedbackSum, ForwardSums, Trajectory, all_finite, residual
 from .config import RULES, SimulationConfig
 from .network import LayerParams
+from .state import AbsoluteState, DeviationState, affine, teaching_signal
 
 __all__ = [
     "Feedforward",
@@ -46,20 +48,12 @@ class Feedforward(NamedTuple):
     r: tuple[Tensor, ...]
 
 
-def _linear(params: LayerParams, i: int, pre: Tensor) -> Tensor:
-    """W_i pre + b_i for 0-based layer index i; ``pre`` is (B, n_{i-1})."""
-    bias = params.biases[i]
-    if bias is None:
-        return pre @ params.weights[i].T
-    return torch.addmm(bias, pre, params.weights[i].T)
-
-
 def feedforward(params: LayerParams, x: Tensor) -> Feedforward:
     """Feedforward pass of the network (eq. 2). ``x``: (B, n_0)."""
     vs, rs = [], []
     pre = x
     for i, act in enumerate(params.activations):
-        v = _linear(params, i, pre)
+        v = affine(params, i, pre)
         pre = act(v)
         vs.append(v)
         rs.append(pre)
@@ -124,67 +118,39 @@ OUTPUT_ERRORS = ("linear", "softmax")
 
 
 def simulate(
-    params: LayerParams,
-    x: Tensor,
-    ff: Feedforward,
-    target: Tensor | None,
-    cfg: SimulationConfig,
-    *,
-    delta: Tensor | None = None,
-    output_error: str = "linear",
-    accumulate_forward: bool = False,
-    accumulate_feedback: bool = False,
-    highpass_rate: float | None = None,
-    generator: torch.Generator | None = None,
-    record: bool = False,
-    rule: str = "nonlinear_difference",
-    sample_mask: Tensor | None = None,
-    stop_residual: float | None = None,
-    outer_every: int | None = None,
+    params: LayerParams, x: Tensor, ff: Feedforward, target: Tensor | None, cfg: SimulationConfig, *,
+    delta: Tensor | None = None, output_error: str = "linear", accumulate_forward: bool = False,
+    accumulate_feedback: bool = False, highpass_rate: float | None = None, generator: torch.Generator | None = None,
+    record: bool = False, rule: str = "nonlinear_difference", sample_mask: Tensor | None = None,
+    stop_residual: float | None = None, outer_every: int | None = None,
 ) -> SimulationResult:
-    """Simulate the controlled network from its feedforward state towards ``target``.
+    """Simulate the controlled network from its feedforward state ``ff`` towards ``target``.
 
-    The state is simulated as deviations from the feedforward pass, dv_i = v_i - v^-_i and
-    dr_i = r_i - r^-_i, and the teaching signals are formed from these small quantities with
-    cancellation-free identities (:meth:`Activation.deviation`, :meth:`Activation.difference`).
-    Late in training the deviations are ~1e-6 of the voltages: simulating absolute voltages in
-    float32 would lose every significant digit of the signal, this form keeps float32 updates
-    equal to float64 ones. float64 uses the cheaper plain difference phi(v) - phi(v^B) for the
-    signal (no precision problem there).
+    The state is :class:`~lightning_dfc.core.state.AbsoluteState` in float64 and
+    :class:`~lightning_dfc.core.state.DeviationState` (cancellation-free) below; what the rules
+    need is accumulated step by step (:mod:`~lightning_dfc.core.accumulators`), never stored.
 
     Args:
-        params: network tensors (see :class:`LayerParams`).
-        x: input (B, n_0).
-        ff: its feedforward pass (the initial state).
-        target: output target r_L* (B, n_L); may be ``None`` when ``delta`` is given.
+        params, x, ff: network tensors, input (B, n_0) and its feedforward pass.
+        target, delta: output target r_L* (B, n_L) and/or r_L* - r^-_L (pass ``delta`` formed
+            directly, e.g. -lambda dL/dr_L: ``target - r^-_L`` cancels in low precision).
         cfg: simulation hyperparameters.
-        delta: r_L* - r^-_L (B, n_L), e.g. -lambda dL/dr_L computed directly. Pass it in low
-            precision: forming it as ``target - r^-_L`` cancels.
-        output_error: ``linear``: the controller sees e = r_L* - r_L (DFC); ``softmax``:
-            e = r_L* - softmax(r_L) (Strong-DFC with cross-entropy; ``target`` = soft labels).
-        accumulate_forward: accumulate the forward-weight teaching signals (DFC rule).
-        accumulate_feedback: accumulate v^A[t]^T u[t+1] (sleep-phase feedback rule).
-        highpass_rate: with ``accumulate_feedback``, pair v^A[t] with the high-pass filtered
-            control u[t+1] - ubar[t+1] instead, ubar an exponential moving average with this rate
-            per step (dt / tau_f) started at u[1] (Strong-DFC's single-phase feedback rule: removes
-            the mean control that holds the output at the label, keeps the noise-driven part).
-        generator: random generator for the noise (``cfg.sigma > 0``); ``None``: torch's global RNG.
-        record: also return the trajectories of u and r_L (costs memory O(T)).
-        rule: teaching signal accumulated with ``accumulate_forward``: ``nonlinear_difference``
-            phi(v) - phi(v^B) (the paper's eq. 5) or ``voltage_difference`` v - v^B (Theorem 2).
-        stop_residual: with early stopping, also require every sample's fixed-point residual
-            ||e - alpha u|| / ||r_L^-|| below this before stopping (so that an early stop never
-            classifies a sample as non-converged that the full run would converge).
-        outer_every: override ``cfg.outer_every`` (1 = exact). Noisy simulations always use 1:
-            the noise changes the presynaptic rates from one step to the next, so sampling them
-            every k-th step would alias.
-        sample_mask: boolean (B,): accumulate only these samples (the others still evolve, even
-            to non-finite values, without touching the sums); finiteness is judged on them only.
+        output_error: ``linear``: e = r_L* - r_L (DFC); ``softmax``: e = r_L* - softmax(r_L).
+        accumulate_forward: the DFC rule's sums, of the teaching signal ``rule``
+            (``nonlinear_difference`` phi(v) - phi(v^B), eq. 5; or ``voltage_difference`` v - v^B).
+        accumulate_feedback: sum_t v^A[t]^T u[t+1] (the sleep rule); with ``highpass_rate``
+            (dt / tau_f) u minus its moving average (Strong-DFC single phase).
+        generator: the noise's generator (``cfg.sigma > 0``; ``None``: torch's global one).
+        record: also return the trajectories of u and r_L (memory O(T)).
+        sample_mask: boolean (B,): accumulate and judge finiteness on these samples only.
+        stop_residual: an early stop also waits for every sample's fixed-point residual
+            ||e - alpha u|| / ||r_L^-|| to fall below this.
+        outer_every: override ``cfg.outer_every`` (1 = exact; noisy simulations always use 1).
 
     Returns:
-        :class:`SimulationResult`. With ``cfg.early_stop`` (``True`` or ``None``; no noise, no feedback
-        accumulation) the simulation stops once settled and the remaining time points are added
-        to the sums as copies of the final state: the time-averaged update is that of all T points.
+        :class:`SimulationResult`. With ``cfg.early_stop`` (noise-free, no feedback sum, no record)
+        the run stops once settled and the remaining time points count as copies of the final
+        state: the time average is that of all T points.
     """
     if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
@@ -194,162 +160,140 @@ def simulate(
                             accumulate_feedback=accumulate_feedback, highpass_rate=highpass_rate,
                             generator=generator, record=record, rule=rule, sample_mask=sample_mask,
                             stop_residual=stop_residual, outer_every=outer_every)
-    n_layers = params.num_layers
-    acts = params.activations
-    weights = params.weights
-    sizes = [w.shape[0] for w in weights]
-    steps = cfg.steps - 1
-    dt, alpha, k_p = cfg.dt, cfg.alpha, cfg.k_p
-    apical_rate = cfg.apical_rate
-    qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
-    # Q_L = I (fixed feedback, a frozen identity): its block of Q u is u itself. For a wide
-    # output (the autoencoder: n_L = 784) that block is most of the per-step drive GEMM; for a
-    # narrow one the copy costs more than the GEMM block saves.
-    drive_t = None
-    if n_layers > 1 and sizes[-1] >= 64 and _is_identity(params.feedback[-1]):
-        drive_t = qbar_t[:, : -sizes[-1]].contiguous()
-    noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
-    noise_rate = None if cfg.tau_noise is None else dt / cfg.tau_noise
-    noise_state = None
-    u_lowpass = None
-    tail_start = steps - steps // 4  # the mean control over the last quarter (noisy runs)
-    u_tail = torch.zeros_like(ff.r[-1]) if cfg.noisy else None
-    early_stop = cfg.early_stop is not False and not cfg.noisy and not accumulate_feedback and not record
+    steps, dt, alpha, k_p = cfg.steps - 1, cfg.dt, cfg.alpha, cfg.k_p
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
-    output_error_of = _output_error(output_error, target, delta, ff)
-
-    state = (_AbsoluteState if x.dtype == torch.float64 else _DeviationState)(params, ff, cfg, rule)
-    # float64 without noise, apical filter or feedback learning: the apical voltage Q_i u is never
-    # needed on its own, so each layer adds it to its basal voltage inside one addmm
-    direct = isinstance(state, _AbsoluteState) and apical_rate == 1.0 and not cfg.noisy and not accumulate_feedback
-    if direct and drive_t is not None:
-        state.feedback_t[-1] = None  # the identity block: u is added as it is
-    u = torch.zeros_like(ff.r[-1])
-    u_int = torch.zeros_like(u)
-    v_apical = torch.zeros(x.shape[0], qbar_t.shape[1], dtype=x.dtype, device=x.device)
-    error = output_error_of(state.output_deviation())
+    error_of = _output_error(output_error, target, delta, ff)
+    state = (AbsoluteState if x.dtype == torch.float64 else DeviationState)(params, ff, cfg, rule)
+    drive = _ApicalDrive(params, cfg, x, state, accumulate_feedback, generator)
+    u, u_int = torch.zeros_like(ff.r[-1]), torch.zeros_like(ff.r[-1])
+    error = error_of(state.output_deviation())
     error_initial = torch.linalg.vector_norm(error, dim=1)
-
-    signal_sum = [torch.zeros_like(t) for t in ff.v] if accumulate_forward else None
-    # outer_sum_i = (sum_t s_i)^T r^-_{i-1} + sum_t s_i^T dr_{i-1}[t]: the first term is exact from
-    # signal_sum; the second is O(lambda^2) and is accumulated every `outer_every` steps.
-    correction = (
-        [None] + [x.new_zeros(sizes[i], sizes[i - 1]) for i in range(1, n_layers)]
-        if accumulate_forward
-        else None
-    )
-    outer_every = 1 if cfg.noisy else (cfg.outer_every if outer_every is None else outer_every)
-    pending = 0
-    feedback_sum = x.new_zeros(qbar_t.shape[1], qbar_t.shape[0]) if accumulate_feedback else None
-    traj_u, traj_r = ([u.clone()], [ff.r[-1].clone()]) if record else ([], [])
-    check_u, check_dv = u.clone(), state.voltage_deviations()
-    finite = True
-    signals: list[Tensor] = [torch.zeros_like(t) for t in ff.v]
-    steps_done = steps
-
+    acc = _Accumulators(cfg, ff, u, state, keep, accumulate_forward, accumulate_feedback, highpass_rate, record,
+                        stop_residual, outer_every, drive.width)
+    finite, steps_done = True, steps
     for t in range(steps):
         if t > 0:
-            error = output_error_of(state.output_deviation())
-        if k_p > 0:
+            error = error_of(state.output_deviation())
+        if k_p > 0:  # leaky PI controller, the leak on the total u (eq. 4)
             u_int.add_(error, alpha=dt).add_(u, alpha=-alpha * dt)
             u_new = torch.add(u_int, error, alpha=k_p)
         else:
             u_new = u + dt * (error - alpha * u)
-        control = u_new if cfg.proactive else u
-        if direct:  # v^A_i = Q_i u enters each layer's somatic input through its own GEMM
-            v_apical_new = None
-        elif drive_t is not None:
-            drive = torch.cat([control @ drive_t, control], 1)
-            v_apical_new = drive if apical_rate == 1.0 else torch.lerp(v_apical, drive, apical_rate)
-        elif apical_rate == 1.0:
-            v_apical_new = control @ qbar_t
+        v_apical = drive.v_apical
+        apical = drive.step(u_new if cfg.proactive else u)
+        acc.control(t, v_apical, u_new)
+        u = u_new
+        acc.signals(state.step(apical, acc.sums is not None), state, u)
+        verdict = acc.stop and acc.stop.check(
+            t, u, state, lambda: residual(error_of(state.output_deviation()), alpha, u, ff.r[-1]))
+        if verdict:
+            finite, steps_done = verdict == "settled", t + 1
+            if acc.sums is not None and verdict == "settled":
+                acc.sums.extrapolate(steps - steps_done)
+            break
+    return acc.result(state, ff, u, error_of, alpha, finite, steps_done, error_initial)
+
+
+class _Accumulators:
+    """The accumulators one simulation asked for (``None`` where not), fed once per step."""
+
+    def __init__(self, cfg: SimulationConfig, ff: Feedforward, u: Tensor, state, keep: Tensor | None,
+                 forward: bool, feedback: bool, highpass_rate: float | None, record: bool,
+                 stop_residual: float | None, outer_every: int | None, width: int) -> None:
+        outer_every = 1 if cfg.noisy else (cfg.outer_every if outer_every is None else outer_every)
+        self.keep = keep
+        self.sums = ForwardSums(ff.v, outer_every, keep) if forward else None
+        self.feedback = FeedbackSum(width, u, highpass_rate, keep) if feedback else None
+        self.tail = ControlTail(cfg.steps - 1, u) if cfg.noisy else None
+        self.trajectory = Trajectory(u, ff.r[-1]) if record else None
+        self.stop = None
+        if cfg.early_stop is not False and not cfg.noisy and not feedback and not record:
+            self.stop = EarlyStop(cfg.check_every, cfg.tolerance, stop_residual, u, state.voltage_deviations(), keep)
+
+    def control(self, t: int, v_apical: Tensor, u_next: Tensor) -> None:
+        """Step t's apical voltage (before the step) and the new control u[t+1]."""
+        if self.feedback is not None:
+            self.feedback.add(v_apical, u_next)
+        if self.tail is not None:
+            self.tail.add(t, u_next)
+
+    def signals(self, step_signals: list, state, u: Tensor) -> None:
+        """The teaching signals of the step just taken, and the trajectory."""
+        if self.sums is not None:
+            self.sums.add(step_signals, state.rate_deviations)
+        if self.trajectory is not None:
+            self.trajectory.add(u, state.output_rate())
+
+    def result(self, state, ff: Feedforward, u: Tensor, error_of, alpha: float, finite: bool, steps_done: int,
+               error_initial: Tensor) -> SimulationResult:
+        dv, dr = state.voltage_deviations(), state.rate_deviations()
+        finite = finite and all_finite(u, self.keep) and all(all_finite(d, self.keep) for d in dv)
+        error = error_of(dr[-1])
+        return SimulationResult(
+            v=[a + d for a, d in zip(ff.v, dv)], r=[a + d for a, d in zip(ff.r, dr)], u=u,
+            steps_simulated=steps_done, finite=finite, error_initial=error_initial,
+            error_final=torch.linalg.vector_norm(error, dim=1), residual=residual(error, alpha, u, ff.r[-1]),
+            dv=dv, dr=dr, u_mean=u if self.tail is None else self.tail.mean(steps_done),
+            signal_sum=None if self.sums is None else self.sums.signal_sum,
+            outer_sum=None if self.sums is None else self.sums.outer_sums(ff.r, dr),
+            feedback_sum=None if self.feedback is None else self.feedback.total,
+            trajectory={} if self.trajectory is None else self.trajectory.result(),
+        )
+
+
+class _ApicalDrive:
+    """The apical input of every layer, step by step: v^A <- (1 - a) v^A + a Q u + noise.
+
+    ``step(u)`` returns the per-layer apical voltages (B, n_i), or ``u`` itself when the state
+    adds Q_i u inside its own GEMMs (float64 without noise, filter or feedback learning, where
+    v^A = Q u is never needed on its own). ``v_apical`` (B, S) is the current apical voltage
+    (what the feedback rule pairs with the next control).
+    """
+
+    def __init__(self, params: LayerParams, cfg: SimulationConfig, x: Tensor, state, accumulate_feedback: bool,
+                 generator: torch.Generator | None) -> None:
+        self.sizes = [w.shape[0] for w in params.weights]
+        self.qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
+        self.width = self.qbar_t.shape[1]
+        self.rate, self.generator, self.cfg = cfg.apical_rate, generator, cfg
+        # Q_L = I (fixed feedback, a frozen identity): its block of Q u is u itself. For a wide
+        # output (the autoencoder: n_L = 784) that block is most of the per-step drive GEMM; for a
+        # narrow one the copy costs more than the GEMM block saves.
+        self.drive_t = None
+        if len(self.sizes) > 1 and self.sizes[-1] >= 64 and _is_identity(params.feedback[-1]):
+            self.drive_t = self.qbar_t[:, : -self.sizes[-1]].contiguous()
+        self.direct = isinstance(state, AbsoluteState) and self.rate == 1.0 and not cfg.noisy and not accumulate_feedback
+        if self.direct and self.drive_t is not None:
+            state.feedback_t[-1] = None  # the identity block: u is added as it is
+        self.noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
+        self.noise_rate = None if cfg.tau_noise is None else cfg.dt / cfg.tau_noise
+        self.noise_state = None
+        self.v_apical = torch.zeros(x.shape[0], self.width, dtype=x.dtype, device=x.device)
+
+    def step(self, control: Tensor) -> tuple[Tensor, ...] | Tensor:
+        if self.direct:
+            return control
+        if self.drive_t is not None:
+            drive = torch.cat([control @ self.drive_t, control], 1)
+            v_apical = drive if self.rate == 1.0 else torch.lerp(self.v_apical, drive, self.rate)
+        elif self.rate == 1.0:
+            v_apical = control @ self.qbar_t
         else:  # the apical low-pass filter (1 - a) v^A + a Q u, in the GEMM
-            v_apical_new = torch.addmm(v_apical, control, qbar_t, beta=1 - apical_rate, alpha=apical_rate)
-        if noise_std is not None:
-            noise = torch.randn(v_apical.shape, dtype=x.dtype, device=x.device, generator=generator)
-            if noise_rate is not None:  # low-pass filtered noise (Strong-DFC)
-                noise = noise * (noise_rate / dt**0.5)
-                noise_state = noise if noise_state is None else noise.add_(noise_state, alpha=1 - noise_rate)
-                noise = noise_state
-            v_apical_new.addcmul_(noise, noise_std)  # v_apical_new is always a fresh tensor here
-        if feedback_sum is not None:
-            pre_apical = v_apical if keep is None else torch.where(keep, v_apical, 0.0)
-            if highpass_rate is None:
-                feedback_sum.addmm_(pre_apical.T, u_new)
-            else:
-                u_lowpass = u_new.clone() if u_lowpass is None else u_lowpass.lerp_(u_new, highpass_rate)
-                feedback_sum.addmm_(pre_apical.T, u_new - u_lowpass)
-        if u_tail is not None and t >= tail_start:
-            u_tail.add_(u_new)
-        v_apical, u = v_apical_new, u_new
-        apical = control if direct else torch.split(v_apical, sizes, dim=1)
+            v_apical = torch.addmm(self.v_apical, control, self.qbar_t, beta=1 - self.rate, alpha=self.rate)
+        if self.noise_std is not None:
+            v_apical.addcmul_(self._noise(), self.noise_std)  # v_apical is always a fresh tensor here
+        self.v_apical = v_apical
+        return torch.split(v_apical, self.sizes, dim=1)
 
-        step_signals = state.step(apical, signal_sum is not None)
-        if signal_sum is not None:
-            for i, sig in enumerate(step_signals):
-                signals[i] = sig if keep is None else torch.where(keep, sig, 0.0)
-                signal_sum[i].add_(signals[i])
-
-        if signal_sum is not None:
-            pending += 1
-            if pending == outer_every:
-                _add_correction(correction, signals, state.rate_deviations(), pending, keep)
-                pending = 0
-        if record:
-            traj_u.append(u.clone())
-            traj_r.append(state.output_rate())
-
-        if early_stop and (t + 1) % cfg.check_every == 0:
-            if not _all_finite(u, keep):
-                finite, steps_done = False, t + 1
-                break
-            dv = state.voltage_deviations()
-            if _settled(u, dv, check_u, check_dv, cfg.tolerance * cfg.check_every) and (
-                stop_residual is None
-                or bool((_residual(output_error_of(state.output_deviation()), alpha, u, ff.r[-1])
-                         < stop_residual).all())
-            ):
-                steps_done = t + 1
-                remaining = steps - steps_done
-                if signal_sum is not None and remaining > 0:
-                    for i, s in enumerate(signals):
-                        signal_sum[i].add_(s, alpha=remaining)
-                    pending += remaining
-                break
-            check_u.copy_(u)
-            check_dv = dv if state.fresh_deviations else [d.clone() for d in dv]
-
-    dv, dr = state.voltage_deviations(), state.rate_deviations()
-    outer_sum = None
-    if signal_sum is not None:
-        if pending:
-            _add_correction(correction, signals, dr, pending, keep)
-        outer_sum = [None] + [
-            torch.addmm(correction[i], signal_sum[i].T, ff.r[i - 1]) for i in range(1, n_layers)
-        ]
-    finite = finite and _all_finite(u, keep) and all(_all_finite(d, keep) for d in dv)
-    error = output_error_of(dr[-1])
-    error_final = torch.linalg.vector_norm(error, dim=1)
-    residual = _residual(error, alpha, u, ff.r[-1])
-    trajectory = {"u": torch.stack(traj_u), "r_L": torch.stack(traj_r)} if record else {}
-    return SimulationResult(
-        v=[a + d for a, d in zip(ff.v, dv)],
-        r=[a + d for a, d in zip(ff.r, dr)],
-        u=u,
-        steps_simulated=steps_done,
-        finite=finite,
-        error_initial=error_initial,
-        error_final=error_final,
-        residual=residual,
-        dv=dv,
-        dr=dr,
-        u_mean=u if u_tail is None else u_tail / max(steps_done - tail_start, 1),
-        signal_sum=signal_sum,
-        outer_sum=outer_sum,
-        feedback_sum=feedback_sum,
-        trajectory=trajectory,
-    )
-
+    def _noise(self) -> Tensor:
+        """White noise (B, S), or low-pass filtered with rate dt / tau_noise (Strong-DFC)."""
+        like = self.v_apical
+        noise = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=self.generator)
+        if self.noise_rate is not None:
+            noise = noise * (self.noise_rate / self.cfg.dt**0.5)
+            self.noise_state = noise if self.noise_state is None else noise.add_(self.noise_state, alpha=1 - self.noise_rate)
+            noise = self.noise_state
+        return noise
 
 
 def _simulate_in(dtype: torch.dtype, params: LayerParams, x: Tensor, ff: Feedforward, target: Tensor | None,
@@ -396,219 +340,9 @@ def _output_error(kind: str, target: Tensor | None, delta: Tensor | None, ff: Fe
     raise ValueError(f"unknown output_error {kind!r}; choose one of {OUTPUT_ERRORS}")
 
 
-def _layer_step(
-    act,
-    rule: str,
-    dv: Tensor,
-    apical: Tensor,
-    dvb: Tensor | None,
-    soma_rate: float,
-    v_ff: Tensor,
-    r_ff: Tensor,
-    slope_ff: Tensor | None,
-    want_signal: bool,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One layer's somatic Euler step and teaching signal, in deviations; all (B, n_i).
-
-    dv <- dv + dt/tau_v (v^A + dvb - dv); dr = phi(v_ff + dv) - r_ff; signal as :func:`_signal`.
-    ``dvb`` is the basal deviation W_i dr_{i-1} (``None`` for the first layer, whose basal input
-    is constant). Element-wise only, so that ``torch.compile`` can fuse it into one kernel.
-    """
-    dv = torch.lerp(dv, apical if dvb is None else apical + dvb, soma_rate)
-    dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
-    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff) if want_signal else None
-    return dv, dr, signal
-
-
-class _DeviationState:
-    """The network's state as deviations from the feedforward pass, dv_i = v_i - v^-_i and
-    dr_i = r_i - r^-_i (float32: the teaching signals from cancellation-free identities)."""
-
-    fresh_deviations = False  # voltage_deviations() returns the live state: copy to keep it
-
-    def __init__(self, params: LayerParams, ff: Feedforward, cfg: SimulationConfig, rule: str) -> None:
-        self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
-        self.soma_rate = cfg.dt / cfg.tau_v
-        self.dv = [torch.zeros_like(t) for t in ff.v]
-        self.dr = [torch.zeros_like(t) for t in ff.r]
-        self.slopes = [act.derivative(v) if act.name == "tanh" else None for act, v in zip(params.activations, ff.v)]
-        self.layer_step = _compiled_layer_step() if cfg.compile else _layer_step
-
-    def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
-        """One somatic Euler step of every layer given its apical voltage (B, n_i); the teaching
-        signals of this step (``None`` entries unless ``want_signal``)."""
-        weights, dr, n_layers = self.params.weights, self.dr, self.params.num_layers
-        dvb: list[Tensor | None] = [None] * n_layers  # basal deviation W_i dr_{i-1} (None: layer 1)
-        if not self.cfg.inst_transmission:  # every layer sees the previous step's presynaptic rates
-            dvb = [None] + [dr[i - 1] @ weights[i].T for i in range(1, n_layers)]
-        signals = []
-        for i in range(n_layers):
-            if self.cfg.inst_transmission and i > 0:
-                dvb[i] = dr[i - 1] @ weights[i].T
-            self.dv[i], dr[i], sig = self.layer_step(
-                self.params.activations[i], self.rule, self.dv[i], apical[i], dvb[i], self.soma_rate,
-                self.ff.v[i], self.ff.r[i], self.slopes[i], want_signal,
-            )
-            signals.append(sig)
-        return signals
-
-    def output_deviation(self) -> Tensor:
-        return self.dr[-1]
-
-    def output_rate(self) -> Tensor:
-        return self.ff.r[-1] + self.dr[-1]
-
-    def voltage_deviations(self) -> list[Tensor]:
-        return self.dv
-
-    def rate_deviations(self) -> list[Tensor]:
-        return self.dr
-
-
-class _AbsoluteState(_DeviationState):
-    """float64: absolute voltages v_i and rates r_i, as the authors simulate them (the plain
-    differences phi(v) - phi(v^B) are accurate to ~1e-16 there). Fewer element-wise passes per
-    step than the deviation form: v^B_i = W_i r_{i-1} + b_i is one ``addmm``, and deviations are
-    formed only when asked for (convergence checks, the outer-product correction, the result)."""
-
-    fresh_deviations = True
-
-    def __init__(self, params: LayerParams, ff: Feedforward, cfg: SimulationConfig, rule: str) -> None:
-        self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
-        self.soma_rate = cfg.dt / cfg.tau_v
-        self.v, self.r = list(ff.v), list(ff.r)  # replaced, never written in place
-        self.feedback_t: list[Tensor | None] = [q.T for q in params.feedback]  # (n_L, n_i) views; None: I
-
-    def step(self, apical: tuple[Tensor, ...] | Tensor, want_signal: bool) -> list[Tensor | None]:
-        """As :meth:`_DeviationState.step`; ``apical`` may also be the control u (B, n_L), whose
-        feedback Q_i u is then added to each layer's basal voltage in one ``addmm``."""
-        params, r, n_layers = self.params, self.r, self.params.num_layers
-        basal = [self.ff.v[0]] + [None] * (n_layers - 1)  # layer 1's basal voltage W_1 x + b_1 is constant
-        if not self.cfg.inst_transmission:
-            basal[1:] = [_linear(params, i, r[i - 1]) for i in range(1, n_layers)]
-        signals = []
-        for i, act in enumerate(params.activations):
-            if basal[i] is None:
-                basal[i] = _linear(params, i, r[i - 1])
-            if isinstance(apical, Tensor):
-                q_t = self.feedback_t[i]
-                soma = basal[i] + apical if q_t is None else torch.addmm(basal[i], apical, q_t)
-            else:
-                soma = basal[i] + apical[i]
-            v = torch.lerp(self.v[i], soma, self.soma_rate)
-            r[i] = act(v)
-            self.v[i] = v
-            sig = None
-            if want_signal:
-                if self.rule == "voltage_difference":
-                    sig = v - basal[i]
-                elif i == 0:  # phi(v^B_1) is the feedforward rate
-                    sig = r[0] - self.ff.r[0]
-                else:
-                    sig = r[i] - act(basal[i])
-            signals.append(sig)
-        return signals
-
-    def output_deviation(self) -> Tensor:
-        return self.r[-1] - self.ff.r[-1]
-
-    def output_rate(self) -> Tensor:
-        return self.r[-1]
-
-    def voltage_deviations(self) -> list[Tensor]:
-        return [v - v_ff for v, v_ff in zip(self.v, self.ff.v)]
-
-    def rate_deviations(self) -> list[Tensor]:
-        return [r - r_ff for r, r_ff in zip(self.r, self.ff.r)]
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled_layer_step():
-    """``torch.compile`` of :func:`_layer_step` (built once per process; see ``SimulationConfig.compile``)."""
-    if "layer_step" not in _COMPILED:
-        _COMPILED["layer_step"] = torch.compile(_layer_step, dynamic=False)
-    return _COMPILED["layer_step"]
-
-
-def _signal(
-    rule: str,
-    act,
-    v_ff: Tensor,
-    r_ff: Tensor,
-    dv: Tensor,
-    dr: Tensor,
-    dvb: Tensor | None,
-    slope_ff: Tensor | None,
-) -> Tensor:
-    """Teaching signal of one layer from deviations without cancellation, (B, n_i).
-
-    v - v^B = dv - dvb; phi(v) - phi(v^B) = dr for the first layer (dvb ``None``).
-    """
-    if rule == "voltage_difference":
-        return dv if dvb is None else dv - dvb
-    if dvb is None:
-        return dr
-    return act.deviation_difference(v_ff, r_ff, dv, dr, dvb, slope_ff)
-
-
-def teaching_signal(
-    rule: str, act, v_ff: Tensor, dv: Tensor, dvb: Tensor | None, r_ff: Tensor | None = None
-) -> Tensor:
-    """The local teaching signal of one layer at a state given as deviations, (B, n_i).
-
-    ``nonlinear_difference``: phi(v) - phi(v^B); ``voltage_difference``: v - v^B, with
-    v = v_ff + dv and v^B = v_ff + dvb (``dvb`` = W_i (r_{i-1} - r^-_{i-1}); ``None`` for the first
-    layer). Computed without cancellation in every dtype.
-    """
-    if rule not in RULES:
-        raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
-    r_ff = act(v_ff) if r_ff is None else r_ff
-    dr = act.rate_deviation(v_ff, r_ff, dv)
-    return _signal(rule, act, v_ff, r_ff, dv, dr, dvb, None)
-
-
-def _add_correction(
-    correction: list, signals: list[Tensor], dr: list[Tensor], weight: int, keep: Tensor | None = None
-) -> None:
-    """correction_i += weight * s_i^T dr_{i-1}  (the O(lambda^2) part of the outer sum)."""
-    for i in range(1, len(signals)):
-        shift = dr[i - 1]
-        if keep is not None:  # excluded rows may be non-finite: 0 * inf would poison the sum
-            shift = torch.where(keep, shift, 0.0)
-        correction[i].addmm_(signals[i].T, shift, alpha=weight)
-
-
-def _residual(error: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
-    """||e - alpha u|| / ||r_L^-|| per sample (0 at the controller's fixed point e = alpha u)."""
-    norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output_ff.dtype).tiny)
-    return torch.linalg.vector_norm(error - alpha * u, dim=1) / norm_ff
-
-
 def _is_identity(q: Tensor) -> bool:
     """Whether a feedback block is exactly the identity matrix (one host sync per simulation)."""
     return q.shape[0] == q.shape[1] and bool(torch.equal(q, torch.eye(q.shape[0], dtype=q.dtype, device=q.device)))
-
-
-def _all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
-    finite = torch.isfinite(t)
-    if keep is not None:
-        finite = finite | ~keep
-    return bool(finite.all())
-
-
-def _settled(u: Tensor, dv: list[Tensor], check_u: Tensor, check_dv: list[Tensor], tol: float) -> bool:
-    """Whether, for every sample, u and dv = v - v_ff changed by less than ``tol`` (relative).
-
-    A state whose norms overflow is never settled.
-    """
-    du = torch.linalg.vector_norm(u - check_u, dim=1)
-    ddv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(dv, check_dv)))
-    dev = torch.sqrt(sum(torch.sum(a**2, dim=1) for a in dv))
-    nu = torch.linalg.vector_norm(u, dim=1)
-    finite = torch.isfinite(du) & torch.isfinite(ddv) & torch.isfinite(dev) & torch.isfinite(nu)
-    return bool((finite & (du <= tol * nu) & (ddv <= tol * dev)).all())
 
 
 def output_jacobian(params: LayerParams, v: tuple[Tensor, ...] | list[Tensor]) -> Tensor:

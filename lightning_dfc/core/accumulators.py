@@ -1,0 +1,167 @@
+"""What a simulation accumulates instead of storing its trajectory, and when it stops early.
+
+Each accumulator is fed once per Euler step and is testable on its own:
+
+* :class:`ForwardSums`: the DFC rule's sums sum_t s_i[t] and sum_t s_i[t]^T r_{i-1}[t] (the
+  latter split exactly into a first-order part and an O(lambda^2) correction sampled every
+  ``outer_every`` steps).
+* :class:`FeedbackSum`: the sleep rule's sum_t v^A[t]^T u[t+1], optionally with the high-pass
+  filtered control (Strong-DFC single phase).
+* :class:`ControlTail`: the mean control over the last quarter of a noisy simulation.
+* :class:`Trajectory`: u and r_L at every time point (only when asked for).
+* :class:`EarlyStop`: the policy that ends a noise-free simulation once it has settled.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["ForwardSums", "FeedbackSum", "ControlTail", "Trajectory", "EarlyStop", "residual", "all_finite"]
+
+
+def masked(t: Tensor, keep: Tensor | None) -> Tensor:
+    """``t`` with the rows outside ``keep`` (B, 1) zeroed (they may be non-finite)."""
+    return t if keep is None else torch.where(keep, t, 0.0)
+
+
+class ForwardSums:
+    """sum_t s_i[t] (B, n_i) per layer, and sum_t s_i[t]^T r_{i-1}[t] (n_i, n_{i-1}) for i > 1.
+
+    outer_i = (sum_t s_i)^T r^-_{i-1} + sum_t s_i^T dr_{i-1}[t]: the first term is exact from the
+    signal sum; the second is O(lambda^2) and is accumulated every ``outer_every`` steps with the
+    weight of the steps it stands for (rectangle rule on the last point of each block).
+    """
+
+    def __init__(self, ff_v: tuple[Tensor, ...], outer_every: int, keep: Tensor | None) -> None:
+        self.signal_sum = [torch.zeros_like(t) for t in ff_v]
+        self.correction = [None] + [t.new_zeros(t.shape[1], p.shape[1]) for p, t in zip(ff_v[:-1], ff_v[1:])]
+        self.signals: list[Tensor] = [torch.zeros_like(t) for t in ff_v]
+        self.outer_every, self.keep, self.pending = outer_every, keep, 0
+
+    def add(self, signals: list[Tensor], rate_deviations) -> None:
+        """One step's signals; ``rate_deviations()`` gives dr_i (B, n_i) when the correction is due."""
+        for i, sig in enumerate(signals):
+            self.signals[i] = masked(sig, self.keep)
+            self.signal_sum[i].add_(self.signals[i])
+        self.pending += 1
+        if self.pending == self.outer_every:
+            self._correct(rate_deviations())
+
+    def extrapolate(self, remaining: int) -> None:
+        """Add the last step's signals ``remaining`` more times (a settled state)."""
+        if remaining > 0:
+            for total, sig in zip(self.signal_sum, self.signals):
+                total.add_(sig, alpha=remaining)
+            self.pending += remaining
+
+    def _correct(self, dr: list[Tensor]) -> None:
+        for i in range(1, len(self.signals)):  # correction_i += pending * s_i^T dr_{i-1}
+            self.correction[i].addmm_(self.signals[i].T, masked(dr[i - 1], self.keep), alpha=self.pending)
+        self.pending = 0
+
+    def outer_sums(self, ff_r: tuple[Tensor, ...], dr: list[Tensor]) -> list[Tensor | None]:
+        """[None, outer_2, ..., outer_L] at the end of the simulation (final dr_i given)."""
+        if self.pending:
+            self._correct(dr)
+        return [None] + [torch.addmm(self.correction[i], self.signal_sum[i].T, ff_r[i - 1])
+                         for i in range(1, len(self.signal_sum))]
+
+
+class FeedbackSum:
+    """sum_t v^A[t]^T u[t+1] (S, n_L), or with u[t+1] - ubar[t+1] (``highpass_rate``: ubar an
+    exponential moving average with this rate per step, started at u[1])."""
+
+    def __init__(self, width: int, like: Tensor, highpass_rate: float | None, keep: Tensor | None) -> None:
+        self.total = like.new_zeros(width, like.shape[1])
+        self.highpass_rate, self.keep, self.lowpass = highpass_rate, keep, None
+
+    def add(self, v_apical: Tensor, u_next: Tensor) -> None:
+        pre = masked(v_apical, self.keep)
+        if self.highpass_rate is None:
+            self.total.addmm_(pre.T, u_next)
+            return
+        self.lowpass = u_next.clone() if self.lowpass is None else self.lowpass.lerp_(u_next, self.highpass_rate)
+        self.total.addmm_(pre.T, u_next - self.lowpass)
+
+
+class ControlTail:
+    """The mean control over the last quarter of the ``steps`` Euler steps (noisy simulations)."""
+
+    def __init__(self, steps: int, like: Tensor) -> None:
+        self.start, self.total = steps - steps // 4, torch.zeros_like(like)
+
+    def add(self, t: int, u: Tensor) -> None:
+        if t >= self.start:
+            self.total.add_(u)
+
+    def mean(self, steps_done: int) -> Tensor:
+        return self.total / max(steps_done - self.start, 1)
+
+
+class Trajectory:
+    """u (B, n_L) and r_L (B, n_L) at every time point; stacked to (T, B, n_L) by :meth:`result`."""
+
+    def __init__(self, u: Tensor, r_out: Tensor) -> None:
+        self.u, self.r_out = [u.clone()], [r_out.clone()]
+
+    def add(self, u: Tensor, r_out: Tensor) -> None:
+        self.u.append(u.clone())
+        self.r_out.append(r_out.clone())
+
+    def result(self) -> dict[str, Tensor]:
+        return {"u": torch.stack(self.u), "r_L": torch.stack(self.r_out)}
+
+
+class EarlyStop:
+    """Every ``check_every`` steps: stop when u and v - v^- changed by less than ``tolerance`` per
+    step (relative) for every sample and, with ``stop_residual``, every sample sits at the
+    controller's fixed point; give up once u is non-finite."""
+
+    def __init__(self, check_every: int, tolerance: float, stop_residual: float | None,
+                 u: Tensor, dv: list[Tensor], keep: Tensor | None) -> None:
+        self.check_every, self.tolerance, self.stop_residual, self.keep = check_every, tolerance, stop_residual, keep
+        self.check_u, self.check_dv = u.clone(), [d.clone() for d in dv]
+
+    def check(self, t: int, u: Tensor, state, residual_now) -> str | None:
+        """``None`` (go on), ``"settled"`` or ``"diverged"`` after step ``t`` (0-based).
+        ``residual_now()`` gives the fixed-point residual per sample (B,)."""
+        if (t + 1) % self.check_every:
+            return None
+        if not all_finite(u, self.keep):
+            return "diverged"
+        dv = state.voltage_deviations()
+        if _settled(u, dv, self.check_u, self.check_dv, self.tolerance * self.check_every) and (
+            self.stop_residual is None or bool((residual_now() < self.stop_residual).all())
+        ):
+            return "settled"
+        self.check_u.copy_(u)
+        self.check_dv = dv if state.fresh_deviations else [d.clone() for d in dv]
+        return None
+
+
+def residual(error: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
+    """||e - alpha u|| / ||r_L^-|| per sample (0 at the controller's fixed point e = alpha u)."""
+    norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output_ff.dtype).tiny)
+    return torch.linalg.vector_norm(error - alpha * u, dim=1) / norm_ff
+
+
+def all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
+    """Whether every entry (of the rows in ``keep``, (B, 1)) is finite."""
+    finite = torch.isfinite(t)
+    if keep is not None:
+        finite = finite | ~keep
+    return bool(finite.all())
+
+
+def _settled(u: Tensor, dv: list[Tensor], check_u: Tensor, check_dv: list[Tensor], tol: float) -> bool:
+    """Whether, for every sample, u and dv = v - v_ff changed by less than ``tol`` (relative).
+
+    A state whose norms overflow is never settled.
+    """
+    du = torch.linalg.vector_norm(u - check_u, dim=1)
+    ddv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(dv, check_dv)))
+    dev = torch.sqrt(sum(torch.sum(a**2, dim=1) for a in dv))
+    nu = torch.linalg.vector_norm(u, dim=1)
+    finite = torch.isfinite(du) & torch.isfinite(ddv) & torch.isfinite(dev) & torch.isfinite(nu)
+    return bool((finite & (du <= tol * nu) & (ddv <= tol * dev)).all())

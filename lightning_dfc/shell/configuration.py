@@ -1,0 +1,179 @@
+"""The configuration half of :class:`~lightning_dfc.DFCMixin`: validated settings, the method
+object, the wrapped network and the optimizers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
+from ..core.methods import UpdateSettings, resolve_method
+from ..core.network import DFCNetwork
+from ..core.rules import LOSSES, ConvergenceCriterion, FeedbackRule
+from ..core.schedule import PhaseSchedule
+from ..core.targets import Target
+
+__all__ = ["DFCConfiguration", "default_optimizer", "ADAM_BETAS"]
+
+ADAM_BETAS = (0.99, 0.99)
+
+
+def default_optimizer(lr: float, eps: float) -> OptimizerCallable:
+    """Adam with the paper's betas (0.99, 0.99)."""
+    return functools.partial(torch.optim.Adam, lr=lr, betas=ADAM_BETAS, eps=eps)
+
+
+class DFCConfiguration:
+    """Settings, method, network and optimizers of a DFC module (part of :class:`DFCMixin`)."""
+
+    def configure_dfc(
+        self,
+        network: nn.Module,
+        *,
+        variant: str = "dfc",
+        loss: str = "cross_entropy",
+        target_stepsize: float = 0.07794,
+        dynamics: SimulationConfig | None = None,
+        feedback: FeedbackConfig | None = None,
+        updates: UpdateConfig | None = None,
+        forward_optimizer: OptimizerCallable | None = None,
+        feedback_optimizer: OptimizerCallable | None = None,
+        pretrain_optimizer: OptimizerCallable | None = None,
+    ) -> None:
+        """Validate the settings and wrap ``network`` (already an attribute of this module)."""
+        method = resolve_method(variant)
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if not (isinstance(target_stepsize, (int, float)) and target_stepsize > 0):
+            raise ValueError(f"target_stepsize (lambda) must be positive, got {target_stepsize!r}")
+        self.automatic_optimization = False
+        self.dfc_variant = method.name or str(variant)
+        self.dfc_method = method
+        self.dfc_loss = loss
+        self.dfc_target_stepsize = float(target_stepsize)
+        self.dfc_dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
+        self.dfc_feedback_config = as_config(feedback, FeedbackConfig) or FeedbackConfig()
+        self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
+        self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(method.train_feedback)
+        method.validate(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)
+        net = DFCNetwork(
+            network,
+            feedback_init=method.feedback_init or "xavier_normal",
+            freeze_output_feedback=self.dfc_feedback_config.freeze_output,
+        )
+        if loss == "cross_entropy" and net.activations[-1].name != "linear":
+            raise ValueError(
+                "cross_entropy absorbs the softmax into the loss: the network's output layer must "
+                f"be linear, but it ends with {net.activations[-1].name}. Remove the output "
+                "activation or use loss='mse'."
+            )
+        # The wrapper is not registered as a submodule: the host already owns the network's
+        # parameters; only the feedback weights are registered here (state_dict, .to(), DDP).
+        object.__setattr__(self, "dfc_net", net)
+        self.dfc_feedback_weights = net.feedback
+        self.dfc_criterion = ConvergenceCriterion(
+            self.dfc_updates.convergence_threshold,
+            self.dfc_updates.convergence_epsilon,
+            self.dfc_updates.exclude_non_converged,
+        )
+        self._dfc_optimizers = {
+            "forward": as_optimizer(forward_optimizer) or default_optimizer(9.266e-5, 9.446e-8),
+            "feedback": as_optimizer(feedback_optimizer) or default_optimizer(5.265e-4, 1.561e-6),
+            "pretrain": as_optimizer(pretrain_optimizer) or default_optimizer(3.170e-4, 1.561e-6),
+        }
+        self.dfc_train_loss = MeanMetric()
+        self.dfc_train_acc = (
+            MulticlassAccuracy(num_classes=net.sizes[-1], average="micro") if loss == "cross_entropy" else None
+        )
+        self._dfc_diverged_in_a_row = 0
+        self._dfc_forward_epochs: int | None = None
+        self._dfc_translated_loop: Any = None
+        self._dfc_generator: torch.Generator | None = None
+        self._dfc_resume_epoch: int | None = None
+        self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step
+        self.dfc_last_wake: WakeRecord | None = None
+        self.dfc_last_sleep_input: Tensor | None = None
+
+    @property
+    def dfc_spec(self):
+        """The method object (``dfc_method``; the name of the variant spec it replaced)."""
+        return self.dfc_method
+
+    @property
+    def dfc_normalize_lr(self) -> bool:
+        """Whether the forward learning rate is divided by the target stepsize (see UpdateConfig)."""
+        value = self.dfc_updates.normalize_lr
+        return self.dfc_method.default_normalize_lr if value is None else bool(value)
+
+    def _dfc_feedback_rule(self, pretraining: bool = False) -> FeedbackRule:
+        """The feedback rule of single-phase learning (wake) or of a sleep/pre-training epoch."""
+        return self.dfc_method.feedback_rule(self.dfc_feedback_config, self.dfc_dynamics, pretraining)
+
+    @property
+    def dfc_forward_clip_grouping(self) -> str:
+        """``tensor`` or ``layer`` (see :class:`UpdateConfig`)."""
+        value = self.dfc_updates.clip_grouping
+        return value if value is not None else self.dfc_method.default_forward_clip_grouping
+
+    @property
+    def dfc_feedback_clip_grouping(self) -> str:
+        """``all`` or ``layer`` (see :class:`FeedbackConfig`)."""
+        value = self.dfc_feedback_config.clip_grouping
+        return value if value is not None else self.dfc_method.default_feedback_clip_grouping
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """[forward] or [forward, feedback, pretrain] (trained-feedback variants).
+
+        The forward learning rate is divided by the target stepsize when ``normalize_lr``; the
+        feedback optimizers get ``feedback.weight_decay`` as their own weight decay."""
+        forward = self._dfc_optimizers["forward"](self.dfc_net.forward_parameters())
+        if self.dfc_normalize_lr:
+            for group in forward.param_groups:
+                group["lr"] = group["lr"] / self.dfc_target_stepsize
+        if not self.dfc_method.train_feedback:
+            return [forward]
+        qs = self.dfc_net.trainable_feedback()
+        if not qs:
+            raise ValueError("there are no feedback weights to train (a one-layer network with a frozen Q_L)")
+        feedback = [self._dfc_optimizers[name](qs) for name in ("feedback", "pretrain")]
+        decay = self.dfc_feedback_config.weight_decay
+        for name, opt in zip(("feedback_optimizer", "pretrain_optimizer"), feedback):
+            for group in opt.param_groups:
+                own = group.get("weight_decay")
+                if own is None:
+                    if decay:
+                        raise ValueError(
+                            f"{name} ({type(opt).__name__}) has no weight_decay setting, so feedback.weight_decay="
+                            f"{decay} cannot be applied; set feedback.weight_decay: 0 or use an optimizer with weight decay"
+                        )
+                elif own and decay and own != decay:
+                    raise ValueError(
+                        f"{name} has weight_decay={own} but feedback.weight_decay={decay}: give the feedback "
+                        "weight decay in one place (feedback.weight_decay, applied by the optimizer)"
+                    )
+                elif decay:
+                    group["weight_decay"] = decay
+        return [forward, *feedback]
+
+    def dfc_target(self) -> Target:
+        """The wake simulation's target (:mod:`~lightning_dfc.core.targets`), configured."""
+        return self.dfc_method.wake_target(self.dfc_updates)
+
+    def dfc_update_settings(self, generator: torch.Generator | None = None, world_size: int = 1) -> UpdateSettings:
+        """What the method's forward update needs besides the batch; lambda per DDP rank."""
+        method = self.dfc_method
+        return UpdateSettings(
+            loss=self.dfc_loss,
+            target_stepsize=self.dfc_target_stepsize / max(world_size, 1),
+            dynamics=self.dfc_dynamics,
+            criterion=self.dfc_criterion,
+            learning_rule=self.dfc_updates.learning_rule,
+            generator=generator,
+            feedback_rule=self._dfc_feedback_rule(pretraining=False) if method.single_phase else None,
+        )

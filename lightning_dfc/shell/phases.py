@@ -1,0 +1,87 @@
+"""The schedule half of :class:`~lightning_dfc.DFCMixin`: which phase an epoch runs, the
+translation of ``max_epochs`` to wake epochs, reproducible per-epoch randomness and the
+checkpointed state."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..core.schedule import PhaseInfo
+from .distributed import check_precision, check_strategy
+
+__all__ = ["DFCPhases"]
+
+
+class DFCPhases:
+    """Epoch-level hooks of a DFC module (part of :class:`DFCMixin`)."""
+
+    @property
+    def dfc_phase(self) -> PhaseInfo:
+        """The phase of the current epoch (a pure function of ``current_epoch``)."""
+        return self.dfc_schedule(self.current_epoch)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self._trainer is None:
+            return
+        check_strategy(self.trainer.strategy)
+        check_precision(self.trainer.precision)
+        if str(self.trainer.precision) in ("64-true", "64"):
+            # Lightning restores a checkpoint's weights before converting the module: convert
+            # first so that float64 weights are restored exactly.
+            self.double()
+        loop = self.trainer.fit_loop
+        if stage == "fit" and self._dfc_translated_loop is not loop:
+            # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per
+            # Trainer: the same module may be fit again by another Trainer).
+            self._dfc_translated_loop = loop
+            if loop.max_epochs is not None and loop.max_epochs > 0:
+                self._dfc_forward_epochs = loop.max_epochs
+                loop.max_epochs = self.dfc_schedule.total_epochs(loop.max_epochs)
+
+    def _dfc_epoch_seed(self, epoch: int) -> int:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return (seed * 1_000_003 + epoch * 7919) % (2**62)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Every epoch's randomness (shuffling, sleep noise) derives from (seed, epoch, rank), so a
+        # run resumed from a checkpoint repeats the uninterrupted run exactly. Lightning creates the
+        # first epoch's data iterator before on_train_epoch_start, and later ones after
+        # on_train_epoch_end: reseed the global RNG (shuffling) at those two points. When resuming,
+        # the loop state is restored only after this hook: on_load_checkpoint noted the epoch.
+        start = self._dfc_resume_epoch if self._dfc_resume_epoch is not None else self.current_epoch
+        torch.manual_seed(self._dfc_epoch_seed(start))
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        torch.manual_seed(self._dfc_epoch_seed(self.current_epoch + 1))
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._dfc_generator = torch.Generator(device=self.device)
+        self._dfc_generator.manual_seed(self._dfc_epoch_seed(self.current_epoch) + 104_729 * (self.global_rank + 1))
+        info = self.dfc_phase
+        self.log("phase", float(info.phase.code), prog_bar=True, on_step=False, on_epoch=True)
+        self.log("forward_epoch", float(info.forward_epoch), on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["dfc"] = {
+            "diverged_in_a_row": self._dfc_diverged_in_a_row,
+            "forward_epochs": self._dfc_forward_epochs,
+            "variant": self.dfc_variant,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("dfc", {})
+        self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
+        try:
+            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+            self._dfc_resume_epoch = int(progress["processed"])  # epochs whose batches all ran
+        except (KeyError, TypeError):
+            self._dfc_resume_epoch = None

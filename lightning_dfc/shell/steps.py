@@ -1,0 +1,250 @@
+"""The step half of :class:`~lightning_dfc.DFCMixin`: each training batch asks the method object
+for its update and applies it: write ``.grad``, sync across ranks, clip, step, log. Diverged
+batches are skipped and counted."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.dynamics import feedforward
+from ..core.network import LayerParams
+from ..core.rules import Update, loss_value
+from ..core.schedule import Phase
+from .distributed import sync_tensors, sync_updates
+
+__all__ = ["DFCSteps", "WakeRecord", "DivergenceError"]
+
+
+@dataclass
+class WakeRecord:
+    """What a wake step saw and did, for diagnostics (recorded only on request).
+
+    Attributes:
+        x: flattened input (B, n_0); y: targets.
+        params: the network's tensors *before* the step (cloned).
+        update: the update written to ``.grad`` after syncing and clipping, W_1, b_1, ...
+        stats: simulation statistics of the step.
+    """
+
+    x: Tensor
+    y: Tensor
+    params: LayerParams
+    update: list[Tensor]
+    stats: dict[str, float]
+
+
+class DivergenceError(RuntimeError):
+    """Raised after too many consecutive batches with diverging dynamics."""
+
+
+class DFCSteps:
+    """Training-step logic of a DFC module (part of :class:`DFCMixin`)."""
+
+    def dfc_unpack_batch(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) of a batch; override for other batch layouts."""
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            return batch[0], batch[1]
+        if isinstance(batch, dict) and {"x", "y"} <= batch.keys():
+            return batch["x"], batch["y"]
+        raise ValueError(
+            "cannot read the batch: expected (inputs, targets) or a dict with 'x' and 'y'; "
+            "override dfc_unpack_batch() for other layouts"
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = self.dfc_unpack_batch(batch)
+        x = self._dfc_checked_input(x, y, batch_idx)
+        phase = self.dfc_phase.phase
+        with torch.no_grad():
+            if self.trainer.fast_dev_run and self.dfc_method.train_feedback:
+                # One fast_dev_run step exercises both phases.
+                self._dfc_sleep_step(x, y, Phase.SLEEP)
+                self._dfc_wake_step(x, y)
+            elif phase is Phase.WAKE:
+                self._dfc_wake_step(x, y)
+            else:
+                self._dfc_sleep_step(x, y, phase)
+
+    def _dfc_checked_input(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor:
+        x = self.dfc_net.prepare_input(x)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"batch {batch_idx}: the inputs contain NaN or inf values; clean the data")
+        n_out = self.dfc_net.sizes[-1]
+        if self.dfc_loss == "cross_entropy":
+            if y.dtype.is_floating_point or y.dim() != 1:
+                raise ValueError(f"batch {batch_idx}: cross_entropy needs integer labels of shape (B,), got {tuple(y.shape)} {y.dtype}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
+                raise ValueError(f"batch {batch_idx}: labels must lie in [0, {n_out}), got [{int(y.min())}, {int(y.max())}]")
+        else:
+            if y.shape != (x.shape[0], n_out):
+                raise ValueError(f"batch {batch_idx}: mse targets must have shape (B, {n_out}), got {tuple(y.shape)}")
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError(f"batch {batch_idx}: the targets contain NaN or inf values; clean the data")
+        return x
+
+    def _dfc_any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is True on any rank (keeps all ranks on the same code path)."""
+        if self.trainer.world_size <= 1:
+            return flag
+        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        return bool(total > 0)
+
+    def dfc_wake_update(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                        world_size: int = 1) -> Update:
+        """The forward-weight update of one wake batch, as the training step computes it (no
+        clipping, no optimizer step). Single-phase Strong-DFC also returns the feedback-weight
+        update of the same simulation (``Update.feedback``).
+
+        Args:
+            x: flattened input (B, n_0); y: labels (B,) or regression targets (B, n_L).
+            generator: the noise's random generator (noisy dynamics).
+            world_size: number of DDP ranks: lambda multiplies the gradient of the *global*
+                batch-mean loss, and each rank sees 1/world_size of the batch.
+        """
+        return self.dfc_method.forward_update(self.dfc_net.params(), x, y, self.dfc_update_settings(generator, world_size),
+                                              self.dfc_target())
+
+    def dfc_sleep_update(self, x: Tensor, y: Tensor, pretraining: bool,
+                         generator: torch.Generator | None = None) -> tuple[list[Tensor], dict[str, float]]:
+        """The feedback-weight update of one sleep (or pre-training) batch, as the training step
+        computes it (no clipping, no weight decay: the optimizer adds it). One tensor per Q_i.
+
+        DFC: the controller holds the feedforward output against the noise. Strong-DFC: it drives
+        the output to the label; in pre-training (``pretrain_mode='published'``) with the linear
+        error, as the authors' runs did."""
+        cfg, method = self.dfc_feedback_config, self.dfc_method
+        target = method.sleep_target(self.dfc_updates, cfg, pretraining)
+        return method.sleep_update(self.dfc_net.params(), x, y if method.strong else None, self.dfc_loss, target,
+                                   cfg.simulation, self._dfc_feedback_rule(pretraining), generator)
+
+    def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
+        net = self.dfc_net
+        params = net.params()
+        update = self.dfc_wake_update(x, y, self._dfc_generator, self.trainer.world_size)
+        tensors = update.tensors()
+        stats = update.stats
+        feedback_grads = update.feedback
+        bad = (
+            stats.get("finite", 1.0) == 0.0
+            # the control error grew: unstable dynamics (with noise, the final error is noise-dominated)
+            or (stats.get("error_ratio", 0.0) > 1.0 and not self.dfc_dynamics.noisy)
+            or not all(bool(torch.isfinite(t).all()) for t in tensors)
+            or (feedback_grads is not None and not all(bool(torch.isfinite(g).all()) for g in feedback_grads))
+        )
+        logged = ("steps", "non_converged", "diverged", "excluded", "control_loss")
+        self.log_dict(
+            {f"dfc/{k}": float(v) for k, v in stats.items() if k in logged and math.isfinite(float(v))},
+            on_step=True,
+            on_epoch=True,
+        )
+        if self._dfc_any_rank(bad):
+            self._dfc_register_divergence("wake")
+            return
+        self._dfc_diverged_in_a_row = 0
+        forward_opt = self._dfc_opts()[0]
+        forward_opt.zero_grad()
+        params_list = net.forward_parameters()
+        for p, g in zip(params_list, tensors):
+            p.grad = g.to(p.dtype)
+        sync_updates(self.trainer.strategy, params_list)
+        clipped = self._dfc_clip(self._dfc_forward_clip_groups(), self.dfc_updates.clip_norm)
+        if self.dfc_record_steps:
+            self.dfc_last_wake = WakeRecord(
+                x=x,
+                y=y,
+                params=params._replace(
+                    weights=tuple(w.clone() for w in params.weights),
+                    biases=tuple(None if b is None else b.clone() for b in params.biases),
+                    feedback=tuple(q.clone() for q in params.feedback),
+                ),
+                update=[p.grad.detach().clone() for p in params_list],
+                stats=dict(stats),
+            )
+        forward_opt.step()
+        self.log("dfc/clipped", float(clipped), on_step=True, on_epoch=True, reduce_fx="sum")
+        if feedback_grads is not None:  # single-phase: Q learns from the same simulation
+            self._dfc_step_feedback(feedback_grads, self._dfc_opts()[1], "dfc/feedback_clipped")
+        output = feedforward(params, x).r[-1]  # before the step: the batch the update came from
+        self.dfc_train_loss(loss_value(output, y, self.dfc_loss))
+        self.log("train_loss", self.dfc_train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        if self.dfc_train_acc is not None:
+            self.dfc_train_acc(output, y)
+            self.log("train_acc", self.dfc_train_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def _dfc_sleep_step(self, x: Tensor, y: Tensor, phase: Phase) -> None:
+        if self.dfc_record_steps:
+            self.dfc_last_sleep_input = x
+        pretraining = phase is Phase.PRETRAIN
+        grads, stats = self.dfc_sleep_update(x, y, pretraining, self._dfc_generator)
+        bad = stats["finite"] == 0.0 or not all(bool(torch.isfinite(g).all()) for g in grads)
+        if self._dfc_any_rank(bad):
+            self._dfc_register_divergence("sleep")
+            return
+        self._dfc_diverged_in_a_row = 0
+        self._dfc_step_feedback(grads, self._dfc_opts()[2 if pretraining else 1], "sleep/clipped")
+        self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
+
+    def _dfc_step_feedback(self, grads: list[Tensor], opt, clip_log: str) -> None:
+        """Apply feedback-weight updates (one per Q_i; Q_L's dropped when frozen) with ``opt``.
+
+        With ``clip_grouping='all'`` a frozen Q_L's update still counts in the clipping norm, as in
+        the DFC paper's code (it computes Q_L's update and clips all Q updates together)."""
+        cfg = self.dfc_feedback_config
+        qs = self.dfc_net.trainable_feedback()
+        opt.zero_grad()
+        for q, g in zip(qs, grads):  # Q_L last: dropped when frozen
+            q.grad = g.to(q.dtype)
+        frozen = [g.to(qs[0].dtype) for g in grads[len(qs):]]
+        sync_tensors(self.trainer.strategy, [q.grad for q in qs] + frozen)
+        if self.dfc_feedback_clip_grouping == "all":
+            groups = [[q.grad for q in qs] + frozen]
+        else:
+            groups = [[q.grad] for q in qs]
+        clipped = self._dfc_clip(groups, cfg.clip_norm)
+        if cfg.clip_norm is not None:
+            self.log(clip_log, float(clipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        opt.step()
+
+    def _dfc_forward_clip_groups(self) -> list[list[Tensor]]:
+        """The forward updates (``.grad``) grouped for clipping: per tensor or per layer."""
+        if self.dfc_forward_clip_grouping == "tensor":
+            return [[p.grad] for p in self.dfc_net.forward_parameters()]
+        return [[p.grad for p in (lin.weight, lin.bias) if p is not None] for lin in self.dfc_net.layers]
+
+    @staticmethod
+    @torch.no_grad()
+    def _dfc_clip(groups: list[list[Tensor]], max_norm: float | None) -> int:
+        """Scale each group of updates in place to at most ``max_norm`` (their joint 2-norm, as
+        ``torch.nn.utils.clip_grad_norm_`` does it); returns how many groups were clipped."""
+        if max_norm is None:
+            return 0
+        clipped = 0
+        for group in groups:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in group]))
+            clipped += int(norm > max_norm)
+            coef = max_norm / (norm + 1e-6)  # torch's formula, epsilon included
+            if coef < 1.0:
+                for g in group:
+                    g.mul_(coef)
+        return clipped
+
+    def _dfc_opts(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def _dfc_register_divergence(self, phase: str) -> None:
+        self._dfc_diverged_in_a_row += 1
+        self.log(f"{'dfc' if phase == 'wake' else 'sleep'}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+        limit = self.dfc_updates.max_diverged_batches
+        if self._dfc_diverged_in_a_row >= limit:
+            raise DivergenceError(
+                f"the {phase}-phase dynamics diverged on {limit} consecutive batches (their updates "
+                "were skipped). Remedies: pre-train the feedback weights longer "
+                "(feedback.pretrain_epochs), increase the controller leak alpha or the gain k_p, "
+                "use a smaller dt, or lower the learning rates."
+            )

@@ -48,6 +48,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from .config import RULES
 from .diagnostics import AlignmentAngles, alignment_angles, condition_2
 from .dynamics import output_jacobian
 from .network import LayerParams
@@ -66,7 +67,6 @@ __all__ = [
 
 ErrorType = Literal["mse", "cross_entropy"]
 ERRORS = ("mse", "cross_entropy")
-RULES = ("voltage_difference", "nonlinear_difference")
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ class Update:
         feedback: single-phase learning only: the feedback-weight updates Q_1..Q_L computed
             from the same simulation (gradient sign), each (n_i, n_L).
         control: the steady-state control u_ss of the simulation (B, n_L), if one was run.
+        output: the feedforward output r_L^- (B, n_L) the update was computed from, if the
+            method formed it (the training step logs the loss from it).
     """
 
     weights: list[Tensor]
@@ -81,6 +83,7 @@ class Update:
     stats: dict[str, float] = field(default_factory=dict)
     feedback: list[Tensor] | None = None
     control: Tensor | None = None
+    output: Tensor | None = None
 
     def tensors(self) -> list[Tensor]:
         """W_1, b_1, ..., W_L, b_L (biases only where present), matching
@@ -235,8 +238,11 @@ def feedback_gradients(
 
 
 def control_loss(params: LayerParams, u: Tensor) -> Tensor:
-    """H = mean over the batch of ||Qbar u||^2, 0-dim (the amount of control Strong-DFC minimises)."""
-    return (u @ torch.cat(params.feedback, 0).T).square().sum(1).mean()
+    """H = mean over the batch of ||Qbar u||^2, 0-dim (the amount of control Strong-DFC minimises);
+    :func:`lightning_dfc.core.control.control_loss` with ``reduction="mean"``."""
+    from .control import control_loss as h
+
+    return h(params, u, reduction="mean")
 
 
 def output_target(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:

@@ -169,7 +169,8 @@ class DFCSteps:
         self.log("dfc/clipped", float(clipped), on_step=True, on_epoch=True, reduce_fx="sum")
         if feedback_grads is not None:  # single-phase: Q learns from the same simulation
             self._dfc_step_feedback(feedback_grads, self._dfc_opts()[1], "dfc/feedback_clipped")
-        output = feedforward(params, x).r[-1]  # before the step: the batch the update came from
+        # the output before the step, the one the update came from
+        output = update.output if update.output is not None else feedforward(params, x).r[-1]
         self.dfc_train_loss(loss_value(output, y, self.dfc_loss))
         self.log("train_loss", self.dfc_train_loss, on_step=True, on_epoch=True, prog_bar=True)
         if self.dfc_train_acc is not None:

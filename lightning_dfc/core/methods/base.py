@@ -164,7 +164,10 @@ class Method:
         if self.uses_target:
             ff = feedforward(params, x)
             control = (target or self.target).control(ff.r[-1], y, settings.loss, settings.target_stepsize)
-        return self.compute_forward_update(params, x, y, ff, control, settings)
+        update = self.compute_forward_update(params, x, y, ff, control, settings)
+        if ff is not None and update.output is None:
+            update.output = ff.r[-1]
+        return update
 
     def compute_forward_update(self, params: LayerParams, x: Tensor, y: Tensor, ff: Feedforward | None,
                                control: ControlTarget | None, settings: UpdateSettings) -> Update:

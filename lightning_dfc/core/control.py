@@ -25,7 +25,8 @@ du_int/dt = e - alpha u = 0, whatever k_p, tau_v and the apical time constant):
 
 with the error ``mse``: e = r* - r_L (the DFC error), or ``cross_entropy``: e = r* - softmax(r_L)
 (Strong-DFC's error with a linear output layer: minus the gradient of the cross-entropy to the
-soft label r*).
+soft label r*). The simulation's names for the same two errors, ``linear`` and ``softmax`` (a
+target's ``output_error``, :mod:`~lightning_dfc.core.targets`), are accepted as well.
 
 Functions:
 
@@ -65,8 +66,10 @@ __all__ = [
     "condition_2_at_steady_state",
 ]
 
-ErrorType = Literal["mse", "cross_entropy"]
+ErrorType = Literal["mse", "cross_entropy", "linear", "softmax"]
 ERRORS = ("mse", "cross_entropy")
+# the simulation's vocabulary (``ControlTarget.output_error``) names the same two errors
+_OUTPUT_ERRORS = {"linear": "mse", "softmax": "cross_entropy"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,9 +84,13 @@ def _qbar(params: LayerParams) -> Tensor:
     return torch.cat(params.feedback, 0)
 
 
-def _check_error(error: str) -> None:
+def _check_error(error: str) -> str:
+    """``error`` as ``mse``/``cross_entropy`` (``linear``/``softmax``, a target's ``output_error``,
+    are the same two errors)."""
+    error = _OUTPUT_ERRORS.get(error, error)
     if error not in ERRORS:
-        raise ValueError(f"unknown error type {error!r}; choose one of {ERRORS}")
+        raise ValueError(f"unknown error type {error!r}; choose one of {ERRORS} (or {tuple(_OUTPUT_ERRORS)})")
+    return error
 
 
 def _check_alpha(alpha: float, error: str) -> float:
@@ -194,7 +201,7 @@ def _check_solver_args(
     on_failure: str,
 ) -> tuple[float, float]:
     """Validate the solver's arguments (x (B, n_0), target and u0 (B, n_L)); return alpha, tol."""
-    _check_error(error)
+    error = _check_error(error)
     alpha = _check_alpha(alpha, error)
     _check_input(params, x)
     batch, n_out = x.shape[0], params.sizes[-1]
@@ -577,7 +584,7 @@ def control_loss_gradient(
     Raises:
         ValueError: for mismatched shapes, an unknown error type, or alpha < 0.
     """
-    _check_error(error)
+    error = _check_error(error)
     alpha = _check_alpha(alpha, error)
     _check_input(params, x)
     _check_state(params, x, steady_state)

@@ -239,8 +239,7 @@ class ConditionMonitor(Callback):
 
         out = feedforward(params, x).r[-1]
         lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
-        target, mode = pl_module.dfc_target().output_target(out, y, loss, lam)
-        error = "cross_entropy" if mode == "softmax" else "mse"
+        target, error = pl_module.dfc_target().output_target(out, y, loss, lam)
         alpha = pl_module.dfc_dynamics.alpha
         steady = C.controlled_steady_state(params, x, target, alpha, error)
         self._meters["control_loss"].update(C.control_loss(params, steady.u, reduction="mean"))

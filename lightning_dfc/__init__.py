@@ -32,14 +32,16 @@ __all__ = [
 # ``lightning_dfc.callbacks``, ...) stay importable: configs name ``lightning_dfc.data.MNISTDataModule``
 # and ``lightning_dfc.callbacks.ConditionMonitor``, and the console script is ``lightning_dfc.cli:main``.
 _MOVED = {
-    **{name: "core" for name in ("activations", "network", "dynamics", "rules", "control", "diagnostics",
+    **{name: "core" for name in ("activations", "network", "dynamics", "rules", "diagnostics",
                                  "config", "schedule", "methods", "targets")},
     **{name: "shell" for name in ("mixin", "module", "callbacks", "cli", "data", "plotting", "distributed",
                                   "metrics")},
     "settings": "core",  # merged into core.config
+    "control": "core",  # renamed core.control_loss
 }
+_RENAMED = {"settings": "config", "control": "control_loss"}
 for _name, _layer in _MOVED.items():
-    _module = _importlib.import_module(f"{__name__}.{_layer}.{'config' if _name == 'settings' else _name}")
+    _module = _importlib.import_module(f"{__name__}.{_layer}.{_RENAMED.get(_name, _name)}")
     _sys.modules[f"{__name__}.{_name}"] = _module
     globals().setdefault(_name, _module)
 del _name, _layer, _module

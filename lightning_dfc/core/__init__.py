@@ -4,7 +4,7 @@
 * :mod:`.rules`: the local learning rules (forward and feedback updates) and losses.
 * :mod:`.targets`: what the controller drives the output to (nudged, strong, hold).
 * :mod:`.methods`: the learning methods (DFC, DFC-SS, DFC-SSA, DFA, BP, Strong-DFC) and their registry.
-* :mod:`.control`, :mod:`.diagnostics`: Strong-DFC's control loss and the theory's Conditions 1-3.
+* :mod:`.control_loss`, :mod:`.diagnostics`: Strong-DFC's control loss and the theory's Conditions 1-3.
 * :mod:`.config`, :mod:`.schedule`, :mod:`.network`, :mod:`.activations`: settings, the phase
   schedule, the wrapped network and its activations.
 """

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .dynamics import Feedforward, feedforward, output_jacobian
 from .network import LayerParams
-from .rules import Loss, loss_gradient
+from .rules import Loss, loss_gradient, outer_updates
 
 __all__ = [
     "Condition3",
@@ -432,13 +432,8 @@ def _split_update(
     params: LayerParams, layer_blocks: list[Tensor], pres: list[Tensor]
 ) -> list[Tensor]:
     """Batch-mean outer products: W_i = mean_b d_i r_{i-1}^T, b_i = mean_b d_i (W_1, b_1, ...)."""
-    batch = pres[0].shape[0]
-    out = []
-    for d, pre, b in zip(layer_blocks, pres, params.biases):
-        out.append(d.T @ pre / batch)
-        if b is not None:
-            out.append(d.mean(0))
-    return out
+    weights, biases = outer_updates(list(layer_blocks), pres, params.biases, 1.0 / pres[0].shape[0])
+    return [t for w, b in zip(weights, biases) for t in (w, b) if t is not None]
 
 
 def damped_gauss_newton_update(

@@ -17,6 +17,7 @@ Trajectories are never stored: what the learning rules need is accumulated as ru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -48,12 +49,17 @@ class Feedforward(NamedTuple):
     r: tuple[Tensor, ...]
 
 
-def feedforward(params: LayerParams, x: Tensor) -> Feedforward:
-    """Feedforward pass of the network (eq. 2). ``x``: (B, n_0)."""
+def feedforward(params: LayerParams, x: Tensor, apical: Sequence[Tensor] | None = None) -> Feedforward:
+    """Feedforward pass of the network (eq. 2). ``x``: (B, n_0).
+
+    With ``apical`` (one (B, n_i) per layer, e.g. the blocks of Q u) each layer's voltage is
+    W_i r_{i-1} + b_i + apical_i: the controlled sweep of a steady state."""
     vs, rs = [], []
     pre = x
     for i, act in enumerate(params.activations):
         v = affine(params, i, pre)
+        if apical is not None:
+            v = v + apical[i]
         pre = act(v)
         vs.append(v)
         rs.append(pre)

@@ -52,6 +52,7 @@ __all__ = [
     "bp_update",
     "forward_update",
     "feedback_update",
+    "outer_updates",
     "ConvergenceCriterion",
 ]
 
@@ -237,10 +238,18 @@ def feedback_gradients(
     return grads
 
 
+def outer_updates(signals: list[Tensor], pres: list[Tensor], biases, scale: float) -> tuple[list, list]:
+    """The batch sums of a local rule shaped like the parameters: W_i = scale * s_i^T r_{i-1} and
+    b_i = scale * sum_b s_i (``None`` where ``biases[i]`` is ``None``). ``signals[i]`` (B, n_i),
+    ``pres[i]`` (B, n_{i-1})."""
+    weights = [(scale * s.T) @ pre for s, pre in zip(signals, pres)]
+    return weights, [None if b is None else scale * s.sum(0) for s, b in zip(signals, biases)]
+
+
 def control_loss(params: LayerParams, u: Tensor) -> Tensor:
     """H = mean over the batch of ||Qbar u||^2, 0-dim (the amount of control Strong-DFC minimises);
-    :func:`lightning_dfc.core.control.control_loss` with ``reduction="mean"``."""
-    from .control import control_loss as h
+    :func:`lightning_dfc.core.control_loss.control_loss` with ``reduction="mean"``."""
+    from .control_loss import control_loss as h
 
     return h(params, u, reduction="mean")
 
@@ -271,17 +280,14 @@ def _steady_state_rule(
     -2/B sum_b [phi(v_i) - phi(W_i r_{i-1} + b_i)] r_{i-1}^T, with v^B_i - v^-_i = W_i dr_{i-1}."""
     batch = x.shape[0]
     pres = [x, *(a + d for a, d in zip(ff.r[:-1], dr[:-1]))]
-    weights, biases = [], []
+    signals = []
     for i, act in enumerate(params.activations):
         dvb = None if i == 0 else dr[i - 1] @ params.weights[i].T
-        s = teaching_signal(rule, act, ff.v[i], dv[i], dvb, ff.r[i])
-        pre = pres[i]
-        if mask is not None:  # where, not multiply: excluded rows may hold inf/NaN
-            s = torch.where(mask.unsqueeze(1), s, 0.0)
-            pre = torch.where(mask.unsqueeze(1), pre, 0.0)
-        weights.append((-2.0 / batch) * s.T @ pre)
-        biases.append(None if params.biases[i] is None else (-2.0 / batch) * s.sum(0))
-    return Update(weights, biases)
+        signals.append(teaching_signal(rule, act, ff.v[i], dv[i], dvb, ff.r[i]))
+    if mask is not None:  # where, not multiply: excluded rows may hold inf/NaN
+        signals = [torch.where(mask.unsqueeze(1), t, 0.0) for t in signals]
+        pres = [torch.where(mask.unsqueeze(1), t, 0.0) for t in pres]
+    return Update(*outer_updates(signals, pres, params.biases, -2.0 / batch))
 
 
 def _simulation_stats(
@@ -438,12 +444,8 @@ def dfa_update(params: LayerParams, x: Tensor, ff: Feedforward, delta: Tensor) -
     """
     batch = x.shape[0]
     pres = [x, *ff.r[:-1]]
-    weights, biases = [], []
-    for i, act in enumerate(params.activations):
-        s = act.derivative(ff.v[i]) * -(delta @ params.feedback[i].T)
-        weights.append((2.0 / batch) * s.T @ pres[i])
-        biases.append(None if params.biases[i] is None else (2.0 / batch) * s.sum(0))
-    return Update(weights, biases, {"steps": 0.0})
+    signals = [act.derivative(ff.v[i]) * -(delta @ params.feedback[i].T) for i, act in enumerate(params.activations)]
+    return Update(*outer_updates(signals, pres, params.biases, 2.0 / batch), {"steps": 0.0})
 
 
 def bp_update(params: LayerParams, x: Tensor, y: Tensor, loss: Loss) -> Update:

@@ -234,7 +234,7 @@ class ConditionMonitor(Callback):
     def _control_loss_reference(self, pl_module, params, x: Tensor, y: Tensor, loss: str) -> list[Tensor]:
         """dH/dW at the controlled steady state of the batch (the target the module uses), and
         H and Condition 2 there into their meters."""
-        from ..core import control as C
+        from ..core import control_loss as C
         from ..core.dynamics import feedforward
 
         out = feedforward(params, x).r[-1]

@@ -51,8 +51,9 @@ from torch import Tensor
 
 from .config import RULES
 from .diagnostics import AlignmentAngles, alignment_angles, condition_2
-from .dynamics import output_jacobian
+from .dynamics import feedforward, output_jacobian
 from .network import LayerParams
+from .rules import outer_updates
 
 __all__ = [
     "ERRORS",
@@ -125,14 +126,8 @@ def _check_batch_vector(name: str, t: Tensor, batch: int, width: int) -> None:
 
 def _sweep(params: LayerParams, x: Tensor, u: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """Controlled sweep v_i = W_i r_{i-1} + b_i + Q_i u, r_i = phi_i(v_i); lists of (B, n_i)."""
-    shifts = torch.split(u @ _qbar(params).T, _sizes(params), dim=1)
-    vs, rs, pre = [], [], x
-    for w, b, act, s in zip(params.weights, params.biases, params.activations, shifts):
-        v = pre @ w.T + s if b is None else torch.addmm(b, pre, w.T) + s
-        pre = act(v)
-        vs.append(v)
-        rs.append(pre)
-    return vs, rs
+    swept = feedforward(params, x, torch.split(u @ _qbar(params).T, _sizes(params), dim=1))
+    return list(swept.v), list(swept.r)
 
 
 def _error(error: str, target: Tensor, output: Tensor) -> Tensor:
@@ -597,9 +592,7 @@ def control_loss_gradient(
         )
     delta = _control_loss_delta(params, x, u, v, r_out, alpha, error)
     blocks = torch.split(delta, _sizes(params), dim=1)
-    weights = [d.T @ pre / count for d, pre in zip(blocks, pres)]
-    biases = [None if b is None else d.mean(0) for d, b in zip(blocks, params.biases)]
-    return ControlLossGradient(weights, biases)
+    return ControlLossGradient(*outer_updates(list(blocks), pres, params.biases, 1.0 / count))
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,14 +637,12 @@ def steady_state_update(
     if mask is not None and not bool(mask.all()):
         v, r, pres = ([t[mask] for t in seq] for seq in (v, r, pres))
     count = max(pres[0].shape[0], 1)
-    weights, biases = [], []
+    signals = []
     for i, act in enumerate(params.activations):
         w, b = params.weights[i], params.biases[i]
         basal = pres[i] @ w.T if b is None else torch.addmm(b, pres[i], w.T)
-        s = v[i] - basal if rule == "voltage_difference" else act.difference(v[i], basal)
-        weights.append((-2.0 / count) * s.T @ pres[i])
-        biases.append(None if params.biases[i] is None else (-2.0 / count) * s.sum(0))
-    return ControlLossGradient(weights, biases)
+        signals.append(v[i] - basal if rule == "voltage_difference" else act.difference(v[i], basal))
+    return ControlLossGradient(*outer_updates(signals, pres, params.biases, -2.0 / count))
 
 
 def h_update_angle(update, grad_h, with_bias: bool = True) -> AlignmentAngles:

@@ -133,7 +133,8 @@ def test_diverging_dynamics_are_skipped_counted_and_stop_training(tmp_path):
 
 
 def test_single_diverged_batch_is_logged(tmp_path):
-    m = model("dfc_fixed", updates=UpdateConfig(max_diverged_batches=100))
+    # every batch of this epoch diverges: allow that (max_skipped_fraction) to see them counted
+    m = model("dfc_fixed", updates=UpdateConfig(max_diverged_batches=100, max_skipped_fraction=1.0))
     with torch.no_grad():
         m.dfc_feedback_weights[-1].mul_(-1.0)
     t = trainer(tmp_path, 1)

@@ -282,6 +282,8 @@ class UpdateConfig:
         convergence_epsilon: required control-error reduction factor (squared; reference 0.5).
         max_diverged_batches: stop training after this many consecutive batches whose dynamics
             diverged (their updates are skipped and counted).
+        max_skipped_fraction: stop training when more than this fraction of an epoch's batches
+            were skipped as diverged (``core/divergence.py``), with advice that follows the cause.
     """
 
     learning_rule: str = "nonlinear_difference"
@@ -293,6 +295,7 @@ class UpdateConfig:
     convergence_threshold: float = 1e-5
     convergence_epsilon: float = 0.5
     max_diverged_batches: int = 10
+    max_skipped_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.learning_rule not in RULES:
@@ -307,6 +310,9 @@ class UpdateConfig:
             raise ValueError(f"UpdateConfig: target_class_value must lie in (0, 1), got {self.target_class_value!r}")
         if self.max_diverged_batches < 1:
             raise ValueError("UpdateConfig: max_diverged_batches must be >= 1")
+        if not 0.0 < self.max_skipped_fraction <= 1.0:
+            raise ValueError(
+                f"UpdateConfig: max_skipped_fraction must lie in (0, 1], got {self.max_skipped_fraction!r}")
 
 
 def as_config(value: Any, cls: type) -> Any:

@@ -16,6 +16,7 @@ Scaling conventions (made explicit because the paper's text leaves them out):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import SimulationConfig
+from .divergence import state_ratio
 from .dynamics import (
     Feedforward,
     SimulationResult,
@@ -305,11 +307,13 @@ def _simulation_stats(
     stats = {
         "steps": float(result.steps_simulated),
         "non_converged": float((~converged).sum()),
-        "diverged": float(diverged.sum()),
+        "diverged_samples": float(diverged.sum()),
         "finite": float(result.finite),
         "excluded": 0.0,
         "error_ratio": ratio,  # > 1: the controller made the output error grow (unstable dynamics)
+        "state_ratio": state_ratio(result.v, result.dv),
     }
+    stats["diverged"] = stats["diverged_samples"]  # the name this count had before (samples, not batches)
     return stats, converged
 
 
@@ -568,9 +572,13 @@ def feedback_update(
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_feedback=True,
                       highpass_rate=rule.highpass_rate(cfg), generator=generator)
     grads = feedback_gradients(params, result.feedback_sum, x.shape[0], cfg, rule)
+    initial, final = float(result.error_initial.mean()), float(result.error_final.mean())
     stats = {
         "steps": float(result.steps_simulated),
         "finite": float(result.finite),
         "control_norm": float(torch.linalg.vector_norm(result.u, dim=1).mean()),
+        "state_ratio": state_ratio(result.v, result.dv),
+        # the sleep phase's hold-the-output target starts at zero error: no ratio there
+        "error_ratio": (final / initial if initial > 0 else 0.0) if math.isfinite(final) else float("inf"),
     }
     return grads, stats

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..core.divergence import DivergenceCheck
 from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
@@ -92,6 +93,10 @@ class DFCConfiguration:
             MulticlassAccuracy(num_classes=net.sizes[-1], average="micro") if loss == "cross_entropy" else None
         )
         self._dfc_diverged_in_a_row = 0
+        self._dfc_divergence = DivergenceCheck()
+        self._dfc_epoch_batches = self._dfc_epoch_skipped = 0
+        self._dfc_last_cause: tuple[str, str] = ("non_finite", "wake")
+        self._dfc_warned_epoch: int | None = None
         self._dfc_forward_epochs: int | None = None
         self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None

@@ -58,10 +58,12 @@ class DFCPhases:
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
+        self._dfc_check_skipped_fraction()
         torch.manual_seed(self._dfc_epoch_seed(self.current_epoch + 1))
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
+        self._dfc_epoch_batches = self._dfc_epoch_skipped = 0
         self._dfc_generator = torch.Generator(device=self.device)
         self._dfc_generator.manual_seed(self._dfc_epoch_seed(self.current_epoch) + 104_729 * (self.global_rank + 1))
         info = self.dfc_phase

@@ -4,6 +4,7 @@ batches are skipped and counted."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.divergence import advice
 from ..core.dynamics import feedforward
 from ..core.network import LayerParams
 from ..core.rules import Update, loss_value
@@ -129,21 +131,17 @@ class DFCSteps:
         tensors = update.tensors()
         stats = update.stats
         feedback_grads = update.feedback
-        bad = (
-            stats.get("finite", 1.0) == 0.0
-            # the control error grew: unstable dynamics (with noise, the final error is noise-dominated)
-            or (stats.get("error_ratio", 0.0) > 1.0 and not self.dfc_dynamics.noisy)
-            or not all(bool(torch.isfinite(t).all()) for t in tensors)
-            or (feedback_grads is not None and not all(bool(torch.isfinite(g).all()) for g in feedback_grads))
-        )
-        logged = ("steps", "non_converged", "diverged", "excluded", "control_loss")
+        updates = tensors + (feedback_grads or [])
+        cause = self._dfc_divergence.cause(stats, self.dfc_dynamics.noisy, updates,
+                                           net.forward_parameters() + net.trainable_feedback())
+        logged = ("steps", "non_converged", "diverged_samples", "excluded", "control_loss")
         self.log_dict(
             {f"dfc/{k}": float(v) for k, v in stats.items() if k in logged and math.isfinite(float(v))},
             on_step=True,
             on_epoch=True,
         )
-        if self._dfc_any_rank(bad):
-            self._dfc_register_divergence("wake")
+        self.log("dfc/error_ratio", _loggable(stats.get("error_ratio", 0.0)), on_step=True, on_epoch=True)
+        if self._dfc_skip_if_diverged(cause, "wake", stats):
             return
         self._dfc_diverged_in_a_row = 0
         forward_opt = self._dfc_opts()[0]
@@ -182,11 +180,10 @@ class DFCSteps:
             self.dfc_last_sleep_input = x
         pretraining = phase is Phase.PRETRAIN
         grads, stats = self.dfc_sleep_update(x, y, pretraining, self._dfc_generator)
-        bad = stats["finite"] == 0.0 or not all(bool(torch.isfinite(g).all()) for g in grads)
-        if self._dfc_any_rank(bad):
-            self._dfc_register_divergence("sleep")
+        cause = self._dfc_divergence.cause(stats, True, grads, self.dfc_net.trainable_feedback())
+        self.log("sleep/error_ratio", _loggable(stats.get("error_ratio", 0.0)), on_step=False, on_epoch=True)
+        if self._dfc_skip_if_diverged(cause, "sleep", stats):
             return
-        self._dfc_diverged_in_a_row = 0
         self._dfc_step_feedback(grads, self._dfc_opts()[2 if pretraining else 1], "sleep/clipped")
         self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
 
@@ -238,14 +235,63 @@ class DFCSteps:
         opts = self.optimizers()
         return opts if isinstance(opts, list) else [opts]
 
-    def _dfc_register_divergence(self, phase: str) -> None:
+    def _dfc_skip_if_diverged(self, cause: str | None, phase: str, stats: dict[str, float]) -> bool:
+        """Count the batch; if ``cause`` (on any rank), skip it: count, log, warn, maybe stop."""
+        prefix = "dfc" if phase == "wake" else "sleep"
+        self._dfc_epoch_batches += 1
+        diverged = self._dfc_any_rank(cause is not None)
+        self.log(f"{prefix}/diverged", float(diverged), on_step=False, on_epoch=True, reduce_fx="sum")
+        if not diverged:
+            self._dfc_diverged_in_a_row = 0
+            return False
+        cause = cause or "another rank"
+        self._dfc_epoch_skipped += 1
+        self._dfc_last_cause = (cause, phase)
         self._dfc_diverged_in_a_row += 1
-        self.log(f"{'dfc' if phase == 'wake' else 'sleep'}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+        self.log(f"{prefix}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+        if self._dfc_diverged_in_a_row == 1 and self._dfc_warned_epoch != self.current_epoch:
+            self._dfc_warned_epoch = self.current_epoch  # the first skip of a burst, once per epoch
+            _console.warning(
+                "lightning-dfc: %s batch %d of epoch %d skipped, nothing applied: %s (error ratio %.3g, state "
+                "ratio %.3g). Further skips are counted in %s/skipped_batches.", phase, self._dfc_epoch_batches,
+                self.current_epoch, _CAUSE_WORDS.get(cause, cause), stats.get("error_ratio", 0.0),
+                stats.get("state_ratio", 0.0), prefix)
         limit = self.dfc_updates.max_diverged_batches
         if self._dfc_diverged_in_a_row >= limit:
             raise DivergenceError(
-                f"the {phase}-phase dynamics diverged on {limit} consecutive batches (their updates "
-                "were skipped). Remedies: pre-train the feedback weights longer "
-                "(feedback.pretrain_epochs), increase the controller leak alpha or the gain k_p, "
-                "use a smaller dt, or lower the learning rates."
+                f"the {phase}-phase dynamics diverged on {limit} consecutive batches (their updates were "
+                f"skipped; last cause: {_CAUSE_WORDS.get(cause, cause)}). Remedy: {self._dfc_advice(cause, phase)}."
             )
+        return True
+
+    def _dfc_advice(self, cause: str, phase: str) -> str:
+        if phase == "wake":
+            return advice(cause, self.dfc_dynamics, "dynamics")
+        return advice(cause, self.dfc_feedback_config.simulation, "feedback.simulation")
+
+    def _dfc_check_skipped_fraction(self) -> None:
+        """At the end of an epoch: stop if more than ``updates.max_skipped_fraction`` of its
+        batches were skipped."""
+        batches, skipped = self._dfc_epoch_batches, self._dfc_epoch_skipped
+        if batches and skipped / batches > self.dfc_updates.max_skipped_fraction:
+            cause, phase = self._dfc_last_cause
+            raise DivergenceError(
+                f"{skipped} of {batches} {phase} batches of epoch {self.current_epoch} were skipped because their "
+                f"dynamics diverged ({_CAUSE_WORDS.get(cause, cause)}), more than updates.max_skipped_fraction = "
+                f"{self.dfc_updates.max_skipped_fraction:g}. Remedy: {self._dfc_advice(cause, phase)}."
+            )
+
+
+_console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
+
+_CAUSE_WORDS = {
+    "non_finite": "inf or NaN values",
+    "state_norm": "the state ran away from the feedforward state",
+    "error_growth": "the controller made the output error grow",
+    "update_norm": "a finite but huge update",
+}
+
+
+def _loggable(value: float) -> float:
+    """A finite stand-in for an infinite ratio (loggers average it)."""
+    return value if math.isfinite(value) else 1e300

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -19,9 +20,34 @@ from .module import DFCModule  # noqa: F401
 __all__ = ["DFCLightningCLI", "build_cli", "main"]
 
 
+TRACEBACK_ENV = "LIGHTNING_DFC_TRACEBACK"
+
+
 class DFCLightningCLI(LightningCLI):
     """LightningCLI whose models and data modules may be any subclass (DFCModule, a DFCMixin
-    model, a user's own LightningModule); optimizers are the model's own arguments."""
+    model, a user's own LightningModule); optimizers are the model's own arguments.
+
+    A bad value in a config (refused when the classes are built) prints one ``error:`` line with
+    the refusing class's own message and exits with status 2, like a key typo; set
+    ``LIGHTNING_DFC_TRACEBACK=1`` for the full traceback."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            self.parser.exit(2, f"{self.parser.prog}: error: {root_cause(error)}\n"
+                                f"(set {TRACEBACK_ENV}=1 for the full traceback)\n")
+
+
+def root_cause(error: BaseException) -> str:
+    """The message of the innermost exception of a chain (the one that named the problem)."""
+    while True:
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            return str(error).strip()
+        error = inner
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:

@@ -219,6 +219,9 @@ class FeedbackConfig:
             single-phase runs the high-pass rate dt / tau_f and the layer scaling's tau_v are the
             *wake* simulation's, not the pre-training simulation's. ``clean``: the loss's own
             error (softmax) and the pre-training simulation's dt and tau_v.
+        resume_with_new_schedule: allow resuming a run from a checkpoint whose schedule
+            (``pretrain_epochs``, ``sleep_before``, ``sleep_after``) differs from this one;
+            otherwise such a resume is refused (the epoch -> phase mapping would change).
     """
 
     simulation: SimulationConfig = field(default_factory=sleep_defaults)
@@ -233,6 +236,7 @@ class FeedbackConfig:
     highpass_tau: float | None = None
     layer_scaling: bool = False
     pretrain_mode: str = "published"
+    resume_with_new_schedule: bool = False
 
     def __post_init__(self) -> None:
         if self.clip_grouping not in (None, *FEEDBACK_CLIP_GROUPINGS):

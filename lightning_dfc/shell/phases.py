@@ -76,11 +76,39 @@ class DFCPhases:
             "diverged_in_a_row": self._dfc_diverged_in_a_row,
             "forward_epochs": self._dfc_forward_epochs,
             "variant": self.dfc_variant,
+            "sizes": list(self.dfc_net.sizes),
+            "schedule": self._dfc_schedule_record(),
         }
+
+    def _dfc_schedule_record(self) -> dict[str, Any]:
+        s = self.dfc_schedule
+        return {"pretrain_epochs": s.pretrain_epochs, "sleep_before": s.sleep_before, "sleep_after": s.sleep_after,
+                "train_feedback": s.train_feedback}
+
+    def _dfc_check_resume(self, state: dict[str, Any]) -> None:
+        """Refuse to resume training from a checkpoint of another variant, network or schedule."""
+        differences = []
+        if "variant" in state and state["variant"] != self.dfc_variant:
+            differences.append(f"variant {state['variant']!r} (now {self.dfc_variant!r})")
+        if "sizes" in state and list(state["sizes"]) != list(self.dfc_net.sizes):
+            differences.append(f"network sizes {state['sizes']} (now {list(self.dfc_net.sizes)})")
+        schedule = self._dfc_schedule_record()
+        changed = {k: v for k, v in state.get("schedule", {}).items() if schedule.get(k) != v}
+        if changed and not self.dfc_feedback_config.resume_with_new_schedule:
+            differences.append("schedule " + ", ".join(f"{k}={v} (now {schedule[k]})" for k, v in changed.items()))
+        if differences:
+            raise ValueError(
+                "cannot resume training from this checkpoint: it was trained with " + "; ".join(differences) + ". "
+                "Resume with the checkpoint's settings, or start a new run (fit without --ckpt_path)"
+                + (". A new schedule is accepted with feedback.resume_with_new_schedule: true (past epochs "
+                   "keep the phases they ran)" if changed else "") + "."
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dfc", {})
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._dfc_check_resume(state)
         self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
         try:
             progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]

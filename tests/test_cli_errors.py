@@ -15,7 +15,7 @@ ROWS = [  # (override, what the one line must say)
     ("--model.init_args.loss=hinge", "unknown loss 'hinge'"),
     ("--model.init_args.dynamics.steps=1", "steps must be an integer >= 2"),
     ("--model.init_args.dynamics.sigma=-1", "sigma must be >= 0, got -1.0"),
-    ("--model.init_args.target_stepsize=0", "target_stepsize (lambda) must be positive"),
+    ("--model.init_args.target_stepsize=0", "target_stepsize (lambda) must be a finite positive number"),
     ("--model.init_args.network.init_args.output_activation=tanh", "the network's output layer must be linear"),
     ("--data.batch_size=0", "must be a positive integer, got 0"),
     ("--model.init_args.updates.max_skipped_fraction=2", "max_skipped_fraction must lie in (0, 1]"),

@@ -123,7 +123,8 @@ class SimulationConfig:
             value = getattr(self, name)
             need(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value!r}")
         if self.sigma_output is not None:
-            need(self.sigma_output >= 0, f"sigma_output must be >= 0, got {self.sigma_output!r}")
+            need(math.isfinite(self.sigma_output) and self.sigma_output >= 0,
+                 f"sigma_output must be a finite number >= 0, got {self.sigma_output!r}")
         need(
             self.dt <= self.tau_v,
             f"dt={self.dt} is larger than the somatic time constant tau_v={self.tau_v}: the Euler "
@@ -135,7 +136,8 @@ class SimulationConfig:
                 f"tau_noise must be >= dt={self.dt} (or None for white noise), got {self.tau_noise!r}",
             )
         if self.tau_apical is not None:
-            need(self.tau_apical > 0, f"tau_apical must be positive or None, got {self.tau_apical!r}")
+            need(math.isfinite(self.tau_apical) and self.tau_apical > 0,
+                 f"tau_apical must be a finite positive number or None (= dt), got {self.tau_apical!r}")
             need(
                 self.dt <= self.tau_apical,
                 f"dt={self.dt} is larger than the apical time constant tau_apical="
@@ -252,8 +254,10 @@ class FeedbackConfig:
             self.simulation = dataclasses.replace(sleep_defaults(), **self.simulation)
         if not self.simulation.noisy:
             raise ValueError("FeedbackConfig: the sleep simulation needs noise (simulation.sigma > 0)")
-        if self.weight_decay < 0 or self.sigma_floor <= 0:
-            raise ValueError("FeedbackConfig: weight_decay must be >= 0 and sigma_floor > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"FeedbackConfig: weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.sigma_floor) and self.sigma_floor > 0):
+            raise ValueError(f"FeedbackConfig: sigma_floor must be a finite positive number, got {self.sigma_floor!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"FeedbackConfig: clip_norm must be positive or None, got {self.clip_norm}")
         self.schedule(True)  # validates the epoch counts
@@ -310,10 +314,16 @@ class UpdateConfig:
             raise ValueError(
                 f"UpdateConfig: clip_grouping must be one of {FORWARD_CLIP_GROUPINGS} or None, got {self.clip_grouping!r}"
             )
-        if not 0.0 < self.target_class_value < 1.0:
+        if not 0.0 < self.target_class_value < 1.0:  # (NaN fails too)
             raise ValueError(f"UpdateConfig: target_class_value must lie in (0, 1), got {self.target_class_value!r}")
-        if self.max_diverged_batches < 1:
-            raise ValueError("UpdateConfig: max_diverged_batches must be >= 1")
+        if isinstance(self.max_diverged_batches, bool) or not isinstance(self.max_diverged_batches, int) \
+                or self.max_diverged_batches < 1:
+            raise ValueError(
+                f"UpdateConfig: max_diverged_batches must be an integer >= 1, got {self.max_diverged_batches!r}")
+        for name in ("convergence_threshold", "convergence_epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"UpdateConfig: {name} must be a finite positive number, got {value!r}")
         if not 0.0 < self.max_skipped_fraction <= 1.0:
             raise ValueError(
                 f"UpdateConfig: max_skipped_fraction must lie in (0, 1], got {self.max_skipped_fraction!r}")

@@ -4,6 +4,7 @@ object, the wrapped network and the optimizers."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -51,8 +52,8 @@ class DFCConfiguration:
         method = resolve_method(variant)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-        if not (isinstance(target_stepsize, (int, float)) and target_stepsize > 0):
-            raise ValueError(f"target_stepsize (lambda) must be positive, got {target_stepsize!r}")
+        if not (isinstance(target_stepsize, (int, float)) and math.isfinite(target_stepsize) and target_stepsize > 0):
+            raise ValueError(f"target_stepsize (lambda) must be a finite positive number, got {target_stepsize!r}")
         self.automatic_optimization = False
         self.dfc_variant = method.name or str(variant)
         self.dfc_method = method

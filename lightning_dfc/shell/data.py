@@ -208,9 +208,17 @@ class _TorchvisionImageDataModule(LightningDataModule):
         return transforms.Compose(steps)
 
     def _load(self, train: bool) -> Dataset:
-        return self.dataset_class(
-            root=self.data_dir, train=train, download=False, transform=self.transform()
-        )
+        split = "train" if train else "t10k"
+        files = f"{split}-images-idx3-ubyte and {split}-labels-idx1-ubyte in {self.raw_folder}"
+        try:
+            dataset = self.dataset_class(root=self.data_dir, train=train, download=False, transform=self.transform())
+        except (RuntimeError, ValueError, IndexError, OSError) as error:
+            raise ValueError(f"cannot read {files}: {error}. A file is truncated or corrupt: copy or download "
+                             "it again (--data.download=true).") from error
+        if len(dataset.data) != len(dataset.targets):
+            raise ValueError(f"{files} do not match: {len(dataset.data)} images but {len(dataset.targets)} labels. "
+                             "A file is truncated or from another data set: copy or download them again.")
+        return dataset
 
     def _finalise(self, dataset: Dataset, subset: int | None) -> Dataset:
         """Apply the optional first-N subset and the autoencoder target."""

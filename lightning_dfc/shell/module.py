@@ -96,8 +96,13 @@ class DFCModule(DFCMixin, LightningModule):
         """The network's plain feedforward pass (logits for classification)."""
         return self.network(x)
 
-    def _evaluate(self, batch: Any, stage: str) -> None:
+    def _evaluate(self, batch: Any, stage: str, batch_idx: int = 0) -> None:
         x, y = self.dfc_unpack_batch(batch)
+        try:  # the training step's input checks: NaN inputs, labels out of range, shapes
+            self._dfc_checked_input(x, y, batch_idx)
+        except ValueError as error:
+            name = {"val": "validation", "test": "test"}[stage]
+            raise ValueError(f"{name} data: {error}") from None
         output = self.network(x)
         loss_metric = getattr(self, f"{stage}_loss")
         loss_metric(loss_value(output, y, self.dfc_loss))
@@ -108,10 +113,10 @@ class DFCModule(DFCMixin, LightningModule):
             self.log(f"{stage}_acc", acc, on_epoch=True, prog_bar=stage == "val")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -23,6 +23,23 @@ class DFCPhases:
         """The phase of the current epoch (a pure function of ``current_epoch``)."""
         return self.dfc_schedule(self.current_epoch)
 
+    def configure_callbacks(self):
+        """Lightning calls this before it checks the trainer against manual optimization: refuse
+        the trainer options DFC replaces, pointing at the DFC settings instead."""
+        trainer = self._trainer
+        if trainer is not None:
+            if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
+                raise ValueError(
+                    f"Trainer(gradient_clip_val={trainer.gradient_clip_val}) does not apply to DFC's hand-written "
+                    "updates: remove it and set updates.clip_norm (forward weights) and feedback.clip_norm "
+                    "(feedback weights) instead.")
+            if trainer.accumulate_grad_batches != 1:
+                raise ValueError(
+                    f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) is not supported: each DFC "
+                    "update is computed from one batch's simulation. Remove it and use a larger data.batch_size "
+                    "(and, with DDP, more devices) instead.")
+        return super().configure_callbacks()
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self._trainer is None:

@@ -74,6 +74,11 @@ class DFCSteps:
 
     def _dfc_checked_input(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor:
         x = self.dfc_net.prepare_input(x)
+        if x.shape[0] == 0:
+            raise ValueError(f"batch {batch_idx} is empty (B = 0): every DFC update is a batch mean. Make the data "
+                             "loader skip empty batches (e.g. filter them in its sampler or collate_fn).")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"batch {batch_idx}: {x.shape[0]} inputs but {y.shape[0]} targets")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"batch {batch_idx}: the inputs contain NaN or inf values; clean the data")
         n_out = self.dfc_net.sizes[-1]

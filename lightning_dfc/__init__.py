@@ -16,6 +16,7 @@ from .core.activations import Activation
 from .core.config import FeedbackConfig, SimulationConfig, UpdateConfig, sleep_defaults
 from .core.methods import METHODS, Method, register_method, resolve_method
 from .core.network import DFCNetwork, LayerParams, MLP
+from .core.plain import DFC
 from .core.schedule import Phase, PhaseSchedule
 from .shell.mixin import DFCMixin
 from .shell.module import DFCModule
@@ -25,7 +26,7 @@ VARIANTS = METHODS  # the name this registry had before the method objects (a na
 __all__ = [
     "__version__", "Activation", "SimulationConfig", "sleep_defaults", "DFCNetwork", "LayerParams", "MLP",
     "DFCModule", "DFCMixin", "PhaseSchedule", "Phase", "FeedbackConfig", "UpdateConfig", "VARIANTS",
-    "METHODS", "Method", "register_method", "resolve_method",
+    "METHODS", "Method", "register_method", "resolve_method", "DFC",
 ]
 
 # The modules' paths before the core/shell split (``lightning_dfc.dynamics``,

@@ -1,0 +1,149 @@
+"""DFC for plain PyTorch training loops, the way any torch optimizer is used.
+
+    dfc = lightning_dfc.DFC(model, variant="dfc", target_stepsize=0.078)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4 / 0.078)
+    fb_opt = torch.optim.Adam(dfc.feedback_parameters(), lr=5e-4)
+    loss = dfc.backward(x, y)   # writes .grad of the model's parameters
+    opt.step()
+    dfc.sleep(x)                # writes .grad of the feedback weights
+    fb_opt.step()
+
+The same engine as :class:`~lightning_dfc.DFCModule` (the method objects of
+:mod:`~lightning_dfc.core.methods`); no Lightning involved.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config
+from .divergence import DivergenceCheck
+from .dynamics import feedforward
+from .methods import Method, UpdateSettings, resolve_method
+from .network import DFCNetwork
+from .rules import LOSSES, ConvergenceCriterion, Update, loss_value
+
+__all__ = ["DFC"]
+
+_log = logging.getLogger(__name__)
+
+
+class DFC:
+    """Deep Feedback Control as a gradient producer for a plain PyTorch loop.
+
+    Args:
+        model: an ``nn.Sequential`` of ``nn.Linear`` + element-wise activations (parameters shared,
+            not copied); the feedback weights Q_i are created here (:meth:`feedback_parameters`).
+        variant, loss, target_stepsize, dynamics, feedback, updates: as for
+            :class:`~lightning_dfc.DFCModule` (``variant`` may be a registered name or a
+            :class:`~lightning_dfc.core.methods.Method`).
+        generator: random generator of the simulations' noise (``None``: torch's global one).
+
+    Unlike :class:`~lightning_dfc.DFCModule`, nothing is clipped and the learning rate is not
+    divided by lambda: :meth:`backward` writes the raw update, and the optimizer is yours
+    (the paper's forward learning rate is lr / lambda; clip with
+    ``torch.nn.utils.clip_grad_norm_`` if you want ``updates.clip_norm``'s effect).
+    """
+
+    def __init__(self, model: nn.Module, variant: str | Method = "dfc", *, loss: str = "cross_entropy",
+                 target_stepsize: float = 0.07794, dynamics: SimulationConfig | dict | None = None,
+                 feedback: FeedbackConfig | dict | None = None, updates: UpdateConfig | dict | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if not (isinstance(target_stepsize, (int, float)) and 0 < target_stepsize < float("inf")):
+            raise ValueError(f"target_stepsize (lambda) must be a finite positive number, got {target_stepsize!r}")
+        self.method = resolve_method(variant)
+        self.loss, self.target_stepsize, self.generator = loss, float(target_stepsize), generator
+        self.dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
+        self.feedback = as_config(feedback, FeedbackConfig) or FeedbackConfig()
+        self.updates = as_config(updates, UpdateConfig) or UpdateConfig()
+        self.method.validate(self.dynamics, self.feedback, self.updates)
+        self.net = DFCNetwork(model, feedback_init=self.method.feedback_init or "xavier_normal",
+                              freeze_output_feedback=self.feedback.freeze_output)
+        self.criterion = ConvergenceCriterion(self.updates.convergence_threshold, self.updates.convergence_epsilon,
+                                              self.updates.exclude_non_converged)
+        self.divergence = DivergenceCheck()
+        self.last_stats: dict[str, Any] = {}
+
+    def feedback_parameters(self) -> list[nn.Parameter]:
+        """The feedback weights Q_i that learn (give them their own optimizer)."""
+        return self.net.trainable_feedback()
+
+    def forward_parameters(self) -> list[nn.Parameter]:
+        """W_1, b_1, ..., W_L, b_L of the model (what :meth:`backward` writes ``.grad`` of)."""
+        return self.net.forward_parameters()
+
+    def to(self, *args: Any, **kwargs: Any) -> DFC:
+        """Move or cast the feedback weights (the model's own parameters move with the model)."""
+        self.net.feedback.to(*args, **kwargs)
+        return self
+
+    @torch.no_grad()
+    def update(self, x: Tensor, y: Tensor) -> Update:
+        """The forward-weight update of one batch (gradient sign), without writing it anywhere.
+        ``x`` (B, ...) as the model takes it; ``y`` labels (B,) or regression targets (B, n_L)."""
+        x = self.net.prepare_input(x)
+        settings = UpdateSettings(self.loss, self.target_stepsize, self.dynamics, self.criterion,
+                                  self.updates.learning_rule, self.generator,
+                                  self.method.feedback_rule(self.feedback, self.dynamics, False)
+                                  if self.method.single_phase else None)
+        return self.method.forward_update(self.net.params(), x, y, settings, self.method.wake_target(self.updates))
+
+    @torch.no_grad()
+    def backward(self, x: Tensor, y: Tensor) -> Tensor:
+        """Write the batch's DFC update into ``.grad`` of the model's parameters (and, for
+        single-phase methods, of the feedback weights), replacing what was there; return the
+        batch-mean loss of the model's output before the update.
+
+        A batch whose dynamics diverged (:mod:`~lightning_dfc.core.divergence`) writes nothing:
+        every ``.grad`` is set to ``None`` (optimizers then skip the parameter), a warning is
+        logged and ``last_stats["skipped"]`` names the cause."""
+        update = self.update(x, y)
+        params = self.forward_parameters()
+        tensors = update.tensors() + (update.feedback or [])
+        cause = self.divergence.cause(update.stats, self.dynamics.noisy, tensors,
+                                      params + self.feedback_parameters())
+        self.last_stats = {**update.stats, "skipped": cause}
+        output = update.output if update.output is not None else feedforward(
+            self.net.params(), self.net.prepare_input(x)).r[-1]
+        if cause is not None:
+            _log.warning("lightning-dfc: batch skipped, nothing written to .grad: the dynamics diverged (%s)", cause)
+            for p in params + self.feedback_parameters():
+                p.grad = None
+            return loss_value(output, y, self.loss)
+        for p, g in zip(params, update.tensors()):
+            p.grad = g.to(p.dtype)
+        if update.feedback is not None:
+            for q, g in zip(self.feedback_parameters(), update.feedback):
+                q.grad = g.to(q.dtype)
+        return loss_value(output, y, self.loss)
+
+    @torch.no_grad()
+    def sleep(self, x: Tensor, y: Tensor | None = None, pretraining: bool = False) -> dict[str, Any]:
+        """One feedback-learning (sleep) batch: write the update of the feedback weights into
+        their ``.grad`` (``None`` when the batch diverged); return the simulation's statistics.
+        Strong-DFC methods drive the output to the labels: pass ``y``. Weight decay
+        (``feedback.weight_decay``) is the feedback optimizer's, as in :class:`DFCModule`."""
+        if self.method.strong and y is None:
+            raise ValueError(f"{self.method.name or self.method.rule} learns its feedback weights with the labels: "
+                             "pass y to sleep()")
+        x = self.net.prepare_input(x)
+        target = self.method.sleep_target(self.updates, self.feedback, pretraining)
+        rule = self.method.feedback_rule(self.feedback, self.dynamics, pretraining)
+        grads, stats = self.method.sleep_update(self.net.params(), x, y, self.loss, target,
+                                                self.feedback.simulation, rule, self.generator)
+        qs = self.feedback_parameters()
+        cause = self.divergence.cause(stats, True, grads, qs)
+        stats = {**stats, "skipped": cause}
+        if cause is not None:
+            _log.warning("lightning-dfc: sleep batch skipped, nothing written to .grad: the dynamics diverged (%s)",
+                         cause)
+        for q, g in zip(qs, grads):  # Q_L's update dropped when frozen
+            q.grad = None if cause is not None else g.to(q.dtype)
+        self.last_stats = stats
+        return stats

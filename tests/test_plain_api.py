@@ -1,0 +1,90 @@
+"""The plain-PyTorch API (lightning_dfc.DFC): the same update as DFCModule on the same batch, and a
+loop with ordinary torch optimizers that learns (issue 14)."""
+
+from __future__ import annotations
+
+import copy
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_dfc import DFC, MLP, DFCModule, SimulationConfig
+
+DT = torch.float64
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch.py"
+
+
+def _batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g, dtype=DT)
+    return x, x[:, :3].argmax(1)
+
+
+@pytest.mark.parametrize("variant", ["dfc", "dfc_ss", "dfc_ssa", "dfa", "bp", "strong_dfc_ss"])
+def test_the_same_update_as_dfc_module(variant):
+    torch.manual_seed(0)
+    dynamics = SimulationConfig(steps=40, alpha=0.05)
+    normalize = {} if variant.startswith("strong") else {"updates": {"normalize_lr": True}}
+    module = DFCModule(MLP([8, 10, 3]), variant=variant, target_stepsize=0.1, dynamics=dynamics, **normalize).double()
+    model = copy.deepcopy(module.network)
+    plain = DFC(model, variant=variant, target_stepsize=0.1, dynamics=dynamics)
+    with torch.no_grad():
+        for q, ref in zip(plain.net.feedback, module.dfc_net.feedback):
+            q.copy_(ref)
+    plain.to(DT)
+    x, y = _batch()
+    ours = plain.update(x, y).tensors()
+    theirs = module.dfc_wake_update(x, y).tensors()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    loss = plain.backward(x, y)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    for p, g in zip(plain.forward_parameters(), theirs):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+def test_a_plain_loop_learns_and_sleep_trains_the_feedback():
+    torch.manual_seed(0)
+    model = MLP([8, 16, 3]).double()
+    dfc = DFC(model, variant="dfc", target_stepsize=0.1, dynamics=SimulationConfig(steps=60, alpha=0.05))
+    dfc.to(DT)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    fb_opt = torch.optim.SGD(dfc.feedback_parameters(), lr=0.05)
+    x, y = _batch(64, seed=1)
+    q_before = [q.detach().clone() for q in dfc.feedback_parameters()]
+    stats = dfc.sleep(x)
+    fb_opt.step()
+    assert stats["skipped"] is None and not all(torch.equal(a, b) for a, b in zip(q_before, dfc.feedback_parameters()))
+    first = float(torch.nn.functional.cross_entropy(model(x), y))
+    for _ in range(30):
+        opt.zero_grad()
+        dfc.backward(x, y)
+        opt.step()
+    assert float(torch.nn.functional.cross_entropy(model(x), y)) < first
+
+
+def test_a_diverged_batch_writes_nothing(caplog):
+    torch.manual_seed(0)
+    model = MLP([8, 10, 3]).double()
+    dfc = DFC(model, variant="dfc_fixed", target_stepsize=0.1, dynamics=SimulationConfig(steps=50, k_p=200, sigma=0.001))
+    dfc.to(DT)
+    x, y = _batch()
+    dfc.backward(x, y)
+    assert dfc.last_stats["skipped"] is not None
+    assert all(p.grad is None for p in dfc.forward_parameters())
+    assert "batch skipped" in caplog.text
+
+
+def test_strong_sleep_needs_labels():
+    dfc = DFC(MLP([8, 10, 3]).double(), variant="strong_dfc_ss", updates={"normalize_lr": False})
+    with pytest.raises(ValueError, match="pass y to sleep"):
+        dfc.sleep(torch.randn(4, 8, dtype=DT))
+
+
+def test_the_example_runs(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--data-dir", "/nonexistent"])
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    assert "loss" in capsys.readouterr().out

@@ -10,13 +10,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from .distributed import sync_tensors
 
-__all__ = ["ConditionMonitor", "ReconstructionGrid", "MONITOR_METRICS"]
+__all__ = ["ConditionMonitor", "ReconstructionGrid", "PredictionWriter", "MONITOR_METRICS"]
 
 MONITOR_METRICS = (
     "condition_1",  # spread of the layer-input norms (std / mean)
@@ -300,3 +300,37 @@ class ReconstructionGrid(Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 experiment.add_image("reconstructions", grid, trainer.global_step)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``lightning-dfc predict``'s outputs to ``<output_dir>/predictions.pt``.
+
+    The file holds ``{"outputs": (N, n_L) tensor, "labels": (N,) argmax class (classification
+    outputs only)}`` in the order of the predict data loader (with DDP, one file per rank:
+    ``predictions_rank<k>.pt``, with the data set indices in ``"indices"``).
+
+    Args:
+        output_dir: folder to write into (created if needed).
+    """
+
+    def __init__(self, output_dir: str = "predictions") -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if not predictions:
+            return
+        batches = predictions[0] if isinstance(predictions[0], list) else predictions
+        outputs = torch.cat([b.detach().cpu() for b in batches])
+        record: dict[str, Any] = {"outputs": outputs}
+        if outputs.ndim == 2 and getattr(pl_module, "dfc_loss", None) == "cross_entropy":
+            record["labels"] = outputs.argmax(1)
+        name = "predictions.pt"
+        if trainer.world_size > 1:
+            indices = batch_indices[0] if batch_indices and isinstance(batch_indices[0], list) else batch_indices
+            record["indices"] = torch.tensor([i for batch in indices for i in batch])
+            name = f"predictions_rank{trainer.global_rank}.pt"
+        path = Path(self.output_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(record, path / name)
+        rank_zero_info(f"lightning-dfc: {len(outputs)} predictions written to {path / name}")

@@ -21,6 +21,8 @@ __all__ = ["DFCLightningCLI", "build_cli", "main"]
 
 
 TRACEBACK_ENV = "LIGHTNING_DFC_TRACEBACK"
+PLOT_HELP = ("\nother subcommands:\n  plot                Plot logged runs: the Fig. 3 panels or any logged keys "
+             "(lightning-dfc plot --help)")
 
 
 class DFCLightningCLI(LightningCLI):
@@ -81,4 +83,9 @@ def main(args: ArgsType = None) -> None:
 
         plot_main(list(argv[1:]))
         return
+    if isinstance(argv, (list, tuple)) and list(argv[:1]) in (["-h"], ["--help"]):
+        try:
+            build_cli(args)
+        finally:  # LightningCLI lists its own subcommands only
+            print(PLOT_HELP)
     build_cli(args)

@@ -85,3 +85,22 @@ class PhaseSchedule:
         if not self.train_feedback or position == self.sleep_before:
             return PhaseInfo(Phase.WAKE, forward_epoch)
         return PhaseInfo(Phase.SLEEP, forward_epoch)
+
+    def describe(self, epoch: int, forward_epochs: int | None = None) -> str:
+        """Lightning epoch ``epoch`` in words, e.g. ``pre-training 3/10``, ``sleep (before wake
+        1/100)``, ``wake 1/100``, ``sleep (after wake 1/100, 2/2)``; ``forward_epochs``: the run's
+        number of wake epochs (``None``: unknown)."""
+        info = self(epoch)
+        if info.phase is Phase.PRETRAIN:
+            return f"pre-training {epoch + 1}/{self.pretrain}"
+        total = "" if forward_epochs is None else f"/{forward_epochs}"
+        wake = f"wake {info.forward_epoch + 1}{total}"
+        if info.phase is Phase.WAKE:
+            return wake
+        position = (epoch - self.pretrain) % self.cycle
+        if position < self.sleep_before:
+            extra = f", {position + 1}/{self.sleep_before}" if self.sleep_before > 1 else ""
+            return f"sleep (before {wake}{extra})"
+        after = position - self.sleep_before
+        extra = f", {after}/{self.sleep_after}" if self.sleep_after > 1 else ""
+        return f"sleep (after {wake}{extra})"

@@ -78,13 +78,26 @@ class DFCPhases:
         self._dfc_check_skipped_fraction()
         torch.manual_seed(self._dfc_epoch_seed(self.current_epoch + 1))
 
+    @property
+    def dfc_phase_description(self) -> str:
+        """The current epoch in words (``pre-training 3/10``, ``wake 1/100``, ...)."""
+        return self.dfc_schedule.describe(self.current_epoch, self._dfc_forward_epochs)
+
+    def _dfc_show_phase(self) -> None:
+        """Put the phase in words on the progress bar, where Lightning wrote ``Epoch N``."""
+        bar = getattr(self.trainer, "progress_bar_callback", None)
+        tqdm_bar = getattr(bar, "_train_progress_bar", None)
+        if tqdm_bar is not None:
+            tqdm_bar.set_description(self.dfc_phase_description)
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self._dfc_epoch_batches = self._dfc_epoch_skipped = 0
         self._dfc_generator = torch.Generator(device=self.device)
         self._dfc_generator.manual_seed(self._dfc_epoch_seed(self.current_epoch) + 104_729 * (self.global_rank + 1))
         info = self.dfc_phase
-        self.log("phase", float(info.phase.code), prog_bar=True, on_step=False, on_epoch=True)
+        self._dfc_show_phase()
+        self.log("phase", float(info.phase.code), on_step=False, on_epoch=True)
         self.log("forward_epoch", float(info.forward_epoch), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

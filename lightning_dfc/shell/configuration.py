@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..core.divergence import DivergenceCheck
+from .summary import PhaseClock
 from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
@@ -98,6 +99,8 @@ class DFCConfiguration:
         self._dfc_epoch_batches = self._dfc_epoch_skipped = 0
         self._dfc_last_cause: tuple[str, str] = ("non_finite", "wake")
         self._dfc_warned_epoch: int | None = None
+        self._dfc_clock = PhaseClock()
+        self._dfc_skipped_total = {"wake": 0, "sleep": 0}
         self._dfc_forward_epochs: int | None = None
         self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None

@@ -4,6 +4,7 @@ checkpointed state."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from ..core.schedule import PhaseInfo
 from .distributed import check_precision, check_strategy
+from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
 
@@ -63,8 +65,16 @@ class DFCPhases:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return (seed * 1_000_003 + epoch * 7919) % (2**62)
 
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+            for line in fit_summary(self.trainer, self, self._dfc_clock, self._dfc_skipped_total):
+                _console.info(line)
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self._dfc_clock = PhaseClock()
+        self._dfc_skipped_total = {"wake": 0, "sleep": 0}
         # Every epoch's randomness (shuffling, sleep noise) derives from (seed, epoch, rank), so a
         # run resumed from a checkpoint repeats the uninterrupted run exactly. Lightning creates the
         # first epoch's data iterator before on_train_epoch_start, and later ones after
@@ -75,6 +85,7 @@ class DFCPhases:
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
+        self._dfc_clock.stop()
         self._dfc_check_skipped_fraction()
         torch.manual_seed(self._dfc_epoch_seed(self.current_epoch + 1))
 
@@ -96,6 +107,7 @@ class DFCPhases:
         self._dfc_generator = torch.Generator(device=self.device)
         self._dfc_generator.manual_seed(self._dfc_epoch_seed(self.current_epoch) + 104_729 * (self.global_rank + 1))
         info = self.dfc_phase
+        self._dfc_clock.start(info.phase.value)
         self._dfc_show_phase()
         self.log("phase", float(info.phase.code), on_step=False, on_epoch=True)
         self.log("forward_epoch", float(info.forward_epoch), on_step=False, on_epoch=True)
@@ -145,3 +157,6 @@ class DFCPhases:
             self._dfc_resume_epoch = int(progress["processed"])  # epochs whose batches all ran
         except (KeyError, TypeError):
             self._dfc_resume_epoch = None
+
+
+_console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)

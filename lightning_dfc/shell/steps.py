@@ -251,6 +251,9 @@ class DFCSteps:
             return False
         cause = cause or "another rank"
         self._dfc_epoch_skipped += 1
+        totals = getattr(self, "_dfc_skipped_total", None)
+        if totals is not None:
+            totals[phase] += 1
         self._dfc_last_cause = (cause, phase)
         self._dfc_diverged_in_a_row += 1
         self.log(f"{prefix}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")

@@ -1,0 +1,68 @@
+"""The end-of-fit summary of a DFC run: best checkpoint and score (with the wake epoch it came
+from), wall time per phase, skipped batches, and the commands to test and plot the run."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PhaseClock", "fit_summary"]
+
+
+class PhaseClock:
+    """Wall time per phase (``pretrain``, ``sleep``, ``wake``), summed over epochs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.epochs: dict[str, int] = defaultdict(int)
+        self._started: tuple[str, float] | None = None
+
+    def start(self, phase: str) -> None:
+        self._started = (phase, time.perf_counter())
+
+    def stop(self) -> None:
+        if self._started is not None:
+            phase, t0 = self._started
+            self.seconds[phase] += time.perf_counter() - t0
+            self.epochs[phase] += 1
+            self._started = None
+
+
+def _wake_epoch_of(path: str, schedule) -> int | None:
+    """The 1-based wake epoch a checkpoint named ``...epoch=N...`` was saved in (``None``: unknown)."""
+    match = re.search(r"epoch=(\d+)", Path(path).name)
+    if not match:
+        return None
+    info = schedule(int(match.group(1)))
+    return info.forward_epoch + 1 if info.forward_epoch >= 0 else None
+
+
+def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str, int]) -> list[str]:
+    """The summary's lines (printed by the module at the end of ``fit``)."""
+    lines = ["lightning-dfc: fit finished."]
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+    if best:
+        score = ckpt.best_model_score
+        wake = _wake_epoch_of(best, module.dfc_schedule)
+        where = f" (wake epoch {wake})" if wake is not None else ""
+        value = f"{ckpt.monitor} = {float(score):.4f}{where}, " if ckpt.monitor and score is not None else ""
+        lines.append(f"  best checkpoint: {value}{best}")
+    elif ckpt is not None and getattr(ckpt, "last_model_path", ""):
+        lines.append(f"  last checkpoint: {ckpt.last_model_path}")
+    times = ", ".join(f"{phase} {clock.seconds[phase]:.1f} s ({clock.epochs[phase]} epochs)"
+                      for phase in ("pretrain", "sleep", "wake") if clock.epochs.get(phase))
+    if times:
+        lines.append(f"  wall time: {times}")
+    lines.append(f"  skipped batches (diverged): wake {skipped.get('wake', 0)}, sleep {skipped.get('sleep', 0)}")
+    log_dir = getattr(trainer, "log_dir", None) if trainer.loggers else None
+    if best or log_dir:
+        config = f" --config {Path(log_dir) / 'config.yaml'}" if log_dir and (Path(log_dir) / "config.yaml").is_file() else ""
+        if best:
+            lines.append(f"  test it:   lightning-dfc test{config} --ckpt_path {best}")
+        if log_dir:
+            lines.append(f"  plot it:   lightning-dfc plot {log_dir} --output {Path(log_dir) / 'curves'}")
+    return lines

@@ -1,0 +1,31 @@
+"""The end-of-fit summary (issue 14): best checkpoint and score with its wake epoch, wall time per
+phase, skipped batches, and the commands to test and plot the run."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+from helpers import write_fake_mnist
+from lightning_dfc.cli import build_cli
+from test_cli import CONFIG, SHORT, data_args
+
+
+def test_fit_ends_with_a_summary(tmp_path, monkeypatch, caplog):
+    write_fake_mnist(tmp_path / "data", 64, 32)
+    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        cli = build_cli(["fit", "--config", CONFIG, *data_args(tmp_path / "data"), *SHORT, "--trainer.max_epochs=2",
+                         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])
+    lines = [r.getMessage() for r in caplog.records]
+    start = lines.index("lightning-dfc: fit finished.")
+    summary = "\n".join(lines[start:])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert re.search(rf"best checkpoint: val_acc = \d\.\d{{4}} \(wake epoch [12]\), {re.escape(best)}", summary), summary
+    assert re.search(r"wall time: sleep \d+\.\d s \(2 epochs\), wake \d+\.\d s \(2 epochs\)", summary), summary
+    assert "skipped batches (diverged): wake 0, sleep 0" in summary
+    log_dir = cli.trainer.log_dir
+    assert f"lightning-dfc test --config {log_dir}/config.yaml --ckpt_path {best}" in summary
+    assert f"lightning-dfc plot {log_dir}" in summary

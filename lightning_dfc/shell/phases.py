@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
-from ..core.schedule import PhaseInfo
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
 from .summary import PhaseClock, fit_summary
 
@@ -52,6 +54,9 @@ class DFCPhases:
             # Lightning restores a checkpoint's weights before converting the module: convert
             # first so that float64 weights are restored exactly.
             self.double()
+        if stage == "fit":
+            for callback in self.trainer.callbacks:
+                wake_epochs_only(callback, self)
         loop = self.trainer.fit_loop
         if stage == "fit" and self._dfc_translated_loop is not loop:
             # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per
@@ -160,3 +165,29 @@ class DFCPhases:
 
 
 _console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
+
+
+def wake_epochs_only(callback: Any, module: Any) -> None:
+    """Let a monitoring callback (``EarlyStopping``, ``ModelCheckpoint`` with a ``monitor``) act
+    at the end of wake epochs only: during pre-training and sleep epochs the forward weights do
+    not change, so their metrics are flat (``EarlyStopping`` would stop a run before its first
+    wake epoch) or absent (``train_*``). A monitoring ``ModelCheckpoint`` still refreshes
+    ``last.ckpt`` (``save_last``) after every epoch, so a run resumes where it stopped."""
+    watched = isinstance(callback, EarlyStopping) or (
+        isinstance(callback, ModelCheckpoint) and callback.monitor is not None)
+    if not watched or getattr(callback, "_dfc_wake_only", False):
+        return
+    for hook in ("on_train_epoch_end", "on_validation_end"):
+        original = getattr(callback, hook)
+
+        def wrapped(trainer, pl_module, _original=original, _hook=hook):
+            if module.dfc_phase.phase is Phase.WAKE:
+                return _original(trainer, pl_module)
+            if isinstance(callback, ModelCheckpoint) and callback.save_last:
+                on_train_end = callback._should_save_on_train_epoch_end(trainer)
+                if (_hook == "on_train_epoch_end") == on_train_end and not callback._should_skip_saving_checkpoint(trainer):
+                    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+            return None
+
+        setattr(callback, hook, wrapped)
+    callback._dfc_wake_only = True

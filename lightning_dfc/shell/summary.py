@@ -3,6 +3,7 @@ from), wall time per phase, skipped batches, and the commands to test and plot t
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from collections import defaultdict
@@ -64,5 +65,6 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
         if best:
             lines.append(f"  test it:   lightning-dfc test{config} --ckpt_path {best}")
         if log_dir:
-            lines.append(f"  plot it:   lightning-dfc plot {log_dir} --output {Path(log_dir) / 'curves'}")
+            hint = "" if importlib.util.find_spec("matplotlib") else "  (needs: pip install lightning-dfc[plots])"
+            lines.append(f"  plot it:   lightning-dfc plot {log_dir} --output {Path(log_dir) / 'curves'}{hint}")
     return lines

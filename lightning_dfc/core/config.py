@@ -1,9 +1,14 @@
-"""Hyperparameters of the controlled network dynamics, as validated dataclasses.
+"""The settings of a DFC run, as validated dataclasses (the YAML groups).
 
-Time is measured in units of the controller time constant tau_u (= 1), as in the paper and the
-reference code. The same dataclass describes the forward-weight (wake) simulation and the
-feedback-weight (sleep) simulation; :func:`sleep_defaults` gives the sleep phase's values of the
-paper's MNIST configuration.
+* :class:`SimulationConfig`: one simulation of the controlled network. Time is measured in units
+  of the controller time constant tau_u (= 1), as in the paper and the reference code. The same
+  dataclass describes the forward-weight (wake) simulation and the feedback-weight (sleep)
+  simulation; :func:`sleep_defaults` gives the sleep phase's values of the paper's MNIST
+  configuration.
+* :class:`FeedbackConfig`: the sleep phase, the schedule and the feedback rule's scaling.
+* :class:`UpdateConfig`: how forward updates are formed, scaled and guarded.
+
+Bad values are refused here, with a message that names the field, the value and the fix.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class DFCPhases:
             self.double()
         if stage == "fit":
             for callback in self.trainer.callbacks:
-                wake_epochs_only(callback, self)
+                wake_epochs_only(callback)
         loop = self.trainer.fit_loop
         if stage == "fit" and self._dfc_translated_loop is not loop:
             # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per
@@ -167,7 +167,7 @@ class DFCPhases:
 _console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
 
 
-def wake_epochs_only(callback: Any, module: Any) -> None:
+def wake_epochs_only(callback: Any) -> None:
     """Let a monitoring callback (``EarlyStopping``, ``ModelCheckpoint`` with a ``monitor``) act
     at the end of wake epochs only: during pre-training and sleep epochs the forward weights do
     not change, so their metrics are flat (``EarlyStopping`` would stop a run before its first
@@ -181,7 +181,8 @@ def wake_epochs_only(callback: Any, module: Any) -> None:
         original = getattr(callback, hook)
 
         def wrapped(trainer, pl_module, _original=original, _hook=hook):
-            if module.dfc_phase.phase is Phase.WAKE:
+            phase = getattr(pl_module, "dfc_phase", None)  # the module being fit, not a remembered one
+            if phase is None or phase.phase is Phase.WAKE:
                 return _original(trainer, pl_module)
             if isinstance(callback, ModelCheckpoint) and callback.save_last:
                 on_train_end = callback._should_save_on_train_epoch_end(trainer)

@@ -93,8 +93,9 @@ def test_the_check_names_the_first_cause():
     assert check.cause(finite, False, [torch.tensor([float("inf")])]) == "non_finite"
     assert check.cause({**finite, "state_ratio": 1e5}, noisy=True) == "state_norm"
     assert check.cause({**finite, "error_ratio": 2.0}, noisy=False) == "error_growth"
-    assert check.cause({**finite, "error_ratio": 2.0}, noisy=True) is None  # noise-dominated final error
-    assert check.cause({**finite, "error_ratio": 7e62}, noisy=True) == "error_growth"
+    assert check.cause({**finite, "error_ratio": 54.0}, noisy=True) is None  # noise-dominated final error
+    assert check.cause({**finite, "error_ratio": float("inf")}, noisy=True) == "error_growth"
+    assert check.cause({**finite, "error_ratio": 7e62, "state_ratio": 1e61}, noisy=True) == "state_norm"
     assert check.cause(finite, False, [torch.full((2,), 1e9)], [torch.ones(2)]) == "update_norm"
 
 

@@ -790,7 +790,7 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
     stat_rows = [row for row in rows
                  if ROWS[row].dfc_family and any((r.get("wake_stats") or {}).get("steps") for r in ok_runs[row])]
     if stat_rows:
-        keys = ["steps", "non_converged", "excluded", "diverged", "clipped"]
+        keys = ["steps", "non_converged", "excluded", "diverged_samples", "clipped"]
         body = []
         for row in stat_rows:
             cells = [ROWS[row].label]

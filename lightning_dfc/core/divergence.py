@@ -56,9 +56,9 @@ class DivergenceCheck:
         if not math.isfinite(ratio) or (not noisy and ratio > 1.0):
             return "error_growth"
         if updates:
-            norm = math.sqrt(sum(float(t.double().square().sum()) for t in updates))
-            scale = math.sqrt(sum(float(p.double().square().sum()) for p in params)) + 1.0
-            if norm > self.update_bound * scale:
+            norm, scale = (float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in ts])))
+                           if ts else 0.0 for ts in (updates, params))
+            if norm > self.update_bound * (scale + 1.0):
                 return "update_norm"
         return None
 

@@ -177,6 +177,7 @@ def simulate(
     acc = _Accumulators(cfg, ff, u, state, keep, accumulate_forward, accumulate_feedback, highpass_rate, record,
                         stop_residual, outer_every, drive.width)
     finite, steps_done = True, steps
+    residual_now = lambda: residual(error_of(state.output_deviation()), alpha, u, ff.r[-1])  # noqa: E731 (sees the current u)
     for t in range(steps):
         if t > 0:
             error = error_of(state.output_deviation())
@@ -190,8 +191,7 @@ def simulate(
         acc.control(t, v_apical, u_new)
         u = u_new
         acc.signals(state.step(apical, acc.sums is not None), state, u)
-        verdict = acc.stop and acc.stop.check(
-            t, u, state, lambda: residual(error_of(state.output_deviation()), alpha, u, ff.r[-1]))
+        verdict = acc.stop and acc.stop.check(t, u, state, residual_now)
         if verdict:
             finite, steps_done = verdict == "settled", t + 1
             if acc.sums is not None and verdict == "settled":

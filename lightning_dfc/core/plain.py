@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from .config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config
 from .divergence import DivergenceCheck
 from .dynamics import feedforward
-from .methods import Method, UpdateSettings, resolve_method
+from .methods import Method, resolve_method
 from .network import DFCNetwork
-from .rules import LOSSES, ConvergenceCriterion, Update, loss_value
+from .rules import LOSSES, Update, loss_value
 
 __all__ = ["DFC"]
 
@@ -65,8 +65,6 @@ class DFC:
         self.method.validate(self.dynamics, self.feedback, self.updates)
         self.net = DFCNetwork(model, feedback_init=self.method.feedback_init or "xavier_normal",
                               freeze_output_feedback=self.feedback.freeze_output)
-        self.criterion = ConvergenceCriterion(self.updates.convergence_threshold, self.updates.convergence_epsilon,
-                                              self.updates.exclude_non_converged)
         self.divergence = DivergenceCheck()
         self.last_stats: dict[str, Any] = {}
 
@@ -88,10 +86,8 @@ class DFC:
         """The forward-weight update of one batch (gradient sign), without writing it anywhere.
         ``x`` (B, ...) as the model takes it; ``y`` labels (B,) or regression targets (B, n_L)."""
         x = self.net.prepare_input(x)
-        settings = UpdateSettings(self.loss, self.target_stepsize, self.dynamics, self.criterion,
-                                  self.updates.learning_rule, self.generator,
-                                  self.method.feedback_rule(self.feedback, self.dynamics, False)
-                                  if self.method.single_phase else None)
+        settings = self.method.update_settings(self.loss, self.target_stepsize, self.dynamics, self.feedback,
+                                               self.updates, self.generator)
         return self.method.forward_update(self.net.params(), x, y, settings, self.method.wake_target(self.updates))
 
     @torch.no_grad()
@@ -132,11 +128,8 @@ class DFC:
         if self.method.strong and y is None:
             raise ValueError(f"{self.method.name or self.method.rule} learns its feedback weights with the labels: "
                              "pass y to sleep()")
-        x = self.net.prepare_input(x)
-        target = self.method.sleep_target(self.updates, self.feedback, pretraining)
-        rule = self.method.feedback_rule(self.feedback, self.dynamics, pretraining)
-        grads, stats = self.method.sleep_update(self.net.params(), x, y, self.loss, target,
-                                                self.feedback.simulation, rule, self.generator)
+        grads, stats = self.method.sleep_step(self.net.params(), self.net.prepare_input(x), y, self.loss, self.feedback,
+                                              self.updates, self.dynamics, pretraining, self.generator)
         qs = self.feedback_parameters()
         cause = self.divergence.cause(stats, True, grads, qs)
         stats = {**stats, "skipped": cause}

@@ -307,13 +307,12 @@ def _simulation_stats(
     stats = {
         "steps": float(result.steps_simulated),
         "non_converged": float((~converged).sum()),
-        "diverged_samples": float(diverged.sum()),
+        "diverged": float(diverged.sum()),  # samples (the batch's skip decision is the shell's)
         "finite": float(result.finite),
         "excluded": 0.0,
         "error_ratio": ratio,  # > 1: the controller made the output error grow (unstable dynamics)
         "state_ratio": state_ratio(result.v, result.dv),
     }
-    stats["diverged"] = stats["diverged_samples"]  # the name this count had before (samples, not batches)
     return stats, converged
 
 

@@ -18,7 +18,7 @@ from .summary import PhaseClock
 from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
-from ..core.rules import LOSSES, ConvergenceCriterion, FeedbackRule
+from ..core.rules import LOSSES
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
 
@@ -80,11 +80,6 @@ class DFCConfiguration:
         # parameters; only the feedback weights are registered here (state_dict, .to(), DDP).
         object.__setattr__(self, "dfc_net", net)
         self.dfc_feedback_weights = net.feedback
-        self.dfc_criterion = ConvergenceCriterion(
-            self.dfc_updates.convergence_threshold,
-            self.dfc_updates.convergence_epsilon,
-            self.dfc_updates.exclude_non_converged,
-        )
         self._dfc_optimizers = {
             "forward": as_optimizer(forward_optimizer) or default_optimizer(9.266e-5, 9.446e-8),
             "feedback": as_optimizer(feedback_optimizer) or default_optimizer(5.265e-4, 1.561e-6),
@@ -119,10 +114,6 @@ class DFCConfiguration:
         """Whether the forward learning rate is divided by the target stepsize (see UpdateConfig)."""
         value = self.dfc_updates.normalize_lr
         return self.dfc_method.default_normalize_lr if value is None else bool(value)
-
-    def _dfc_feedback_rule(self, pretraining: bool = False) -> FeedbackRule:
-        """The feedback rule of single-phase learning (wake) or of a sleep/pre-training epoch."""
-        return self.dfc_method.feedback_rule(self.dfc_feedback_config, self.dfc_dynamics, pretraining)
 
     @property
     def dfc_forward_clip_grouping(self) -> str:
@@ -176,13 +167,5 @@ class DFCConfiguration:
 
     def dfc_update_settings(self, generator: torch.Generator | None = None, world_size: int = 1) -> UpdateSettings:
         """What the method's forward update needs besides the batch; lambda per DDP rank."""
-        method = self.dfc_method
-        return UpdateSettings(
-            loss=self.dfc_loss,
-            target_stepsize=self.dfc_target_stepsize / max(world_size, 1),
-            dynamics=self.dfc_dynamics,
-            criterion=self.dfc_criterion,
-            learning_rule=self.dfc_updates.learning_rule,
-            generator=generator,
-            feedback_rule=self._dfc_feedback_rule(pretraining=False) if method.single_phase else None,
-        )
+        return self.dfc_method.update_settings(self.dfc_loss, self.dfc_target_stepsize / max(world_size, 1),
+                                               self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates, generator)

@@ -124,10 +124,8 @@ class DFCSteps:
         DFC: the controller holds the feedforward output against the noise. Strong-DFC: it drives
         the output to the label; in pre-training (``pretrain_mode='published'``) with the linear
         error, as the authors' runs did."""
-        cfg, method = self.dfc_feedback_config, self.dfc_method
-        target = method.sleep_target(self.dfc_updates, cfg, pretraining)
-        return method.sleep_update(self.dfc_net.params(), x, y if method.strong else None, self.dfc_loss, target,
-                                   cfg.simulation, self._dfc_feedback_rule(pretraining), generator)
+        return self.dfc_method.sleep_step(self.dfc_net.params(), x, y, self.dfc_loss, self.dfc_feedback_config,
+                                          self.dfc_updates, self.dfc_dynamics, pretraining, generator)
 
     def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
         net = self.dfc_net
@@ -139,9 +137,10 @@ class DFCSteps:
         updates = tensors + (feedback_grads or [])
         cause = self._dfc_divergence.cause(stats, self.dfc_dynamics.noisy, updates,
                                            net.forward_parameters() + net.trainable_feedback())
-        logged = ("steps", "non_converged", "diverged_samples", "excluded", "control_loss")
+        logged = {"steps": "steps", "non_converged": "non_converged", "diverged": "diverged_samples",
+                  "excluded": "excluded", "control_loss": "control_loss"}
         self.log_dict(
-            {f"dfc/{k}": float(v) for k, v in stats.items() if k in logged and math.isfinite(float(v))},
+            {f"dfc/{logged[k]}": float(v) for k, v in stats.items() if k in logged and math.isfinite(float(v))},
             on_step=True,
             on_epoch=True,
         )
@@ -251,9 +250,7 @@ class DFCSteps:
             return False
         cause = cause or "another rank"
         self._dfc_epoch_skipped += 1
-        totals = getattr(self, "_dfc_skipped_total", None)
-        if totals is not None:
-            totals[phase] += 1
+        self._dfc_skipped_total[phase] += 1
         self._dfc_last_cause = (cause, phase)
         self._dfc_diverged_in_a_row += 1
         self.log(f"{prefix}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")

@@ -154,6 +154,16 @@ class Method:
         clock = dynamics if pretraining and feedback.pretrain_mode == "published" else None
         return FeedbackRule(0.0, feedback.sigma_floor, feedback.highpass_tau, feedback.layer_scaling, clock)
 
+    def update_settings(self, loss: Loss, target_stepsize: float, dynamics: SimulationConfig,
+                        feedback: FeedbackConfig, updates: UpdateConfig,
+                        generator: torch.Generator | None = None) -> UpdateSettings:
+        """The one settings object of :meth:`forward_update` from the run's settings (lambda
+        already divided by the number of DDP ranks)."""
+        criterion = ConvergenceCriterion(updates.convergence_threshold, updates.convergence_epsilon,
+                                         updates.exclude_non_converged)
+        rule = self.feedback_rule(feedback, dynamics, pretraining=False) if self.single_phase else None
+        return UpdateSettings(loss, target_stepsize, dynamics, criterion, updates.learning_rule, generator, rule)
+
     # ------------------------------------------------------------------ updates
     def forward_update(self, params: LayerParams, x: Tensor, y: Tensor, settings: UpdateSettings,
                        target: Target | None = None) -> Update:
@@ -173,6 +183,15 @@ class Method:
                                control: ControlTarget | None, settings: UpdateSettings) -> Update:
         """The rule itself, given the feedforward pass and the controller's target."""
         raise NotImplementedError
+
+    def sleep_step(self, params: LayerParams, x: Tensor, y: Tensor | None, loss: Loss, feedback: FeedbackConfig,
+                   updates: UpdateConfig, dynamics: SimulationConfig, pretraining: bool,
+                   generator: torch.Generator | None = None) -> tuple[list[Tensor], dict[str, Any]]:
+        """One sleep (or pre-training) batch with this method's target and feedback rule:
+        :meth:`sleep_update` with :meth:`sleep_target` and :meth:`feedback_rule`."""
+        return self.sleep_update(params, x, y if self.strong else None, loss,
+                                 self.sleep_target(updates, feedback, pretraining), feedback.simulation,
+                                 self.feedback_rule(feedback, dynamics, pretraining), generator)
 
     def sleep_update(self, params: LayerParams, x: Tensor, y: Tensor | None, loss: Loss, target: Target,
                      simulation: SimulationConfig, rule: FeedbackRule,

@@ -2,9 +2,11 @@
 
     python examples/plain_pytorch.py --data-dir ../shared/data --batches 200
 
-Trains the paper's MNIST network (784-256-256-256-10 tanh, float64) with DFC: a few feedback
-pre-training (sleep) batches, then wake batches, each followed by one sleep batch. Without MNIST
-under --data-dir (torchvision's layout, <dir>/MNIST/raw) it uses random data, to show the API.
+Trains the paper's MNIST network (784-256-256-256-10 tanh, float64) with DFC: feedback
+pre-training (sleep) batches until the feedback weights are aligned (Condition 2, measured every
+20 batches, reaches --pretrain-until; at most --pretrain batches), then wake batches, each followed
+by one sleep batch. Without MNIST under --data-dir (torchvision's layout, <dir>/MNIST/raw) it uses
+random data, to show the API.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--batches", type=int, default=200, help="wake batches")
-    parser.add_argument("--pretrain", type=int, default=20, help="feedback pre-training batches")
+    parser.add_argument("--pretrain", type=int, default=2000, help="feedback pre-training batches, at most")
+    parser.add_argument("--pretrain-until", type=float, default=0.95, help="Condition 2 that ends the pre-training")
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
 
@@ -53,11 +56,20 @@ def main() -> None:
                               weight_decay=1e-3)
     data = batches(args.data_dir, args.batch_size)
 
-    for _ in range(args.pretrain):  # feedback pre-training: sleep batches only
+    probe, _ = next(data)
+    pre_opt = torch.optim.Adam(dfc.feedback_parameters(), lr=3.170e-4, betas=(0.99, 0.99), eps=1.561e-6,
+                               weight_decay=1e-3)
+    aligned = dfc.condition_2(probe)
+    for done in range(1, args.pretrain + 1):  # feedback pre-training: sleep batches until aligned
         x, _ = next(data)
-        fb_opt.zero_grad()
+        pre_opt.zero_grad()
         dfc.sleep(x, pretraining=True)
-        fb_opt.step()
+        pre_opt.step()
+        if done % 20 == 0:
+            aligned = dfc.condition_2(probe)
+            if aligned >= args.pretrain_until:
+                break
+    print(f"pre-training: {done} batches, Condition 2 = {aligned:.3f}")
     for step in range(1, args.batches + 1):
         x, y = next(data)
         opt.zero_grad()

@@ -4,7 +4,8 @@
 ``--resume`` after an interruption and ``--table-only``. ``benchmarks/learning_curves.py``: the
 records (curves per wake epoch, test at the best checkpoint, schedule, times, diagnostics), the
 report and figure, ``--resume``, ``--table-only``, worker processes and a failing run; and the
-subset override configs against the examples."""
+subset override configs against the examples. ``benchmarks/first_hour.py``: its records, table and
+``--resume``."""
 
 from __future__ import annotations
 
@@ -369,3 +370,31 @@ def test_profile_pass_prints_the_operators(capsys: pytest.CaptureFixture[str]) -
     assert "one sleep pass:" in out and "aten::normal_" in out
     with pytest.raises(SystemExit):
         profile_pass.main(["sleep"])  # neither a case nor --config
+
+
+def test_first_hour_records_resume_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/first_hour.py``: a BP row and a DFC row pre-training until aligned, on fake
+    MNIST; the record's curve, alignment and pre-training epochs; ``--resume`` runs nothing twice."""
+    first_hour = load_script("first_hour")
+    write_fake_mnist(tmp_path / "data", 96, 16)
+    results = tmp_path / "r.jsonl"
+    args = ["--data-dir", str(tmp_path / "data"), "--rows", "bp", "dfc_until95", "--activations", "relu",
+            "--epochs", "2", "--hidden", "8", "--val-size", "32", "--results", str(results),
+            "--output", str(tmp_path / "t.md")]
+    first_hour.main(args)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["row"] for r in records] == ["bp", "dfc_until95"]
+    bp, dfc = records
+    assert len(bp["curve_val_acc"]) == len(dfc["curve_val_acc"]) == 2
+    assert bp["alignment"] == {} and bp["pretrain_epochs"] is None
+    assert 1 <= dfc["pretrain_epochs"] <= 200
+    for when in ("first_wake", "end"):
+        a = dfc["alignment"][when]
+        assert 0 < a["condition_2"] <= 1 and 0 <= a["angle_q_jt"] <= 180 and 0 <= a["angle_update_bp"] <= 180
+    table = (tmp_path / "t.md").read_text()
+    assert "| relu | BP, the user's Adam(1e-3) | 1 |" in table
+    assert "| relu | DFC, pre-training until aligned (0.95), the papers' optimizer | 1 |" in table
+    first_hour.main([*args, "--resume"])
+    assert len(results.read_text().splitlines()) == 2
+    with pytest.raises(SystemExit):
+        first_hour.main([*args, "--epochs", "0"])

@@ -118,7 +118,9 @@ def test_unknown_variant_lists_the_variants(capsys: pytest.CaptureFixture[str]) 
     assert all(repr(name) in message for name in VARIANTS), message
 
 
-def test_missing_data_lists_the_files(tmp_path: Path) -> None:
+def test_missing_data_lists_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full message (the command itself prints one line: tests/test_cli_errors.py)."""
+    monkeypatch.setenv("LIGHTNING_DFC_TRACEBACK", "1")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError) as info:

@@ -3,11 +3,14 @@ and exit status 2, like a key typo (issue 13); the traceback only on request."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lightning_dfc.cli import TRACEBACK_ENV, main
 
 CONFIG = "examples/mnist_dfc.yaml"
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = [  # (override, what the one line must say)
     ("--model.init_args.dynamics.dt=0.5", "dt=0.5 is larger than the somatic time constant tau_v=0.2"),
@@ -40,3 +43,41 @@ def test_the_traceback_on_request(monkeypatch):
     with pytest.raises(ValueError, match="tau_v"):
         main(["fit", "--config", CONFIG, "--model.init_args.dynamics.dt=0.5", "--data.data_dir=/nonexistent",
               "--trainer.logger=false"])
+
+
+def _no_network(self) -> None:
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got:\n<urlopen error>")
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_the_main_job_offline_is_one_error_line(download, tmp_path, capsys, monkeypatch):
+    """The README's main job on a machine without MNIST and without internet (issue 14): one line
+    naming --data.data_dir and the download option, status 2, no traceback."""
+    from lightning_dfc.data import MNISTDataModule
+
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    monkeypatch.setattr(MNISTDataModule.dataset_class, "download", _no_network)
+    monkeypatch.chdir(tmp_path)  # the config's data_dir is the relative "data"
+    args = ["fit", "--config", str(REPO / CONFIG), "--trainer.logger=false",
+            f"--data.download={str(download).lower()}"]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-dfc: error: ")]
+    assert len(lines) == 1, err
+    assert str((tmp_path / "data" / "MNIST" / "raw").resolve()) in lines[0]
+    assert "--data.data_dir" in lines[0]
+    assert ("downloading it failed" in lines[0]) == download
+    assert ("--data.download=true" in lines[0]) == (not download)
+    assert "Traceback" not in err and "urlopen" not in err
+
+
+def test_the_main_job_offline_traceback_on_request(tmp_path, monkeypatch):
+    from lightning_dfc.data import DataDownloadError, MNISTDataModule
+
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    monkeypatch.setattr(MNISTDataModule.dataset_class, "download", _no_network)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataDownloadError, match="urlopen"):
+        main(["fit", "--config", str(REPO / CONFIG), "--trainer.logger=false"])

@@ -26,20 +26,17 @@ def dataset() -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def make_model(variant: str) -> DFCModule:
+def make_model(variant: str, **feedback) -> DFCModule:
     torch.manual_seed(1)
+    sleep = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
+                             proactive=False, sigma=0.02, early_stop=False)
+    feedback = {"pretrain_epochs": 1, "sleep_before": 1, "sleep_after": 0, "simulation": sleep, **feedback}
     return DFCModule(
         MLP([FEATURES, 12, 12, CLASSES]),
         variant=variant,
         target_stepsize=0.1,
         dynamics=SimulationConfig(steps=60, alpha=0.05, early_stop=False),
-        feedback=FeedbackConfig(
-            pretrain_epochs=1,
-            sleep_before=1,
-            sleep_after=0,
-            simulation=SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
-                                        proactive=False, sigma=0.02, early_stop=False),
-        ),
+        feedback=FeedbackConfig(**feedback),
     ).double()  # float64 in the parent process too, where ddp_fork loads rank 0's weights back
 
 
@@ -114,3 +111,11 @@ def test_mixed_precision_is_refused(tmp_path):
     trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_epochs=1, logger=False)
     with pytest.raises(ValueError, match="64-true"):
         trainer.fit(make_model("dfc_fixed"), DataLoader(dataset(), batch_size=16))
+
+
+def test_pretraining_until_aligned_ends_on_every_rank_at_once(tmp_path):
+    """The ranks average their Condition 2 measure, so the pre-training ends at the same epoch on
+    all of them (here after 1 of at most 3 epochs) and the weights stay identical."""
+    trainer = fit(make_model("dfc", pretrain_epochs=3, pretrain_until=1e-3), 2, "ddp_fork", tmp_path)
+    assert trainer.callback_metrics["forward_epoch"] == 1
+    assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]

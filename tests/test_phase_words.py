@@ -27,7 +27,8 @@ def test_the_progress_bar_says_the_phase(tmp_path):
     sleep = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
                              proactive=False, sigma=0.02, early_stop=False)
     model = DFCModule(MLP([8, 10, 3]), target_stepsize=0.1, dynamics=SimulationConfig(steps=20),
-                      feedback=FeedbackConfig(pretrain_epochs=1, sleep_before=1, sleep_after=1, simulation=sleep))
+                      feedback=FeedbackConfig(pretrain_epochs=1, pretrain_until=None, sleep_before=1, sleep_after=1,
+                                              simulation=sleep))
     x = torch.randn(16, 8)
     seen = []
 

@@ -85,6 +85,43 @@ def test_strong_sleep_needs_labels():
 
 
 def test_the_example_runs(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--data-dir", "/nonexistent"])
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--pretrain", "20", "--data-dir", "/nonexistent"])
     runpy.run_path(str(EXAMPLE), run_name="__main__")
-    assert "loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "loss" in out and "pre-training: 20 batches, Condition 2 = " in out
+
+
+def test_condition_2_is_the_module_measure_and_rises_with_pretraining():
+    """dfc.condition_2(x) equals DFCModule's measure (the one feedback.pretrain_until compares) and
+    the definition ||P Qbar|| / ||Qbar|| with P from an autograd Jacobian; pre-training raises it."""
+    torch.manual_seed(0)
+    module = DFCModule(MLP([8, 10, 3]), target_stepsize=0.1).double()
+    model = copy.deepcopy(module.network)
+    plain = DFC(model, target_stepsize=0.1)
+    with torch.no_grad():
+        for q, ref in zip(plain.net.feedback, module.dfc_net.feedback):
+            q.copy_(ref)
+    plain.to(DT)
+    x, _ = _batch(64)
+    value = plain.condition_2(x)
+    assert value == module.dfc_feedback_condition_2(x)
+    # the definition, from scratch: J = d r_L / d (v_1, v_2) per sample by autograd
+    w1, b1, w2, b2 = [p.detach() for p in model.parameters()]
+    qbar = torch.cat([q.detach() for q in plain.net.feedback])
+    ratios = []
+    for xb in x:
+        v1 = w1 @ xb + b1
+
+        def output(v):
+            return w2 @ torch.tanh(v[:10]) + b2 + v[10:]  # r_L = v_2 = W_2 tanh(v_1) + b_2, v_2 enters linearly
+
+        jac = torch.autograd.functional.jacobian(output, torch.cat([v1, torch.zeros(3, dtype=DT)]))
+        proj = jac.T @ torch.linalg.solve(jac @ jac.T, jac)
+        ratios.append(torch.linalg.matrix_norm(proj @ qbar) / torch.linalg.matrix_norm(qbar))
+    assert value == pytest.approx(float(torch.stack(ratios).mean()), rel=1e-10)
+    opt = torch.optim.Adam(plain.feedback_parameters(), lr=5e-3)
+    for _ in range(100):
+        opt.zero_grad()
+        plain.sleep(x, pretraining=True)
+        opt.step()
+    assert plain.condition_2(x) > value

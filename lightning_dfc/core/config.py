@@ -202,7 +202,20 @@ class FeedbackConfig:
             :func:`~lightning_dfc.config.sleep_defaults`; a dict, or a YAML section, that leaves
             fields out keeps those defaults for them, e.g. a non-proactive controller).
         pretrain_epochs: sleep epochs before training (reference ``epochs_fb``), with the
-            pre-training optimizer.
+            pre-training optimizer; with ``pretrain_until``, the most there may be. Defaults
+            100 and ``pretrain_until=0.95`` (pre-train until aligned); the papers' runs (every
+            config in ``examples/``) have 10 or 1 and ``pretrain_until: null``.
+        pretrain_until: end the pre-training early, after the first epoch at whose end the
+            feedback weights satisfy Condition 2 to at least this degree (||P Qbar|| / ||Qbar||
+            in (0, 1], measured on the epoch's first batch; 1 = every column of Qbar in the row
+            space of the network's Jacobian), or whose Condition 2 rose by less than
+            ``pretrain_min_gain`` over the epoch (it has levelled off: with ReLU units it
+            levels off below 1). ``None``: exactly ``pretrain_epochs`` epochs (the papers). A fixed
+            epoch count is a fixed number of updates only for a fixed data set size: on a small
+            data set, 10 epochs leave the feedback weights far from aligned.
+        pretrain_min_gain: with ``pretrain_until``: the smallest rise of Condition 2 over a
+            pre-training epoch that continues the pre-training below the threshold (0: only
+            the threshold and ``pretrain_epochs`` end it).
         sleep_before: sleep epochs before each wake epoch (1 in the reference).
         sleep_after: sleep epochs after each wake epoch (reference ``extra_fb_epochs``).
         weight_decay: L2 decay of Q (reference ``feedback_wd`` / ``weight_decay_fb``). It is the
@@ -227,12 +240,14 @@ class FeedbackConfig:
             *wake* simulation's, not the pre-training simulation's. ``clean``: the loss's own
             error (softmax) and the pre-training simulation's dt and tau_v.
         resume_with_new_schedule: allow resuming a run from a checkpoint whose schedule
-            (``pretrain_epochs``, ``sleep_before``, ``sleep_after``) differs from this one;
+            (``pretrain_epochs``, ``pretrain_until``, ``sleep_before``, ``sleep_after``) differs from this one;
             otherwise such a resume is refused (the epoch -> phase mapping would change).
     """
 
     simulation: SimulationConfig = field(default_factory=sleep_defaults)
-    pretrain_epochs: int = 10
+    pretrain_epochs: int = 100
+    pretrain_until: float | None = 0.95
+    pretrain_min_gain: float = 1e-3
     sleep_before: int = 1
     sleep_after: int = 2
     weight_decay: float = 1e-3
@@ -266,6 +281,14 @@ class FeedbackConfig:
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"FeedbackConfig: clip_norm must be positive or None, got {self.clip_norm}")
         self.schedule(True)  # validates the epoch counts
+        if self.pretrain_until is not None:
+            if isinstance(self.pretrain_until, bool) or not (
+                    isinstance(self.pretrain_until, (int, float)) and 0 < self.pretrain_until <= 1):
+                raise ValueError("FeedbackConfig: pretrain_until (a Condition 2 threshold) must lie in (0, 1] or be "
+                                 f"None, got {self.pretrain_until!r}")
+        if not (isinstance(self.pretrain_min_gain, (int, float)) and math.isfinite(self.pretrain_min_gain)
+                and self.pretrain_min_gain >= 0):
+            raise ValueError(f"FeedbackConfig: pretrain_min_gain must be a finite number >= 0, got {self.pretrain_min_gain!r}")
 
     def schedule(self, train_feedback: bool) -> PhaseSchedule:
         return PhaseSchedule(self.pretrain_epochs, self.sleep_before, self.sleep_after, train_feedback)

@@ -56,6 +56,7 @@ __all__ = [
     "damped_minimum_norm_update",
     "alignment_angles",
     "feedback_alignment",
+    "feedback_condition_2",
 ]
 
 
@@ -557,6 +558,14 @@ def damped_minimum_norm_update(
 
 # --------------------------------------------------------------------------------------------
 # feedback alignment
+
+
+@torch.no_grad()
+def feedback_condition_2(params: LayerParams, x: Tensor) -> Tensor:
+    """Condition 2 of the network's feedback weights at the feedforward points of ``x`` (B, n_0):
+    the batch mean of :func:`condition_2` (0-dim). What ``feedback.pretrain_until`` compares with
+    its threshold."""
+    return condition_2(jacobian_at(params, x), torch.cat(list(params.feedback))).mean()
 
 
 class FeedbackAlignment(NamedTuple):

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config
+from .diagnostics import feedback_condition_2
 from .divergence import DivergenceCheck
 from .dynamics import feedforward
 from .methods import Method, resolve_method
@@ -118,6 +119,13 @@ class DFC:
             for q, g in zip(self.feedback_parameters(), update.feedback):
                 q.grad = g.to(q.dtype)
         return loss_value(output, y, self.loss)
+
+    def condition_2(self, x: Tensor) -> float:
+        """How well the feedback weights are aligned: Condition 2 at the feedforward points of
+        ``x`` (batch mean of ||P Qbar|| / ||Qbar||, in (0, 1]; 1 = aligned). Pre-train with
+        :meth:`sleep` (``pretraining=True``) until it passes a threshold, as
+        ``feedback.pretrain_until`` does in :class:`DFCModule`."""
+        return float(feedback_condition_2(self.net.params(), self.net.prepare_input(x)))
 
     @torch.no_grad()
     def sleep(self, x: Tensor, y: Tensor | None = None, pretraining: bool = False) -> dict[str, Any]:

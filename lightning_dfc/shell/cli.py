@@ -15,6 +15,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from ..__about__ import __version__
 from . import data as _data  # noqa: F401  (short class names in configs)
+from .data import DataNotFoundError
 from .module import DFCModule  # noqa: F401
 
 __all__ = ["DFCLightningCLI", "build_cli", "main"]
@@ -75,7 +76,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lightning-dfc`` and ``python -m lightning_dfc``.
 
-    ``plot ...`` is handled by :func:`lightning_dfc.plotting.plot_main` (not LightningCLI).
+    ``plot ...`` is handled by :func:`lightning_dfc.plotting.plot_main` (not LightningCLI). Data that
+    is missing and cannot be downloaded ends the run with one ``error:`` line and status 2.
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] == "plot":
@@ -88,4 +90,10 @@ def main(args: ArgsType = None) -> None:
             build_cli(args)
         finally:  # LightningCLI lists its own subcommands only
             print(PLOT_HELP)
-    build_cli(args)
+    try:
+        build_cli(args)
+    except DataNotFoundError as error:  # e.g. the main job on a machine without MNIST or internet
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        sys.stderr.write(f"lightning-dfc: error: {error.short}\n(set {TRACEBACK_ENV}=1 for the full traceback)\n")
+        raise SystemExit(2) from None

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from torch import nn
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -22,14 +22,17 @@ from ..core.rules import LOSSES
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
 
-__all__ = ["DFCConfiguration", "default_optimizer", "ADAM_BETAS"]
+__all__ = ["DFCConfiguration", "default_optimizer", "ADAM_BETAS", "FORWARD_BETAS"]
 
-ADAM_BETAS = (0.99, 0.99)
+ADAM_BETAS = (0.99, 0.99)  # the papers' betas (every published run), the feedback optimizers' default
+# The forward optimizer's default: torch's betas. With the papers' (0.99, 0.99) short runs dip and
+# recover between wake epochs (benchmarks/first_hour.py, docs/user_guide.md "Defaults").
+FORWARD_BETAS = (0.9, 0.999)
 
 
-def default_optimizer(lr: float, eps: float) -> OptimizerCallable:
-    """Adam with the paper's betas (0.99, 0.99)."""
-    return functools.partial(torch.optim.Adam, lr=lr, betas=ADAM_BETAS, eps=eps)
+def default_optimizer(lr: float, eps: float, betas: tuple[float, float] = ADAM_BETAS) -> OptimizerCallable:
+    """Adam with the given betas (default: the papers' (0.99, 0.99))."""
+    return functools.partial(torch.optim.Adam, lr=lr, betas=betas, eps=eps)
 
 
 class DFCConfiguration:
@@ -81,7 +84,7 @@ class DFCConfiguration:
         object.__setattr__(self, "dfc_net", net)
         self.dfc_feedback_weights = net.feedback
         self._dfc_optimizers = {
-            "forward": as_optimizer(forward_optimizer) or default_optimizer(9.266e-5, 9.446e-8),
+            "forward": as_optimizer(forward_optimizer) or default_optimizer(9.266e-5, 9.446e-8, FORWARD_BETAS),
             "feedback": as_optimizer(feedback_optimizer) or default_optimizer(5.265e-4, 1.561e-6),
             "pretrain": as_optimizer(pretrain_optimizer) or default_optimizer(3.170e-4, 1.561e-6),
         }
@@ -100,6 +103,9 @@ class DFCConfiguration:
         self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
+        self._dfc_pretrain_ran: int | None = None  # pre-training epochs, when it ended early
+        self._dfc_pretrain_condition_2: float | None = None  # measured after the last pre-training epoch
+        self._dfc_alignment_probe: Tensor | None = None  # the first batch of a pre-training epoch
         self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step
         self.dfc_last_wake: WakeRecord | None = None
         self.dfc_last_sleep_input: Tensor | None = None

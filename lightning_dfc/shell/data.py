@@ -7,8 +7,10 @@
   targets produced by a random, fixed teacher MLP.
 
 The image modules never download silently: with ``download=False`` (the default) the raw IDX
-files must already be under ``<data_dir>/<folder>/raw/``, otherwise a :class:`FileNotFoundError`
-lists the missing files and the folder they belong in.
+files must already be under ``<data_dir>/<folder>/raw/``, otherwise a :class:`DataNotFoundError`
+(a ``FileNotFoundError``) lists the missing files and the folder they belong in; with
+``download=True`` and no network, a :class:`DataDownloadError` (also a ``RuntimeError``) says so.
+The ``lightning-dfc`` command prints either as one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -25,7 +27,24 @@ from torchvision import datasets, transforms
 
 from ..core.activations import Activation
 
-__all__ = ["MNISTDataModule", "FashionMNISTDataModule", "StudentTeacherDataModule"]
+__all__ = ["MNISTDataModule", "FashionMNISTDataModule", "StudentTeacherDataModule", "DataNotFoundError",
+           "DataDownloadError"]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data set's raw files are not where the data module looks, and it may not download them.
+
+    Attributes:
+        short: one line for the command line: what is missing where, and the two ways out.
+    """
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
+class DataDownloadError(DataNotFoundError, RuntimeError):
+    """``download=True``, but the download failed (no network, a blocked or moved mirror)."""
 
 _RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -165,6 +184,13 @@ class _TorchvisionImageDataModule(LightningDataModule):
         """Raw files torchvision needs that are not in :attr:`raw_folder`."""
         return [name for name in _RAW_FILES if not (self.raw_folder / name).is_file()]
 
+    def _short_message(self, downloading: bool) -> str:
+        where = f"{self.folder} is not in {self.raw_folder.resolve()}"
+        point = f"Point --data.data_dir at a folder that holds {self.folder}/raw/ (the four IDX files)"
+        if downloading:
+            return f"{where} and downloading it failed (no internet access?). {point}, or rerun with internet access."
+        return f"{where}. {point}, or add --data.download=true on a machine with internet access."
+
     def _missing_message(self, missing: list[str]) -> str:
         return (
             f"{self.folder} data not found: missing file(s) {', '.join(missing)} in "
@@ -177,8 +203,8 @@ class _TorchvisionImageDataModule(LightningDataModule):
         """Download the data set if asked to, else check that the raw files are present.
 
         Raises:
-            FileNotFoundError: files missing and ``download=False``.
-            RuntimeError: ``download=True`` but the download failed (e.g. no network).
+            DataNotFoundError: files missing and ``download=False``.
+            DataDownloadError: ``download=True`` but the download failed (e.g. no network).
         """
         if not self.download:
             self._check_files()
@@ -189,15 +215,15 @@ class _TorchvisionImageDataModule(LightningDataModule):
             self.dataset_class(root=self.data_dir, train=True, download=True)
         except Exception as err:  # torchvision raises RuntimeError / URLError / OSError
             missing = self.missing_files() or list(_RAW_FILES)
-            raise RuntimeError(
-                f"Downloading {self.folder} failed ({type(err).__name__}: {err}). "
-                + self._missing_message(missing)
+            raise DataDownloadError(
+                f"Downloading {self.folder} failed ({type(err).__name__}: {err}). " + self._missing_message(missing),
+                self._short_message(downloading=True),
             ) from err
 
     def _check_files(self) -> None:
         missing = self.missing_files()
         if missing:
-            raise FileNotFoundError(self._missing_message(missing))
+            raise DataNotFoundError(self._missing_message(missing), self._short_message(downloading=False))
 
     # ------------------------------------------------------------------ data sets
     def transform(self) -> transforms.Compose:

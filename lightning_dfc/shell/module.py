@@ -35,10 +35,11 @@ class DFCModule(DFCMixin, LightningModule):
         dynamics: the wake-phase simulation (controller and network time constants, dt, T, ...).
         feedback: sleep phase and schedule (pre-training, sleep epochs per wake epoch, scaling).
         updates: learning rule, clipping, learning-rate normalisation, convergence handling.
-        forward_optimizer: optimizer of the forward weights (default Adam, betas 0.99/0.99,
-            lr 9.266e-5, eps 9.446e-8: the paper's MNIST DFC values).
+        forward_optimizer: optimizer of the forward weights (default Adam, lr 9.266e-5 and eps
+            9.446e-8 as the paper's MNIST DFC run, torch's betas 0.9/0.999 where the paper has
+            0.99/0.99: see docs/user_guide.md, "Defaults").
         feedback_optimizer: optimizer of the feedback weights in sleep epochs (default Adam,
-            lr 5.265e-4, eps 1.561e-6).
+            betas 0.99/0.99, lr 5.265e-4, eps 1.561e-6).
         pretrain_optimizer: optimizer of the feedback weights during pre-training (default
             Adam, lr 3.170e-4, eps 1.561e-6).
 

@@ -4,6 +4,7 @@ checkpointed state."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
 from .summary import PhaseClock, fit_summary
@@ -90,14 +92,72 @@ class DFCPhases:
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
+        if self.dfc_phase.phase is Phase.PRETRAIN:
+            self._dfc_end_of_pretrain_epoch()
         self._dfc_clock.stop()
         self._dfc_check_skipped_fraction()
         torch.manual_seed(self._dfc_epoch_seed(self.current_epoch + 1))
 
     @property
     def dfc_phase_description(self) -> str:
-        """The current epoch in words (``pre-training 3/10``, ``wake 1/100``, ...)."""
-        return self.dfc_schedule.describe(self.current_epoch, self._dfc_forward_epochs)
+        """The current epoch in words (``pre-training 3/10``, ``wake 1/100``, ...; ``pre-training
+        3/≤10`` while pre-training may end early, see ``feedback.pretrain_until``)."""
+        text = self.dfc_schedule.describe(self.current_epoch, self._dfc_forward_epochs)
+        if self.dfc_feedback_config.pretrain_until is not None and self._dfc_pretrain_ran is None:
+            text = text.replace("/", "/≤", 1) if text.startswith("pre-training") else text
+        return text
+
+    # ------------------------------------------------------------------ pre-training until aligned
+    @torch.no_grad()
+    def dfc_feedback_condition_2(self, x: torch.Tensor) -> float:
+        """Condition 2 of the current feedback weights on inputs ``x`` (B, n_0): the batch mean of
+        ||P Qbar|| / ||Qbar|| (1 = every column of Qbar in the row space of the Jacobian), averaged
+        over DDP ranks."""
+        value = feedback_condition_2(self.dfc_net.params(), self.dfc_net.prepare_input(x))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            value = self.trainer.strategy.reduce(value, reduce_op="mean")
+        return float(value)
+
+    def _dfc_end_of_pretrain_epoch(self) -> None:
+        """Measure and log Condition 2 (``pretrain/condition_2``) on the epoch's first batch; end
+        the pre-training when it reached ``feedback.pretrain_until`` or levelled off."""
+        probe, self._dfc_alignment_probe = self._dfc_alignment_probe, None
+        if probe is None:
+            return
+        previous = self._dfc_pretrain_condition_2
+        value = self._dfc_pretrain_condition_2 = self.dfc_feedback_condition_2(probe)
+        self.log("pretrain/condition_2", value, on_step=False, on_epoch=True)
+        cfg = self.dfc_feedback_config
+        if cfg.pretrain_until is None:
+            return
+        ran, most = self.current_epoch + 1, cfg.pretrain_epochs
+        reached = value >= cfg.pretrain_until
+        levelled = not reached and previous is not None and value - previous < cfg.pretrain_min_gain
+        if (reached or levelled) and ran < self.dfc_schedule.pretrain_epochs:
+            self._dfc_end_pretraining(ran)
+        if not self.trainer.is_global_zero:
+            return
+        if reached:
+            _console.info("lightning-dfc: feedback pre-training reached Condition 2 = %.3f >= %g after %d of at most "
+                          "%d epochs; the wake epochs begin.", value, cfg.pretrain_until, ran, most)
+        elif levelled:
+            _console.info("lightning-dfc: feedback pre-training levelled off at Condition 2 = %.3f (%+.4f in the last "
+                          "epoch, below pretrain_min_gain %g) after %d of at most %d epochs; the wake epochs begin.",
+                          value, value - previous, cfg.pretrain_min_gain, ran, most)
+        elif ran == self.dfc_schedule.pretrain_epochs:
+            _console.warning(
+                "lightning-dfc: feedback pre-training used all %d epochs and reached Condition 2 = %.3f < %g "
+                "(feedback.pretrain_until): the updates will be less aligned with Gauss-Newton than asked. Raise "
+                "feedback.pretrain_epochs (its upper limit) or lower feedback.pretrain_until.",
+                ran, value, cfg.pretrain_until)
+
+    def _dfc_end_pretraining(self, epochs: int) -> None:
+        """Make ``epochs`` the number of pre-training epochs of this run (the wake/sleep cycle
+        starts at that Lightning epoch); the trainer's epoch limit follows."""
+        self._dfc_pretrain_ran = epochs
+        self.dfc_schedule = dataclasses.replace(self.dfc_schedule, pretrain_epochs=epochs)
+        if self._dfc_forward_epochs is not None and self._trainer is not None:
+            self.trainer.fit_loop.max_epochs = self.dfc_schedule.total_epochs(self._dfc_forward_epochs)
 
     def _dfc_show_phase(self) -> None:
         """Put the phase in words on the progress bar, where Lightning wrote ``Epoch N``."""
@@ -125,12 +185,16 @@ class DFCPhases:
             "variant": self.dfc_variant,
             "sizes": list(self.dfc_net.sizes),
             "schedule": self._dfc_schedule_record(),
+            "pretrain_ran": self._dfc_pretrain_ran,
+            "pretrain_condition_2": self._dfc_pretrain_condition_2,
         }
 
     def _dfc_schedule_record(self) -> dict[str, Any]:
-        s = self.dfc_schedule
-        return {"pretrain_epochs": s.pretrain_epochs, "sleep_before": s.sleep_before, "sleep_after": s.sleep_after,
-                "train_feedback": s.train_feedback}
+        """The schedule as configured (an early end of the pre-training is stored apart)."""
+        cfg = self.dfc_feedback_config
+        s = cfg.schedule(self.dfc_method.train_feedback)
+        return {"pretrain_epochs": s.pretrain_epochs, "pretrain_until": cfg.pretrain_until,
+                "sleep_before": s.sleep_before, "sleep_after": s.sleep_after, "train_feedback": s.train_feedback}
 
     def _dfc_check_resume(self, state: dict[str, Any]) -> None:
         """Refuse to resume training from a checkpoint of another variant, network or schedule."""
@@ -157,6 +221,9 @@ class DFCPhases:
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self._dfc_check_resume(state)
         self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
+        self._dfc_pretrain_condition_2 = state.get("pretrain_condition_2")
+        if state.get("pretrain_ran") is not None:  # the pre-training had ended early: so it stays
+            self._dfc_end_pretraining(int(state["pretrain_ran"]))
         try:
             progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
             self._dfc_resume_epoch = int(progress["processed"])  # epochs whose batches all ran

@@ -70,6 +70,8 @@ class DFCSteps:
             elif phase is Phase.WAKE:
                 self._dfc_wake_step(x, y)
             else:
+                if phase is Phase.PRETRAIN and batch_idx == 0:
+                    self._dfc_alignment_probe = x  # Condition 2 is measured on it at the epoch's end
                 self._dfc_sleep_step(x, y, phase)
 
     def _dfc_checked_input(self, x: Tensor, y: Tensor, batch_idx: int) -> Tensor:

@@ -12,6 +12,8 @@ from typing import Any
 
 __all__ = ["PhaseClock", "fit_summary"]
 
+LOW_CONDITION_2 = 0.95  # below it the summary points to feedback.pretrain_until
+
 
 class PhaseClock:
     """Wall time per phase (``pretrain``, ``sleep``, ``wake``), summed over epochs."""
@@ -41,6 +43,23 @@ def _wake_epoch_of(path: str, schedule) -> int | None:
     return info.forward_epoch + 1 if info.forward_epoch >= 0 else None
 
 
+def _pretraining_line(module: Any) -> str | None:
+    """How far the feedback pre-training aligned the feedback weights (Condition 2)."""
+    value = getattr(module, "_dfc_pretrain_condition_2", None)
+    if value is None:
+        return None
+    cfg = module.dfc_feedback_config
+    epochs = module.dfc_schedule.pretrain_epochs
+    line = f"  feedback pre-training: {epochs} epoch{'s' if epochs != 1 else ''}, Condition 2 = {value:.3f}"
+    if cfg.pretrain_until is not None:
+        reached = "reached" if value >= cfg.pretrain_until else "not reached"
+        line += f" (pretrain_until {cfg.pretrain_until:g} {reached}, at most {cfg.pretrain_epochs} epochs)"
+    elif value < LOW_CONDITION_2:
+        line += (f" (below {LOW_CONDITION_2}: the feedback weights are far from aligned; "
+                 "see feedback.pretrain_until in docs/user_guide.md)")
+    return line
+
+
 def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str, int]) -> list[str]:
     """The summary's lines (printed by the module at the end of ``fit``)."""
     lines = ["lightning-dfc: fit finished."]
@@ -58,6 +77,9 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
                       for phase in ("pretrain", "sleep", "wake") if clock.epochs.get(phase))
     if times:
         lines.append(f"  wall time: {times}")
+    pretraining = _pretraining_line(module)
+    if pretraining:
+        lines.append(pretraining)
     lines.append(f"  skipped batches (diverged): wake {skipped.get('wake', 0)}, sleep {skipped.get('sleep', 0)}")
     log_dir = getattr(trainer, "log_dir", None) if trainer.loggers else None
     if best or log_dir:

@@ -147,6 +147,7 @@ def dfc_paper_settings(c: dict[str, Any]) -> dict[str, Any]:
     dt_fb = float(c["dt_di_fb"])
     settings["feedback"] = {
         "pretrain_epochs": int(c["epochs_fb"]),
+        "pretrain_until": None,  # a fixed number of pre-training epochs
         "sleep_before": 1,
         "sleep_after": int(c["extra_fb_epochs"]),
         "weight_decay": float(c["feedback_wd"]),
@@ -247,6 +248,7 @@ def strong_dfc_settings(c: dict[str, Any], network_type: str) -> dict[str, Any]:
     sigma_out_fb = float(c["sigma_output_fb"])
     settings["feedback"] = {
         "pretrain_epochs": int(c["init_fb_epochs"]),
+        "pretrain_until": None,  # a fixed number of pre-training epochs
         "sleep_before": 0 if single else 1,
         "sleep_after": int(c["extra_fb_epochs"]),
         "weight_decay": float(c["weight_decay_fb"]),

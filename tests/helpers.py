@@ -49,3 +49,21 @@ def write_fake_mnist(root: str | Path, n_train: int, n_test: int, folder: str = 
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return raw
+
+
+def tiny_sleep():
+    """A short, cheap noisy sleep simulation for tests of the schedule (not of the rule)."""
+    from lightning_dfc import SimulationConfig
+
+    return SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
+                            proactive=False, sigma=0.02, early_stop=False)
+
+
+def tiny_loader():
+    """32 samples of 8 features, 3 classes (the argmax of the first three), batches of 16."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    return DataLoader(TensorDataset(x, x[:, :3].argmax(1)), batch_size=16)

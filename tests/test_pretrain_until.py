@@ -6,24 +6,20 @@ run's epoch limit, the phase words, the summary and resuming follow."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import tiny_loader, tiny_sleep
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig
 from lightning_dfc.core.diagnostics import condition_2, jacobian_at
 
-SLEEP = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
-                         proactive=False, sigma=0.02, early_stop=False)
-
-
-def _data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 8, generator=g)
-    return DataLoader(TensorDataset(x, x[:, :3].argmax(1)), batch_size=16)
+SLEEP = tiny_sleep()
+_data = tiny_loader
 
 
 def _model(**feedback):
@@ -154,3 +150,19 @@ def test_changing_the_threshold_is_a_new_schedule(tmp_path):
 def test_bad_thresholds_are_refused(kwargs, said):
     with pytest.raises(ValueError, match=said.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
         FeedbackConfig(**kwargs)
+
+
+def test_the_defaults_and_the_published_configs():
+    """The library defaults pre-train until aligned and use torch's betas for the forward
+    optimizer (docs/user_guide.md, "Defaults"); the published runs keep a fixed count and their betas."""
+    cfg = FeedbackConfig()
+    assert (cfg.pretrain_until, cfg.pretrain_epochs, cfg.pretrain_min_gain) == (0.95, 100, 1e-3)
+    module = DFCModule(MLP([8, 10, 3]))
+    forward, feedback, pretrain = module.configure_optimizers()
+    assert forward.defaults["betas"] == (0.9, 0.999)
+    assert forward.param_groups[0]["lr"] == pytest.approx(9.266e-5 / 0.07794)  # normalize_lr: lr / lambda
+    assert feedback.defaults["betas"] == pretrain.defaults["betas"] == (0.99, 0.99)
+    published = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "mnist_dfc.yaml").read_text())
+    init = published["model"]["init_args"]
+    assert init["feedback"]["pretrain_until"] is None and init["feedback"]["pretrain_epochs"] == 10
+    assert init["forward_optimizer"]["init_args"]["betas"] == [0.99, 0.99]

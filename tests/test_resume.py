@@ -7,18 +7,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import tiny_loader, tiny_sleep
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig
 
-SLEEP = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
-                         proactive=False, sigma=0.02, early_stop=False)
-
-
-def _data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 8, generator=g)
-    return DataLoader(TensorDataset(x, x[:, :3].argmax(1)), batch_size=16)
+SLEEP = tiny_sleep()
+_data = tiny_loader
 
 
 def _model(variant="dfc", sizes=(8, 10, 3), pretrain_epochs=1, **feedback):

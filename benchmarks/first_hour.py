@@ -36,6 +36,7 @@ images (``--val-size``).
     nice python benchmarks/first_hour.py --data-dir ../shared/data --activations tanh \
         --seeds 0 1 2 3 --epochs 3 --results first_hour_tanh.jsonl --resume
     python benchmarks/first_hour.py --table-only --results first_hour.jsonl --epochs 3 --output table.md
+    python benchmarks/first_hour.py --measure-cost   # the pre-training measure against an epoch
 """
 
 from __future__ import annotations
@@ -231,6 +232,30 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_cost(batches_per_epoch: int = 43, repeats: int = 5) -> str:
+    """The cost of ``feedback.pretrain_until``'s measure (Condition 2 on one batch of 128) against
+    a pre-training epoch: the paper's MNIST network (784-256-256-256-10 tanh), float64."""
+    from lightning_dfc import MLP, DFCModule
+    from lightning_dfc.core.diagnostics import feedback_condition_2
+
+    torch.manual_seed(0)
+    module = DFCModule(MLP([784, 256, 256, 256, 10])).double()
+    x, y = torch.randn(128, 784, dtype=torch.float64), torch.randint(0, 10, (128,))
+    params = module.dfc_net.params()
+
+    def seconds(f) -> float:
+        f()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            f()
+        return (time.perf_counter() - start) / repeats
+
+    measure = seconds(lambda: feedback_condition_2(params, x))
+    sleep = seconds(lambda: module.dfc_sleep_update(x, y, True))
+    return (f"Condition 2 on 128 images: {measure * 1e3:.1f} ms; one pre-training batch: {sleep * 1e3:.1f} ms; "
+            f"the measure is {100 * measure / (batches_per_epoch * sleep):.2f} % of a {batches_per_epoch}-batch epoch")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -245,6 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="Markdown table")
     parser.add_argument("--resume", action="store_true", help="skip runs already in --results")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--measure-cost", action="store_true",
+                        help="only time the pre-training's Condition 2 measure against a pre-training epoch")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
@@ -254,6 +281,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.measure_cost:
+        print(measure_cost())
+        return
     done = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.exists() else []
     if not args.table_only:
         if not args.resume:

@@ -398,3 +398,9 @@ def test_first_hour_records_resume_and_table(tmp_path: Path, capsys: pytest.Capt
     assert len(results.read_text().splitlines()) == 2
     with pytest.raises(SystemExit):
         first_hour.main([*args, "--epochs", "0"])
+
+
+def test_first_hour_measure_cost() -> None:
+    first_hour = load_script("first_hour")
+    text = first_hour.measure_cost(batches_per_epoch=43, repeats=1)
+    assert text.startswith("Condition 2 on 128 images: ") and "% of a 43-batch epoch" in text

@@ -60,6 +60,8 @@ def build(hidden: int = 256, steps: int = 1000) -> DFCLitClassifier:
         dfc_variant="dfc",
         dfc_target_stepsize=0.07794,
         dfc_dynamics=SimulationConfig(steps=steps, alpha=1.389e-3),
+        # a quick demo: at most 1 pre-training epoch. Leave dfc_feedback out for the default, which
+        # pre-trains until the feedback weights are aligned (docs/user_guide.md, "Defaults").
         dfc_feedback=FeedbackConfig(pretrain_epochs=1),
     )
 

@@ -140,7 +140,8 @@ def test_changing_the_threshold_is_a_new_schedule(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, said", [
-    (dict(pretrain_until=0.0), "pretrain_until (a Condition 2 threshold) must lie in (0, 1]"),
+    (dict(pretrain_until=0.0), "pretrain_until (a Condition 2 threshold) must lie in (0, 1], or be 'auto' or None"),
+    (dict(pretrain_until="always"), "must lie in (0, 1]"),
     (dict(pretrain_until=1.5), "must lie in (0, 1]"),
     (dict(pretrain_until=True), "must lie in (0, 1]"),
     (dict(pretrain_until=float("nan")), "must lie in (0, 1]"),
@@ -156,8 +157,15 @@ def test_the_defaults_and_the_published_configs():
     """The library defaults pre-train until aligned and use torch's betas for the forward
     optimizer (docs/user_guide.md, "Defaults"); the published runs keep a fixed count and their betas."""
     cfg = FeedbackConfig()
-    assert (cfg.pretrain_until, cfg.pretrain_epochs, cfg.pretrain_min_gain) == (0.95, 100, 1e-3)
+    assert (cfg.pretrain_until, cfg.pretrain_epochs, cfg.pretrain_min_gain) == ("auto", None, 1e-3)
     module = DFCModule(MLP([8, 10, 3]))
+    assert (module.dfc_feedback_config.pretrain_until, module.dfc_feedback_config.pretrain_epochs) == (0.95, 100)
+    assert module.dfc_schedule.pretrain_epochs == 100
+    for variant in ("strong_dfc_ss",):  # Strong-DFC: Condition 2 holds only in part, a fixed count
+        strong = DFCModule(MLP([8, 10, 3]), variant=variant).dfc_feedback_config
+        assert (strong.pretrain_until, strong.pretrain_epochs) == (None, 10)
+    assert FeedbackConfig(pretrain_until=None).resolved(strong=False).pretrain_epochs == 10
+    assert FeedbackConfig(pretrain_epochs=7).resolved(strong=False).pretrain_epochs == 7
     forward, feedback, pretrain = module.configure_optimizers()
     assert forward.defaults["betas"] == (0.9, 0.999)
     assert forward.param_groups[0]["lr"] == pytest.approx(9.266e-5 / 0.07794)  # normalize_lr: lr / lambda

@@ -61,7 +61,7 @@ class DFC:
         self.method = resolve_method(variant)
         self.loss, self.target_stepsize, self.generator = loss, float(target_stepsize), generator
         self.dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
-        self.feedback = as_config(feedback, FeedbackConfig) or FeedbackConfig()
+        self.feedback = (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(self.method.strong)
         self.updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.method.validate(self.dynamics, self.feedback, self.updates)
         self.net = DFCNetwork(model, feedback_init=self.method.feedback_init or "xavier_normal",

@@ -64,7 +64,7 @@ class DFCConfiguration:
         self.dfc_loss = loss
         self.dfc_target_stepsize = float(target_stepsize)
         self.dfc_dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
-        self.dfc_feedback_config = as_config(feedback, FeedbackConfig) or FeedbackConfig()
+        self.dfc_feedback_config = (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(method.strong)
         self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(method.train_feedback)
         method.validate(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 import time
@@ -290,17 +291,15 @@ def main(argv: list[str] | None = None) -> None:
             done = []
             args.results.write_text("")
         seen = {(r["row"], r["activation"], r["seed"], r["epochs"], r["hidden"]) for r in done}
-        for seed in args.seeds:
-            for activation in args.activations:
-                for row in args.rows:
-                    if (row, activation, seed, args.epochs, args.hidden) in seen:
-                        continue
-                    record = run(row, activation, seed, args.epochs, args.data_dir, args.hidden, args.val_size)
-                    done.append(record)
-                    with args.results.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    print(f"{activation} {row} seed {seed}: {record['curve_val_acc']} "
-                          f"{record['alignment']} ({record['seconds']} s)", flush=True)
+        for seed, activation, row in itertools.product(args.seeds, args.activations, args.rows):
+            if (row, activation, seed, args.epochs, args.hidden) in seen:
+                continue
+            record = run(row, activation, seed, args.epochs, args.data_dir, args.hidden, args.val_size)
+            done.append(record)
+            with args.results.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{activation} {row} seed {seed}: {record['curve_val_acc']} {record['alignment']} "
+                  f"({record['seconds']} s)", flush=True)
     text = table([r for r in done if r["epochs"] == args.epochs and r["hidden"] == args.hidden])
     print(text)
     if args.output is not None:

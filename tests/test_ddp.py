@@ -113,9 +113,27 @@ def test_mixed_precision_is_refused(tmp_path):
         trainer.fit(make_model("dfc_fixed"), DataLoader(dataset(), batch_size=16))
 
 
+class MeasuredCondition2(Callback):
+    """Logs min and max over ranks of the Condition 2 each rank's module decided with (measured
+    at the end of the pre-training epoch; a callback's epoch-end hook runs before the module's)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            value = torch.tensor(pl_module._dfc_pretrain_condition_2, dtype=torch.float64)
+            pl_module.log("c2_min", value, reduce_fx="min", sync_dist=True)
+            pl_module.log("c2_max", value, reduce_fx="max", sync_dist=True)
+
+
 def test_pretraining_until_aligned_ends_on_every_rank_at_once(tmp_path):
-    """The ranks average their Condition 2 measure, so the pre-training ends at the same epoch on
-    all of them (here after 1 of at most 3 epochs) and the weights stay identical."""
-    trainer = fit(make_model("dfc", pretrain_epochs=3, pretrain_until=1e-3), 2, "ddp_fork", tmp_path)
+    """Each rank measures Condition 2 on its own first batch and the ranks average it: every rank
+    decides with the same value, so the pre-training ends at the same epoch on all of them (here
+    after 1 of at most 3 epochs) and the weights stay identical."""
+    model = make_model("dfc", pretrain_epochs=3, pretrain_until=1e-3)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=2, precision="64-true",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[RankChecksum(), MeasuredCondition2()],
+                         default_root_dir=tmp_path, use_distributed_sampler=False)
+    trainer.fit(model, datamodule=InterleavedData())
     assert trainer.callback_metrics["forward_epoch"] == 1
     assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
+    assert 0 < trainer.callback_metrics["c2_min"] == trainer.callback_metrics["c2_max"] < 1

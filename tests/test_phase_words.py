@@ -20,6 +20,9 @@ def test_the_schedule_in_words():
     fixed = PhaseSchedule(pretrain_epochs=5, train_feedback=False)
     assert [fixed.describe(e, 3) for e in range(3)] == ["wake 1/3", "wake 2/3", "wake 3/3"]
     assert PhaseSchedule(pretrain_epochs=0, sleep_after=1).describe(2) == "sleep (after wake 1)"
+    # pre-training that may end early (feedback.pretrain_until); the other phases read the same
+    assert [s.describe(e, 2, pretrain_open=True) for e in range(4)] == [
+        "pre-training 1/≤2", "pre-training 2/≤2", "sleep (before wake 1/2)", "wake 1/2"]
 
 
 def test_the_progress_bar_says_the_phase(tmp_path):

@@ -86,13 +86,14 @@ class PhaseSchedule:
             return PhaseInfo(Phase.WAKE, forward_epoch)
         return PhaseInfo(Phase.SLEEP, forward_epoch)
 
-    def describe(self, epoch: int, forward_epochs: int | None = None) -> str:
+    def describe(self, epoch: int, forward_epochs: int | None = None, pretrain_open: bool = False) -> str:
         """Lightning epoch ``epoch`` in words, e.g. ``pre-training 3/10``, ``sleep (before wake
         1/100)``, ``wake 1/100``, ``sleep (after wake 1/100, 2/2)``; ``forward_epochs``: the run's
-        number of wake epochs (``None``: unknown)."""
+        number of wake epochs (``None``: unknown); ``pretrain_open``: the pre-training may end
+        before ``pretrain_epochs`` (``pre-training 3/≤10``)."""
         info = self(epoch)
         if info.phase is Phase.PRETRAIN:
-            return f"pre-training {epoch + 1}/{self.pretrain}"
+            return f"pre-training {epoch + 1}/{'≤' if pretrain_open else ''}{self.pretrain}"
         total = "" if forward_epochs is None else f"/{forward_epochs}"
         wake = f"wake {info.forward_epoch + 1}{total}"
         if info.phase is Phase.WAKE:

@@ -103,7 +103,6 @@ class DFCConfiguration:
         self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
-        self._dfc_pretrain_ran: int | None = None  # pre-training epochs, when it ended early
         self._dfc_pretrain_condition_2: float | None = None  # measured after the last pre-training epoch
         self._dfc_alignment_probe: Tensor | None = None  # the first batch of a pre-training epoch
         self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step

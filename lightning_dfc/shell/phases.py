@@ -102,10 +102,8 @@ class DFCPhases:
     def dfc_phase_description(self) -> str:
         """The current epoch in words (``pre-training 3/10``, ``wake 1/100``, ...; ``pre-training
         3/≤10`` while pre-training may end early, see ``feedback.pretrain_until``)."""
-        text = self.dfc_schedule.describe(self.current_epoch, self._dfc_forward_epochs)
-        if self.dfc_feedback_config.pretrain_until is not None and self._dfc_pretrain_ran is None:
-            text = text.replace("/", "/≤", 1) if text.startswith("pre-training") else text
-        return text
+        return self.dfc_schedule.describe(self.current_epoch, self._dfc_forward_epochs,
+                                          pretrain_open=self.dfc_feedback_config.pretrain_until is not None)
 
     # ------------------------------------------------------------------ pre-training until aligned
     @torch.no_grad()
@@ -154,7 +152,6 @@ class DFCPhases:
     def _dfc_end_pretraining(self, epochs: int) -> None:
         """Make ``epochs`` the number of pre-training epochs of this run (the wake/sleep cycle
         starts at that Lightning epoch); the trainer's epoch limit follows."""
-        self._dfc_pretrain_ran = epochs
         self.dfc_schedule = dataclasses.replace(self.dfc_schedule, pretrain_epochs=epochs)
         if self._dfc_forward_epochs is not None and self._trainer is not None:
             self.trainer.fit_loop.max_epochs = self.dfc_schedule.total_epochs(self._dfc_forward_epochs)
@@ -185,9 +182,15 @@ class DFCPhases:
             "variant": self.dfc_variant,
             "sizes": list(self.dfc_net.sizes),
             "schedule": self._dfc_schedule_record(),
-            "pretrain_ran": self._dfc_pretrain_ran,
+            "pretrain_ran": self._dfc_pretrain_ended_early,
             "pretrain_condition_2": self._dfc_pretrain_condition_2,
         }
+
+    @property
+    def _dfc_pretrain_ended_early(self) -> int | None:
+        """The pre-training epochs that ran, if ``pretrain_until`` ended it before its limit."""
+        ran = self.dfc_schedule.pretrain_epochs
+        return ran if ran != self.dfc_feedback_config.pretrain_epochs else None
 
     def _dfc_schedule_record(self) -> dict[str, Any]:
         """The schedule as configured (an early end of the pre-training is stored apart)."""

@@ -23,3 +23,18 @@ def cli_isolation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No pytest arguments in the CLI parser; relative outputs (lightning_logs/, data/) in tmp."""
     monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def exact_numerics() -> Iterator[None]:
+    """Core functions called with unset numerics levers compute in the published numerics
+    (float64, every step, Gaussian noise) instead of the default ``fast``: for the tests that
+    check the simulation itself against brute force and theory. ``tests/test_numerics.py``
+    checks ``fast`` against ``exact``."""
+    from lightning_dfc.core import dynamics
+    from lightning_dfc.core.numerics import EXACT
+
+    default = dynamics.DEFAULT_NUMERICS
+    dynamics.DEFAULT_NUMERICS = EXACT
+    yield
+    dynamics.DEFAULT_NUMERICS = default

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from lightning_dfc.core.accumulators import ControlTail, EarlyStop, FeedbackSum, ForwardSums, Trajectory
+from types import SimpleNamespace
+
+from lightning_dfc.core.accumulators import ControlTail, FeedbackSum, ForwardSums, Trajectory
 
 DT = torch.float64
 
@@ -14,8 +16,7 @@ def _random(*shape, seed):
 
 
 def test_forward_sums_equal_the_sums_they_stand_for():
-    """outer_i = sum_t s_i[t]^T r_{i-1}[t] exactly with outer_every = 1, and the extrapolation
-    counts the last step's signals as further copies."""
+    """outer_i = sum_t s_i[t]^T r_{i-1}[t] exactly with outer_every = 1."""
     sizes, batch, steps = [4, 3, 2], 5, 7
     ff_v = tuple(_random(batch, n, seed=n) for n in sizes)
     ff_r = tuple(torch.tanh(v) for v in ff_v)
@@ -24,16 +25,48 @@ def test_forward_sums_equal_the_sums_they_stand_for():
     drs = [[_random(batch, n, seed=1000 * t + n) for n in sizes] for t in range(steps)]
     for t in range(steps):
         sums.add(signals[t], lambda t=t: drs[t])
-    sums.extrapolate(3)
-    weight = [1] * (steps - 1) + [4]
     for i, n in enumerate(sizes):
-        expected = sum(w * s[i] for w, s in zip(weight, signals))
-        torch.testing.assert_close(sums.signal_sum[i], expected)
+        torch.testing.assert_close(sums.signal_sum[i], sum(s[i] for s in signals))
     outer = sums.outer_sums(ff_r, drs[-1])
     assert outer[0] is None
     for i in range(1, len(sizes)):
-        expected = sum(w * s[i].T @ (ff_r[i - 1] + dr[i - 1]) for w, s, dr in zip(weight, signals, drs))
+        expected = sum(s[i].T @ (ff_r[i - 1] + dr[i - 1]) for s, dr in zip(signals, drs))
         torch.testing.assert_close(outer[i], expected)
+
+
+def test_forward_sums_tail_is_the_sum_of_the_geometric_approach():
+    """add_tail adds sum_k s(t0 + k) and sum_k s(t0 + k)^T r(t0 + k) for s(t0 + k) = s* + rho^k
+    (s(t0) - s*), dr likewise, k = 1..N, per sample rho (outer_every = 3: the pending block is
+    flushed at t0 first)."""
+    sizes, batch, steps, remaining = [4, 3, 2], 5, 6, 9
+    ff_v = tuple(_random(batch, n, seed=n) for n in sizes)
+    ff_r = tuple(torch.tanh(v) for v in ff_v)
+    signals = [[_random(batch, n, seed=100 * t + n) for n in sizes] for t in range(steps)]
+    drs = [[_random(batch, n, seed=1000 * t + n) for n in sizes] for t in range(steps)]
+    rho = torch.linspace(0.1, 0.9, batch, dtype=DT)
+    star_s = [_random(batch, n, seed=7 + n) for n in sizes]
+    star_dr = [_random(batch, n, seed=70 + n) for n in sizes]
+    ks = torch.arange(1, remaining + 1, dtype=DT)
+    powers = rho.unsqueeze(1) ** ks  # (B, N)
+    tail = SimpleNamespace(remaining=remaining, signals=star_s, point=SimpleNamespace(dr=star_dr),
+                           geometric=powers.sum(1, keepdim=True), geometric2=(powers**2).sum(1, keepdim=True))
+    sums = ForwardSums(ff_v, outer_every=3, keep=None)
+    for t in range(steps - 1):
+        sums.add(signals[t], lambda t=t: drs[t])
+    sums.add(signals[-1], lambda: drs[-1])  # t0: the pending block is flushed by add_tail
+    sums.add_tail(tail, drs[-1])
+    path_s = [[star_s[i] + powers[:, k, None] * (signals[-1][i] - star_s[i]) for i in range(3)] for k in range(remaining)]
+    path_dr = [[star_dr[i] + powers[:, k, None] * (drs[-1][i] - star_dr[i]) for i in range(3)] for k in range(remaining)]
+    for i in range(3):
+        torch.testing.assert_close(sums.signal_sum[i], sum(s[i] for s in signals) + sum(s[i] for s in path_s))
+    outer = sums.outer_sums(ff_r, drs[-1])
+    # the simulated part with outer_every = 3 (each block's last step stands for the block), then the tail
+    weights = {2: 3, 5: 3}
+    for i in range(1, 3):
+        simulated = sum(s[i].T @ ff_r[i - 1] for s in signals) + sum(
+            w * signals[t][i].T @ drs[t][i - 1] for t, w in weights.items())
+        extrapolated = sum(s[i].T @ (ff_r[i - 1] + dr[i - 1]) for s, dr in zip(path_s, path_dr))
+        torch.testing.assert_close(outer[i], simulated + extrapolated)
 
 
 def test_forward_sums_mask_drops_excluded_samples_even_if_not_finite():
@@ -75,27 +108,3 @@ def test_trajectory_keeps_copies():
     traj.add(u, u)
     out = traj.result()
     assert out["u"].shape == (2, 2, 1) and float(out["u"][0].sum()) == 0.0 and float(out["u"][1].sum()) == 2.0
-
-
-class _State:
-    fresh_deviations = True
-
-    def __init__(self, dv):
-        self.dv = dv
-
-    def voltage_deviations(self):
-        return [d.clone() for d in self.dv]
-
-
-def test_early_stop_policy():
-    u = torch.ones(3, 2, dtype=DT)
-    state = _State([torch.ones(3, 4, dtype=DT)])
-    stop = EarlyStop(check_every=5, tolerance=1e-3, stop_residual=None, u=u, dv=state.dv, keep=None)
-    assert stop.check(3, u, state, None) is None  # not a check step
-    assert stop.check(4, u, state, None) == "settled"  # nothing moved
-    moving = EarlyStop(5, 1e-3, None, u, state.dv, None)
-    assert moving.check(4, u * 2, state, None) is None  # u doubled: not settled, reference updated
-    assert moving.check(9, u * 2, state, None) == "settled"
-    waiting = EarlyStop(5, 1e-3, 1e-5, u, state.dv, None)
-    assert waiting.check(4, u, state, lambda: torch.tensor([1.0, 0.0, 0.0])) is None  # a sample off its fixed point
-    assert EarlyStop(5, 1e-3, None, u, state.dv, None).check(4, u * float("nan"), state, None) == "diverged"

@@ -24,7 +24,7 @@ from lightning_dfc.dynamics import feedforward, output_jacobian, simulate
 from lightning_dfc.network import LayerParams
 
 DT = torch.float64
-pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
+pytestmark = pytest.mark.usefixtures("one_thread", "exact_numerics")  # small tensors; the exact numerics
 
 
 def make_params(sizes, activation="tanh", seed=0, feedback_init="weight_product", bias=True) -> LayerParams:

@@ -12,6 +12,10 @@ batch size, dataset and precision. Floats must agree to a relative 1e-12 (the fu
 values). A field the record does not give is compared with the library default where the
 mapping relies on that default (see ``UNCHECKED`` for the fields it does not rely on).
 
+The numerics are not hyperparameters: every example runs the library's ``fast`` numerics and
+holds the published hyperparameters; built with ``--model.init_args.numerics=exact`` it is the
+published run itself, numerics levers included (the record's ``numerics``, ``exact``).
+
 It imports nothing of the authors' code: only the JSON and the YAML files are read.
 """
 
@@ -31,6 +35,7 @@ import yaml
 from lightning_dfc import DFCModule
 from lightning_dfc.cli import build_cli
 from lightning_dfc.config import SimulationConfig
+from lightning_dfc.core.numerics import LEVERS, resolve_numerics
 from lightning_dfc.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
 from lightning_dfc.settings import VARIANTS, as_optimizer
 
@@ -42,8 +47,8 @@ IDS = [p.stem for p in EXAMPLES]
 REL = 1e-12
 
 # Library-only fields the mapping does not rely on: the divergence guard; compile (a faster
-# kernel for the same equations); and the early-stop test's tolerance and interval wherever the
-# simulation does not stop early (the record says early_stop: false, or the simulation is noisy:
+# kernel for the same equations); and the early stop's tolerance and interval wherever the
+# simulation does not stop early (the numerics say early_stop: false, or the simulation is noisy:
 # noisy simulations never stop early and always accumulate every step, whatever early_stop and
 # outer_every say, see lightning_dfc/dynamics.py).
 UNCHECKED = {"updates": {"max_diverged_batches"}, "simulation": {"compile"}}
@@ -101,13 +106,19 @@ def compare_fields(diff: Diff, where: str, actual: Any, expected: dict[str, Any]
             diff.check(f"{where}.{field.name} (library default)", getattr(actual, field.name), default)
 
 
-def compare_simulation(diff: Diff, where: str, actual: SimulationConfig, expected: dict[str, Any]) -> None:
-    skip = set(UNCHECKED["simulation"])
-    if actual.noisy:
-        skip |= NOISY_UNUSED
-    elif expected.get("early_stop") is False:
-        skip |= {"tolerance", "check_every"}
+def compare_simulation(diff: Diff, where: str, actual: SimulationConfig, expected: dict[str, Any],
+                       numerics: str | None) -> None:
+    """The physics of a simulation; with ``numerics`` (a preset's name) its levers too: those of
+    the preset, since the record leaves them to it."""
+    skip = set(UNCHECKED["simulation"]) | set(LEVERS)
     compare_fields(diff, where, actual, expected, skip)
+    if numerics is None:
+        return
+    preset = resolve_numerics(numerics)
+    unused = NOISY_UNUSED if actual.noisy else ({"tolerance", "check_every"} if not preset.early_stop else set())
+    for lever in LEVERS:
+        if lever not in unused:
+            diff.check(f"{where}.{lever} (numerics {numerics})", getattr(actual, lever), getattr(preset, lever))
 
 
 def resolved_optimizer(factory: Any) -> torch.optim.Optimizer:
@@ -131,10 +142,17 @@ def compare_optimizer(diff: Diff, where: str, factory: Any, expected: dict[str, 
             diff.check(f"{where}.{key}", as_float(ours.defaults.get(key)), as_float(theirs.defaults.get(key)))
 
 
-def mismatches(cli: Any, published: dict[str, Any]) -> list[str]:
-    """Everything in which an example (built by the CLI) differs from its record."""
+def mismatches(cli: Any, published: dict[str, Any], numerics: bool = False) -> list[str]:
+    """Everything in which an example (built by the CLI) differs from its record. ``numerics``:
+    the example was built with the record's numerics and must then equal it in them too;
+    otherwise it must run the library's ``fast`` numerics."""
     diff = Diff()
     model, settings = cli.model, published["settings"]
+    if numerics:
+        diff.check("numerics", model.dfc_numerics.name, settings["numerics"])
+    elif "dynamics" in settings:
+        diff.check("numerics (examples run the library's)", model.dfc_numerics.name, "fast")
+    preset = settings["numerics"] if numerics else None
     assert isinstance(model, DFCModule)
     variant = settings["variant"]
     spec = VARIANTS[variant]
@@ -152,7 +170,7 @@ def mismatches(cli: Any, published: dict[str, Any]) -> list[str]:
     diff.check("network.bias", all(lin.bias is not None for lin in net.layers), network["bias"])
 
     if "dynamics" in settings:
-        compare_simulation(diff, "dynamics", model.dfc_dynamics, settings["dynamics"])
+        compare_simulation(diff, "dynamics", model.dfc_dynamics, settings["dynamics"], preset)
     updates = settings["updates"]
     skip = set(UNCHECKED["updates"])
     if "dynamics" not in settings:  # BP, DFA: no simulation, no convergence test
@@ -167,7 +185,8 @@ def mismatches(cli: Any, published: dict[str, Any]) -> list[str]:
     if "feedback" in settings:
         feedback = settings["feedback"]
         compare_fields(diff, "feedback", model.dfc_feedback_config, feedback, set())
-        compare_simulation(diff, "feedback.simulation", model.dfc_feedback_config.simulation, feedback["simulation"])
+        compare_simulation(diff, "feedback.simulation", model.dfc_feedback_config.simulation, feedback["simulation"],
+                           preset)
     for kind in ("forward", "feedback", "pretrain"):
         if f"{kind}_optimizer" in settings:
             compare_optimizer(diff, f"{kind}_optimizer", model._dfc_optimizers[kind], settings[f"{kind}_optimizer"])
@@ -187,8 +206,8 @@ def mismatches(cli: Any, published: dict[str, Any]) -> list[str]:
     return diff.lines
 
 
-def build(path: Path) -> Any:
-    return build_cli(["--config", str(path), "--trainer.logger=false"], run=False)
+def build(path: Path, *extra: str) -> Any:
+    return build_cli(["--config", str(path), "--trainer.logger=false", *extra], run=False)
 
 
 def header(path: Path) -> str:
@@ -214,6 +233,9 @@ def test_example_is_the_published_run(config: Path) -> None:
     cli = build(config)
     lines = mismatches(cli, published)
     assert not lines, f"{config.name} differs from the published run:\n  " + "\n  ".join(lines)
+    exact = build(config, f"--model.init_args.numerics={published['settings']['numerics']}")
+    lines = mismatches(exact, published, numerics=True)
+    assert not lines, f"{config.name} with the published numerics differs from the published run:\n  " + "\n  ".join(lines)
 
     # configs hold only what the variant uses
     init = yaml.safe_load(config.read_text())["model"]["init_args"]
@@ -264,6 +286,14 @@ def test_the_comparison_fails_on_a_difference() -> None:
     edited = copy.deepcopy(published)
     edited["run"]["epochs"] += 1
     assert any(line.startswith("trainer.max_epochs") for line in mismatches(cli, edited))
+    # the numerics: an example must run the library's; with the published numerics every lever counts
+    exact = build(path, "--model.init_args.numerics=exact")
+    assert mismatches(exact, published, numerics=True) == []
+    assert any(line.startswith("numerics (examples") for line in mismatches(exact, published))
+    assert any(line.startswith("numerics") for line in mismatches(cli, published, numerics=True))
+    exact.model.dfc_dynamics.outer_every = 10  # an example that pinned a lever of its own
+    assert any(line.startswith("dynamics.outer_every (numerics exact)")
+               for line in mismatches(exact, published, numerics=True))
     # a field the record leaves to the library default
     cli.model.dfc_feedback_config.sigma_floor = 0.02
     assert any(line.startswith("feedback.sigma_floor") for line in mismatches(cli, published))

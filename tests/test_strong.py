@@ -25,7 +25,8 @@ from lightning_dfc.dynamics import feedforward, output_jacobian
 from lightning_dfc.network import DFCNetwork
 from lightning_dfc.rules import FeedbackRule, control_loss, forward_update, strong_target
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+
+pytestmark = pytest.mark.usefixtures("one_thread", "exact_numerics")  # the functional core: exact numerics
 REPO = Path(__file__).resolve().parents[1]
 DT = torch.float64
 

@@ -9,7 +9,9 @@ Each accumulator is fed once per Euler step and is testable on its own:
   filtered control (Strong-DFC single phase).
 * :class:`ControlTail`: the mean control over the last quarter of a noisy simulation.
 * :class:`Trajectory`: u and r_L at every time point (only when asked for).
-* :class:`EarlyStop`: the policy that ends a noise-free simulation once it has settled.
+
+When a noise-free simulation stops early, :meth:`ForwardSums.add_tail` adds the rest of the
+trajectory in closed form (:mod:`~lightning_dfc.core.tail`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ForwardSums", "FeedbackSum", "ControlTail", "Trajectory", "EarlyStop", "residual", "all_finite"]
+__all__ = ["ForwardSums", "FeedbackSum", "ControlTail", "Trajectory", "residual", "all_finite"]
 
 
 def masked(t: Tensor, keep: Tensor | None) -> Tensor:
@@ -48,12 +50,27 @@ class ForwardSums:
         if self.pending == self.outer_every:
             self._correct(rate_deviations())
 
-    def extrapolate(self, remaining: int) -> None:
-        """Add the last step's signals ``remaining`` more times (a settled state)."""
-        if remaining > 0:
-            for total, sig in zip(self.signal_sum, self.signals):
-                total.add_(sig, alpha=remaining)
-            self.pending += remaining
+    def add_tail(self, tail, dr: list[Tensor]) -> None:
+        """The remaining ``tail.remaining`` time points in closed form (a :class:`~.tail.Tail`),
+        after the last simulated step, whose rate deviations are ``dr``: per sample,
+        s(t0 + k) = s* + rho^k (s(t0) - s*) and likewise dr, so that
+
+            sum_k s = N s* + G (s(t0) - s*),   G = sum_k rho^k,
+            sum_k s^T dr = N s*^T dr* + (G ds)^T dr* + s*^T (G ddr) + (G2 ds)^T ddr,   G2 = sum_k rho^2k.
+        """
+        if self.pending:
+            self._correct(dr)
+        n, g, g2 = tail.remaining, tail.geometric, tail.geometric2
+        stars = [masked(s, self.keep) for s in tail.signals]
+        deltas = [now - star for now, star in zip(self.signals, stars)]
+        for total, star, delta in zip(self.signal_sum, stars, deltas):
+            total.add_(star, alpha=n).addcmul_(g, delta)
+        for i in range(1, len(stars)):
+            dr_star = masked(tail.point.dr[i - 1], self.keep)
+            ddr = masked(dr[i - 1], self.keep) - dr_star
+            correction = self.correction[i]
+            correction.addmm_(stars[i].T, dr_star, alpha=n).addmm_((g * deltas[i]).T, dr_star)
+            correction.addmm_(stars[i].T, g * ddr).addmm_((g2 * deltas[i]).T, ddr)
 
     def _correct(self, dr: list[Tensor]) -> None:
         for i in range(1, len(self.signals)):  # correction_i += pending * s_i^T dr_{i-1}
@@ -113,33 +130,6 @@ class Trajectory:
         return {"u": torch.stack(self.u), "r_L": torch.stack(self.r_out)}
 
 
-class EarlyStop:
-    """Every ``check_every`` steps: stop when u and v - v^- changed by less than ``tolerance`` per
-    step (relative) for every sample and, with ``stop_residual``, every sample sits at the
-    controller's fixed point; give up once u is non-finite."""
-
-    def __init__(self, check_every: int, tolerance: float, stop_residual: float | None,
-                 u: Tensor, dv: list[Tensor], keep: Tensor | None) -> None:
-        self.check_every, self.tolerance, self.stop_residual, self.keep = check_every, tolerance, stop_residual, keep
-        self.check_u, self.check_dv = u.clone(), [d.clone() for d in dv]
-
-    def check(self, t: int, u: Tensor, state, residual_now) -> str | None:
-        """``None`` (go on), ``"settled"`` or ``"diverged"`` after step ``t`` (0-based).
-        ``residual_now()`` gives the fixed-point residual per sample (B,)."""
-        if (t + 1) % self.check_every:
-            return None
-        if not all_finite(u, self.keep):
-            return "diverged"
-        dv = state.voltage_deviations()
-        if _settled(u, dv, self.check_u, self.check_dv, self.tolerance * self.check_every) and (
-            self.stop_residual is None or bool((residual_now() < self.stop_residual).all())
-        ):
-            return "settled"
-        self.check_u.copy_(u)
-        self.check_dv = dv if state.fresh_deviations else [d.clone() for d in dv]
-        return None
-
-
 def residual(error: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
     """||e - alpha u|| / ||r_L^-|| per sample (0 at the controller's fixed point e = alpha u)."""
     norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output_ff.dtype).tiny)
@@ -152,16 +142,3 @@ def all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
     if keep is not None:
         finite = finite | ~keep
     return bool(finite.all())
-
-
-def _settled(u: Tensor, dv: list[Tensor], check_u: Tensor, check_dv: list[Tensor], tol: float) -> bool:
-    """Whether, for every sample, u and dv = v - v_ff changed by less than ``tol`` (relative).
-
-    A state whose norms overflow is never settled.
-    """
-    du = torch.linalg.vector_norm(u - check_u, dim=1)
-    ddv = torch.sqrt(sum(torch.sum((a - b) ** 2, dim=1) for a, b in zip(dv, check_dv)))
-    dev = torch.sqrt(sum(torch.sum(a**2, dim=1) for a in dv))
-    nu = torch.linalg.vector_norm(u, dim=1)
-    finite = torch.isfinite(du) & torch.isfinite(ddv) & torch.isfinite(dev) & torch.isfinite(nu)
-    return bool((finite & (du <= tol * nu) & (ddv <= tol * dev)).all())

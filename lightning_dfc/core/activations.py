@@ -51,8 +51,12 @@ class Activation:
 
     def derivative(self, v: Tensor) -> Tensor:
         """``phi'(v)``, same shape as ``v`` (0 for ReLU at v < 0, as in the reference)."""
-        if self.name == "tanh":  # 1 / cosh^2, not 1 - tanh^2: no cancellation where saturated
-            return torch.cosh(v).square().reciprocal()
+        if self.name == "tanh":  # sech^2, not 1 - tanh^2: no cancellation where saturated
+            if v.dtype == torch.float64:  # the published float64 numerics' rounding, unchanged
+                return torch.cosh(v).square().reciprocal()
+            e = torch.exp(v.abs().mul_(-2.0))  # sech^2 = 4 e / (1 + e)^2: torch's cosh is not vectorised
+            denominator = e.add(1.0).square_()
+            return e.mul_(4.0).div_(denominator)
         if self.name == "relu":
             return (v > 0).to(v.dtype)
         if self.name == "leaky_relu":
@@ -126,7 +130,8 @@ class Activation:
         if self.name == "tanh":
             t = torch.tanh(dv)
             slope_ref = self.derivative(v_ref) if slope_ref is None else slope_ref
-            return t * slope_ref / (1.0 + r_ref * t)
+            denominator = torch.mul(r_ref, t).add_(1.0)
+            return t.mul_(slope_ref).div_(denominator)
         v = v_ref + dv
         return self.difference(v, v_ref, gap=dv, phi_basal=r_ref)
 

@@ -31,6 +31,7 @@ __all__ = [
 RULES = ("nonlinear_difference", "voltage_difference")  # the forward rule's teaching signal
 
 DTYPES = (None, "float32", "float64")
+NOISES = (None, "gaussian", "two_point")
 
 
 @dataclass
@@ -54,32 +55,35 @@ class SimulationConfig:
         tau_noise: low-pass filter the noise (Strong-DFC): each layer's noise is
             n <- (1 - dt/tau_noise) n + (dt/tau_noise) / sqrt(dt) * N(0, 1), and sigma * n is
             added to the apical voltage. ``None``: white noise as above.
-        early_stop: stop simulating once the dynamics have settled and add the remaining steps'
-            contribution to time-averaged updates exactly (noise-free simulations only).
-            ``None`` (default): the update decides: on for the continuous DFC update (a
-            time average), off for the steady-state updates (DFC-SS, Strong-DFC two-phase), which
-            use the final state: an early stop leaves it short of the steady state (about 5 % of
-            the update's norm with the Strong-DFC settings), and the authors simulate every step.
-        tolerance: settled when, for every sample, the per-step relative change of the control
-            signal u and of the voltage deviation v - v_ff (measured over ``check_every``
-            steps) is below this.
-        check_every: how often (in steps) the convergence test runs.
-        compile: run each layer's element-wise step of a float32 (deviation-form) simulation
-            through ``torch.compile`` (fuses about 25 element-wise passes into one kernel; the
-            first call compiles for tens of seconds, see ``docs/benchmarks.md`` for when it
-            wins). float64 simulations use the absolute form, which has few passes to fuse.
+        The remaining fields are the numerics levers: how the simulation is computed, not what it
+        simulates. ``None`` (their default) leaves each to the run's numerics preset
+        (:mod:`~lightning_dfc.core.numerics`: ``fast``, the default, or ``exact``, the published
+        numerics); a value set here overrides the preset for this simulation.
+
+        early_stop: noise-free simulations: stop once the state has reached its slow exponential
+            approach to the controller's fixed point, and add the rest of the trajectory in closed
+            form (the fixed point, solved by Newton's method, plus each sample's geometric
+            approach to it; :mod:`~lightning_dfc.core.tail`). The time-averaged update (DFC) and
+            the final state (DFC-SS, Strong-DFC two phases) are those of all T time points.
+        tolerance: the early stop's bound on the extrapolated part: stop once, for every sample,
+            the predicted remaining approach to the fixed point is at most this fraction of the
+            sample's control (weighted by its share of the time average for DFC).
+        check_every: how often (in steps) the early stop is considered.
         outer_every: the DFC update's presynaptic sum splits exactly into a first-order part
             (accumulated every step) and an O(lambda^2) part s_i (r_{i-1} - r^-_{i-1})^T, which
             is accumulated every ``outer_every`` steps (rectangle rule). 1 = every step (exact).
             The split assumes a small nudge and smooth dynamics: noisy simulations and strong
             targets always use 1.
         dtype: simulate in this dtype (``"float32"`` or ``"float64"``) whatever the network's;
-            the results come back in the network's dtype. ``None`` (default): the network's
-            dtype. ``"float32"`` in a float64 model is the fast path for noisy simulations (sleep
-            phases, Strong-DFC single phase): 2-3x faster per pass on a CPU (``docs/performance.md``), and the same
-            distribution of updates (the deviation form keeps float32 accurate, see
-            ``docs/concepts.md`` section 8), but not the same numbers per noise draw as a
-            float64 simulation, so not bit-equal to the authors' float64 runs.
+            the results come back in the network's dtype. float32 keeps its precision through the
+            deviation form (``docs/concepts.md`` section 8).
+        noise: the distribution of the noise increments: ``gaussian`` (Euler-Maruyama, drawn per
+            step as the authors do) or ``two_point`` (+-1 with equal probability, the simplified
+            weak Euler scheme: the same mean, variance and odd moments, so the same weak order;
+            drawn from random bits, about 8x cheaper than Gaussian draws on a CPU).
+        compile: run each layer's element-wise step of a float32 (deviation-form) simulation
+            through ``torch.compile`` (off in both presets: on this project's CPUs it did not
+            pay, ``docs/performance.md``).
     """
 
     dt: float = 0.02
@@ -94,36 +98,38 @@ class SimulationConfig:
     sigma_output: float | None = None
     tau_noise: float | None = None
     early_stop: bool | None = None
-    tolerance: float = 3e-4
-    check_every: int = 20
-    outer_every: int = 10
-    compile: bool = False
+    tolerance: float | None = None
+    check_every: int | None = None
+    outer_every: int | None = None
     dtype: str | None = None
+    noise: str | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(f"SimulationConfig: {msg}")
 
-        for name in ("dt", "tau_v", "tolerance"):
+        for name in ("dt", "tau_v"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value!r}")
+        if self.tolerance is not None:
+            need(math.isfinite(self.tolerance) and self.tolerance > 0,
+                 f"tolerance must be a positive number or None (the numerics preset's), got {self.tolerance!r}")
         need(
             isinstance(self.steps, int) and self.steps >= 2,
             f"steps must be an integer >= 2 (number of time points T), got {self.steps!r}",
         )
-        need(
-            isinstance(self.check_every, int) and self.check_every >= 1,
-            f"check_every must be a positive integer, got {self.check_every!r}",
-        )
-        need(
-            isinstance(self.outer_every, int) and self.outer_every >= 1,
-            f"outer_every must be a positive integer, got {self.outer_every!r}",
-        )
+        for name in ("check_every", "outer_every"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                 f"{name} must be a positive integer or None (the numerics preset's), got {value!r}")
         need(
             self.dtype in DTYPES,
-            f"dtype must be one of {sorted(d for d in DTYPES if d)} or None (the network's), got {self.dtype!r}",
+            f"dtype must be one of {sorted(d for d in DTYPES if d)} or None (the numerics preset's), got {self.dtype!r}",
         )
+        need(self.noise in NOISES,
+             f"noise must be one of {sorted(n for n in NOISES if n)} or None (the numerics preset's), got {self.noise!r}")
         for name in ("k_p", "alpha", "sigma"):
             value = getattr(self, name)
             need(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value!r}")
@@ -181,7 +187,6 @@ def sleep_defaults() -> SimulationConfig:
         inst_transmission=True,
         sigma=1.524e-3,
         sigma_output=None,
-        early_stop=False,
     )
 
 

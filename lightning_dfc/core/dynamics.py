@@ -24,10 +24,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .accumulators import ControlTail, EarlyStop, FeedbackSum, ForwardSums, Trajectory, all_finite, residual
+from .accumulators import ControlTail, FeedbackSum, ForwardSums, Trajectory, all_finite, residual
 from .config import RULES, SimulationConfig
 from .network import LayerParams
+from .noise import standard_noise
+from .numerics import DEFAULT_NUMERICS
 from .state import AbsoluteState, DeviationState, affine, teaching_signal
+from .tail import OutputError, SettledTail, Tail
 
 __all__ = [
     "Feedforward",
@@ -73,7 +76,8 @@ class SimulationResult:
     Attributes:
         v, r: final somatic voltages and rates, lists of (B, n_i).
         u: final control signal (B, n_L).
-        steps_simulated: Euler steps actually run (<= T - 1; fewer after an early stop).
+        steps_simulated: Euler steps actually run (<= T - 1; fewer after an early stop, whose
+            remaining steps were added in closed form: ``tail``).
         finite: False if any state became non-finite (the dynamics diverged).
         error_initial, error_final: ||r_L* - r_L|| at t = 0 and at the end, (B,).
         residual: ||e - alpha u|| / ||r_L^-|| at the end, (B,) (0 at the fixed point; for the
@@ -91,6 +95,7 @@ class SimulationResult:
             v^A[t]^T u[t+1], (S, n_L).
         trajectory: with ``record``: dict of stacked ``u`` and ``r_L`` over the simulated time
             points, (steps_simulated + 1, B, n_L) each.
+        tail: after an early stop, the extrapolated rest (:class:`~lightning_dfc.core.tail.Tail`).
     """
 
     v: list[Tensor]
@@ -108,6 +113,7 @@ class SimulationResult:
     outer_sum: list[Tensor | None] | None = None
     feedback_sum: Tensor | None = None
     trajectory: dict[str, Tensor] = field(default_factory=dict)
+    tail: Tail | None = None
 
 
 def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tensor:
@@ -120,7 +126,7 @@ def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tens
     return std if cfg.tau_noise is not None else std * (cfg.dt**0.5 / tau_a)
 
 
-OUTPUT_ERRORS = ("linear", "softmax")
+OUTPUT_ERRORS = OutputError.KINDS
 
 
 def simulate(
@@ -128,7 +134,7 @@ def simulate(
     delta: Tensor | None = None, output_error: str = "linear", accumulate_forward: bool = False,
     accumulate_feedback: bool = False, highpass_rate: float | None = None, generator: torch.Generator | None = None,
     record: bool = False, rule: str = "nonlinear_difference", sample_mask: Tensor | None = None,
-    stop_residual: float | None = None, outer_every: int | None = None,
+    outer_every: int | None = None, final_state: bool = False,
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state ``ff`` towards ``target``.
 
@@ -149,35 +155,35 @@ def simulate(
         generator: the noise's generator (``cfg.sigma > 0``; ``None``: torch's global one).
         record: also return the trajectories of u and r_L (memory O(T)).
         sample_mask: boolean (B,): accumulate and judge finiteness on these samples only.
-        stop_residual: an early stop also waits for every sample's fixed-point residual
-            ||e - alpha u|| / ||r_L^-|| to fall below this.
         outer_every: override ``cfg.outer_every`` (1 = exact; noisy simulations always use 1).
+        final_state: the caller uses the last time point's state (a steady-state rule): an
+            early stop bounds what it extrapolates there (:mod:`~lightning_dfc.core.tail`).
 
     Returns:
-        :class:`SimulationResult`. With ``cfg.early_stop`` (noise-free, no feedback sum, no record)
-        the run stops once settled and the remaining time points count as copies of the final
-        state: the time average is that of all T points.
+        :class:`SimulationResult`. Unset numerics levers of ``cfg`` come from the default preset
+        (:mod:`~lightning_dfc.core.numerics`). With ``cfg.early_stop`` (noise-free, no feedback
+        sum, no record) a settled run stops and adds the rest in closed form (``result.tail``).
     """
     if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
-    if cfg.dtype is not None and getattr(torch, cfg.dtype) != x.dtype:
+    cfg = DEFAULT_NUMERICS.resolve(cfg)
+    if getattr(torch, cfg.dtype) != x.dtype:
         return _simulate_in(getattr(torch, cfg.dtype), params, x, ff, target, cfg, delta=delta,
                             output_error=output_error, accumulate_forward=accumulate_forward,
                             accumulate_feedback=accumulate_feedback, highpass_rate=highpass_rate,
                             generator=generator, record=record, rule=rule, sample_mask=sample_mask,
-                            stop_residual=stop_residual, outer_every=outer_every)
+                            outer_every=outer_every, final_state=final_state)
     steps, dt, alpha, k_p = cfg.steps - 1, cfg.dt, cfg.alpha, cfg.k_p
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
-    error_of = _output_error(output_error, target, delta, ff)
+    error_of = OutputError(output_error, target, delta, ff.r[-1])
     state = (AbsoluteState if x.dtype == torch.float64 else DeviationState)(params, ff, cfg, rule)
     drive = _ApicalDrive(params, cfg, x, state, accumulate_feedback, generator)
     u, u_int = torch.zeros_like(ff.r[-1]), torch.zeros_like(ff.r[-1])
     error = error_of(state.output_deviation())
     error_initial = torch.linalg.vector_norm(error, dim=1)
-    acc = _Accumulators(cfg, ff, u, state, keep, accumulate_forward, accumulate_feedback, highpass_rate, record,
-                        stop_residual, outer_every, drive.width)
-    finite, steps_done = True, steps
-    residual_now = lambda: residual(error_of(state.output_deviation()), alpha, u, ff.r[-1])  # noqa: E731 (sees the current u)
+    acc = _Accumulators(cfg, params, ff, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
+                        record, outer_every, drive.width, rule, final_state)
+    finite, steps_done, tail = True, steps, None
     for t in range(steps):
         if t > 0:
             error = error_of(state.output_deviation())
@@ -191,30 +197,50 @@ def simulate(
         acc.control(t, v_apical, u_new)
         u = u_new
         acc.signals(state.step(apical, acc.sums is not None), state, u)
-        verdict = acc.stop and acc.stop.check(t, u, state, residual_now)
-        if verdict:
-            finite, steps_done = verdict == "settled", t + 1
-            if acc.sums is not None and verdict == "settled":
-                acc.sums.extrapolate(steps - steps_done)
+        verdict = acc.stop and acc.stop.check(t, u)
+        if verdict is not None:
+            steps_done = t + 1
+            if isinstance(verdict, Tail):
+                tail = verdict
+                u = acc.finish(tail, state, u)
+            else:
+                finite = False
             break
-    return acc.result(state, ff, u, error_of, alpha, finite, steps_done, error_initial)
+    result = acc.result(state, ff, u, error_of, alpha, finite, steps_done, error_initial)
+    result.tail = tail
+    return result
 
 
 class _Accumulators:
     """The accumulators one simulation asked for (``None`` where not), fed once per step."""
 
-    def __init__(self, cfg: SimulationConfig, ff: Feedforward, u: Tensor, state, keep: Tensor | None,
-                 forward: bool, feedback: bool, highpass_rate: float | None, record: bool,
-                 stop_residual: float | None, outer_every: int | None, width: int) -> None:
+    def __init__(self, cfg: SimulationConfig, params: LayerParams, ff: Feedforward, u: Tensor, error: OutputError,
+                 keep: Tensor | None, forward: bool, feedback: bool, highpass_rate: float | None, record: bool,
+                 outer_every: int | None, width: int, rule: str, final_state: bool) -> None:
         outer_every = 1 if cfg.noisy else (cfg.outer_every if outer_every is None else outer_every)
-        self.keep = keep
+        self.keep, self.params, self.ff = keep, params, ff
         self.sums = ForwardSums(ff.v, outer_every, keep) if forward else None
         self.feedback = FeedbackSum(width, u, highpass_rate, keep) if feedback else None
         self.tail = ControlTail(cfg.steps - 1, u) if cfg.noisy else None
         self.trajectory = Trajectory(u, ff.r[-1]) if record else None
         self.stop = None
-        if cfg.early_stop is not False and not cfg.noisy and not feedback and not record:
-            self.stop = EarlyStop(cfg.check_every, cfg.tolerance, stop_residual, u, state.voltage_deviations(), keep)
+        if cfg.early_stop and not cfg.noisy and not feedback and not record:
+            self.stop = SettledTail(params, ff, error, cfg.alpha, cfg.steps - 1, cfg.check_every, cfg.tolerance,
+                                    forward and not final_state, rule, keep)
+
+    def finish(self, tail: Tail, state, u: Tensor) -> Tensor:
+        """Add the closed-form rest of the simulation; the state becomes that of the last time
+        point. Returns the last control."""
+        if self.sums is not None:
+            if tail.signals is None:
+                tail.signals = self.stop._signals(tail.point)
+            self.sums.add_tail(tail, state.rate_deviations())
+        point = tail.point
+        dv = [tail.final(now, star) for now, star in zip(state.voltage_deviations(), point.dv)]
+        dr = [act.rate_deviation(v_ff, r_ff, d) for act, v_ff, r_ff, d in
+              zip(self.params.activations, self.ff.v, self.ff.r, dv)]
+        state.set_final(dv, dr)
+        return tail.final(u, point.u)
 
     def control(self, t: int, v_apical: Tensor, u_next: Tensor) -> None:
         """Step t's apical voltage (before the step) and the new control u[t+1]."""
@@ -294,7 +320,7 @@ class _ApicalDrive:
     def _noise(self) -> Tensor:
         """White noise (B, S), or low-pass filtered with rate dt / tau_noise (Strong-DFC)."""
         like = self.v_apical
-        noise = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=self.generator)
+        noise = standard_noise(like.shape, self.cfg.noise, like.dtype, like.device, self.generator)
         if self.noise_rate is not None:
             noise = noise * (self.noise_rate / self.cfg.dt**0.5)
             self.noise_state = noise if self.noise_state is None else noise.add_(self.noise_state, alpha=1 - self.noise_rate)
@@ -319,8 +345,8 @@ def _simulate_in(dtype: torch.dtype, params: LayerParams, x: Tensor, ff: Feedfor
         feedback=tuple(cast(q) for q in params.feedback),
     )
     x_in = x.to(dtype)
-    result = simulate(params_in, x_in, feedforward(params_in, x_in), cast(target), replace(cfg, dtype=None),
-                      delta=cast(delta), **kwargs)
+    result = simulate(params_in, x_in, feedforward(params_in, x_in), cast(target),
+                      replace(cfg, dtype=str(dtype).removeprefix("torch.")), delta=cast(delta), **kwargs)
     for name, value in vars(result).items():
         if isinstance(value, Tensor):
             setattr(result, name, value.to(back) if value.is_floating_point() else value)
@@ -329,21 +355,6 @@ def _simulate_in(dtype: torch.dtype, params: LayerParams, x: Tensor, ff: Feedfor
         elif isinstance(value, dict):
             setattr(result, name, {k: v.to(back) for k, v in value.items()})
     return result
-
-
-def _output_error(kind: str, target: Tensor | None, delta: Tensor | None, ff: Feedforward):
-    """The controller's error e as a function of the output deviation dr_L, (B, n_L) -> (B, n_L)."""
-    if kind == "linear":
-        if delta is None:
-            if target is None:
-                raise ValueError("simulate needs a target r_L* or its offset delta = r_L* - r_L^-")
-            delta = target - ff.r[-1]
-        return lambda dr_out: delta - dr_out
-    if kind == "softmax":
-        if target is None:
-            raise ValueError("output_error='softmax' needs the target probabilities (soft labels)")
-        return lambda dr_out: target - torch.softmax(ff.r[-1] + dr_out, dim=1)
-    raise ValueError(f"unknown output_error {kind!r}; choose one of {OUTPUT_ERRORS}")
 
 
 def _is_identity(q: Tensor) -> bool:

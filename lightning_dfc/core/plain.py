@@ -26,6 +26,7 @@ from .divergence import DivergenceCheck
 from .dynamics import feedforward
 from .methods import Method, resolve_method
 from .network import DFCNetwork
+from .numerics import Numerics, resolve_numerics
 from .rules import LOSSES, Update, loss_value
 
 __all__ = ["DFC"]
@@ -39,7 +40,7 @@ class DFC:
     Args:
         model: an ``nn.Sequential`` of ``nn.Linear`` + element-wise activations (parameters shared,
             not copied); the feedback weights Q_i are created here (:meth:`feedback_parameters`).
-        variant, loss, target_stepsize, dynamics, feedback, updates: as for
+        variant, loss, target_stepsize, dynamics, feedback, updates, numerics: as for
             :class:`~lightning_dfc.DFCModule` (``variant`` may be a registered name or a
             :class:`~lightning_dfc.core.methods.Method`).
         generator: random generator of the simulations' noise (``None``: torch's global one).
@@ -53,15 +54,17 @@ class DFC:
     def __init__(self, model: nn.Module, variant: str | Method = "dfc", *, loss: str = "cross_entropy",
                  target_stepsize: float = 0.07794, dynamics: SimulationConfig | dict | None = None,
                  feedback: FeedbackConfig | dict | None = None, updates: UpdateConfig | dict | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, numerics: str | Numerics = "fast") -> None:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         if not (isinstance(target_stepsize, (int, float)) and 0 < target_stepsize < float("inf")):
             raise ValueError(f"target_stepsize (lambda) must be a finite positive number, got {target_stepsize!r}")
         self.method = resolve_method(variant)
         self.loss, self.target_stepsize, self.generator = loss, float(target_stepsize), generator
-        self.dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
-        self.feedback = (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(self.method.strong)
+        self.numerics = resolve_numerics(numerics)
+        self.dynamics, self.feedback = self.numerics.configure(
+            as_config(dynamics, SimulationConfig) or SimulationConfig(),
+            (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(self.method.strong))
         self.updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.method.validate(self.dynamics, self.feedback, self.updates)
         self.net = DFCNetwork(model, feedback_init=self.method.feedback_init or "xavier_normal",

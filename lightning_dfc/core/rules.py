@@ -333,13 +333,10 @@ def dfc_ss_update(
 
     ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision;
     ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
-    ``cfg.early_stop=None`` means off here: the rule needs the final state itself."""
-    if cfg.early_stop is None:
-        cfg = dataclasses.replace(cfg, early_stop=False)
-    stop = criterion.threshold if criterion.exclude else None
+    An early stop bounds what it extrapolates at the last time point, which the rule uses."""
     offset = _offset(ff, target, delta) if output_error == "linear" else None
     result = simulate(params, x, ff, target, cfg, delta=offset, output_error=output_error, generator=generator,
-                      stop_residual=stop)
+                      final_state=True)
     stats, converged = _simulation_stats(result, criterion)
     mask = None
     if criterion.exclude:
@@ -417,18 +414,16 @@ def dfc_update(
     if criterion.exclude and cfg.noisy and generator is None:
         generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
     noise_state = generator.get_state() if generator is not None else None
-    stop = criterion.threshold if criterion.exclude else None
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_forward=True,
                       accumulate_feedback=single_phase, highpass_rate=highpass, generator=generator, rule=rule,
-                      stop_residual=stop, outer_every=outer_every)
+                      outer_every=outer_every)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:
             generator.set_state(noise_state)
         result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error,
                           accumulate_forward=True, accumulate_feedback=single_phase, highpass_rate=highpass,
-                          generator=generator, rule=rule, sample_mask=converged, stop_residual=stop,
-                          outer_every=outer_every)
+                          generator=generator, rule=rule, sample_mask=converged, outer_every=outer_every)
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(result.finite)
     weights, biases = _continuous_rule(params, x, result, cfg.steps)

@@ -41,13 +41,20 @@ def _layer_step(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer's somatic Euler step and teaching signal, in deviations; all (B, n_i).
 
-    dv <- dv + dt/tau_v (v^A + dvb - dv); dr = phi(v_ff + dv) - r_ff; signal as :func:`_signal`.
-    ``dvb`` is the basal deviation W_i dr_{i-1} (``None`` for the first layer, whose basal input
-    is constant). Element-wise only, so that ``torch.compile`` can fuse it into one kernel.
+    dv <- dv + dt/tau_v (v^A + dvb - dv) (in place); dr = phi(v_ff + dv) - r_ff. ``dvb`` is the
+    basal deviation W_i dr_{i-1} (``None`` for the first layer, whose basal input is constant).
+    The signal phi(v) - phi(v^B) is dr - dr^B with both rate deviations cancellation-free: each
+    keeps its relative precision however small, and their difference loses only the factor
+    |dr| / |signal|, which the somatic and basal deviations of a controlled layer keep of order 1.
     """
-    dv = torch.lerp(dv, apical if dvb is None else apical + dvb, soma_rate)
+    dv = dv.lerp_(apical if dvb is None else apical + dvb, soma_rate)
     dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
-    signal = _signal(rule, act, v_ff, r_ff, dv, dr, dvb, slope_ff) if want_signal else None
+    signal = None
+    if want_signal:
+        if rule == "voltage_difference":
+            signal = dv.clone() if dvb is None else dv - dvb
+        else:
+            signal = dr if dvb is None else dr - act.rate_deviation(v_ff, r_ff, dvb, slope_ff)
     return dv, dr, signal
 
 
@@ -82,6 +89,10 @@ class DeviationState:
             )
             signals.append(sig)
         return signals
+
+    def set_final(self, dv: list[Tensor], dr: list[Tensor]) -> None:
+        """Replace the state by these deviations (an extrapolated last time point)."""
+        self.dv, self.dr = list(dv), list(dr)
 
     def output_deviation(self) -> Tensor:
         return self.dr[-1]
@@ -139,6 +150,10 @@ class AbsoluteState(DeviationState):
                     sig = r[i] - act(basal[i])
             signals.append(sig)
         return signals
+
+    def set_final(self, dv: list[Tensor], dr: list[Tensor]) -> None:
+        self.v = [a + d for a, d in zip(self.ff.v, dv)]
+        self.r = [a + d for a, d in zip(self.ff.r, dr)]
 
     def output_deviation(self) -> Tensor:
         return self.r[-1] - self.ff.r[-1]

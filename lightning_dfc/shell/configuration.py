@@ -18,6 +18,7 @@ from .summary import PhaseClock
 from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
+from ..core.numerics import Numerics, resolve_numerics
 from ..core.rules import LOSSES
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
@@ -51,6 +52,7 @@ class DFCConfiguration:
         forward_optimizer: OptimizerCallable | None = None,
         feedback_optimizer: OptimizerCallable | None = None,
         pretrain_optimizer: OptimizerCallable | None = None,
+        numerics: str | Numerics = "fast",
     ) -> None:
         """Validate the settings and wrap ``network`` (already an attribute of this module)."""
         method = resolve_method(variant)
@@ -63,8 +65,10 @@ class DFCConfiguration:
         self.dfc_method = method
         self.dfc_loss = loss
         self.dfc_target_stepsize = float(target_stepsize)
-        self.dfc_dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
-        self.dfc_feedback_config = (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(method.strong)
+        self.dfc_numerics = resolve_numerics(numerics)
+        self.dfc_dynamics, self.dfc_feedback_config = self.dfc_numerics.configure(
+            as_config(dynamics, SimulationConfig) or SimulationConfig(),
+            (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(method.strong))
         self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(method.train_feedback)
         method.validate(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)

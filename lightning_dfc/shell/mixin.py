@@ -18,6 +18,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig
+from ..core.numerics import Numerics
 from .configuration import ADAM_BETAS, DFCConfiguration, default_optimizer
 from .phases import DFCPhases
 from .steps import DFCSteps, DivergenceError, WakeRecord
@@ -34,8 +35,8 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
         dfc_network_attribute: name of the attribute holding the network (an ``nn.Sequential``
             of ``nn.Linear`` + elementwise activations, or a list of such modules).
         dfc_variant, dfc_loss, dfc_target_stepsize, dfc_dynamics, dfc_feedback, dfc_updates,
-        dfc_forward_optimizer, dfc_feedback_optimizer, dfc_pretrain_optimizer: as the arguments
-            of :class:`~lightning_dfc.DFCModule` without the prefix.
+        dfc_forward_optimizer, dfc_feedback_optimizer, dfc_pretrain_optimizer, dfc_numerics: as the
+            arguments of :class:`~lightning_dfc.DFCModule` without the prefix.
 
     Everything else is passed on to the host module's ``__init__``.
 
@@ -58,6 +59,7 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
         dfc_forward_optimizer: OptimizerCallable | None = None,
         dfc_feedback_optimizer: OptimizerCallable | None = None,
         dfc_pretrain_optimizer: OptimizerCallable | None = None,
+        dfc_numerics: str | Numerics = "fast",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -80,4 +82,5 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
             forward_optimizer=dfc_forward_optimizer,
             feedback_optimizer=dfc_feedback_optimizer,
             pretrain_optimizer=dfc_pretrain_optimizer,
+            numerics=dfc_numerics,
         )

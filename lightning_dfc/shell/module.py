@@ -15,6 +15,7 @@ from ..core.config import SimulationConfig
 from .mixin import DFCMixin
 from ..core.rules import loss_value
 from ..core.config import FeedbackConfig, UpdateConfig, plain
+from ..core.numerics import Numerics
 
 __all__ = ["DFCModule"]
 
@@ -42,6 +43,11 @@ class DFCModule(DFCMixin, LightningModule):
             betas 0.99/0.99, lr 5.265e-4, eps 1.561e-6).
         pretrain_optimizer: optimizer of the feedback weights during pre-training (default
             Adam, lr 3.170e-4, eps 1.561e-6).
+        numerics: how the simulations are computed (:mod:`~lightning_dfc.core.numerics`):
+            ``fast`` (default: float32, an early stop with the rest of a settled simulation in
+            closed form, two-point noise) or ``exact`` (the published numerics: float64, every
+            Euler step, Gaussian noise; equal to the authors' code draw for draw). Levers set in
+            ``dynamics`` or ``feedback.simulation`` override the preset's.
 
     Dataclass arguments also accept dicts of their fields, and optimizers a
     ``{"class_path": ..., "init_args": ...}`` dict: that is how they are stored in checkpoints.
@@ -64,6 +70,7 @@ class DFCModule(DFCMixin, LightningModule):
         forward_optimizer: OptimizerCallable | None = None,
         feedback_optimizer: OptimizerCallable | None = None,
         pretrain_optimizer: OptimizerCallable | None = None,
+        numerics: str | Numerics = "fast",
     ) -> None:
         super().__init__(
             dfc_network=network,
@@ -77,6 +84,7 @@ class DFCModule(DFCMixin, LightningModule):
             dfc_forward_optimizer=forward_optimizer,
             dfc_feedback_optimizer=feedback_optimizer,
             dfc_pretrain_optimizer=pretrain_optimizer,
+            dfc_numerics=numerics,
         )
         if _given_hyperparameters.get() is None:
             # Plain Python: the network module is not a hyperparameter (pass it again to

@@ -1,0 +1,44 @@
+"""The noise increments of the noisy simulations: standardised (mean 0, variance 1) draws.
+
+* ``gaussian``: N(0, 1), ``torch.randn``, as the authors draw it (Euler-Maruyama).
+* ``two_point``: +1 or -1 with probability 1/2 each. Mean, variance and third moment equal the
+  Gaussian's, so Euler's scheme keeps its weak order (the *simplified weak Euler scheme*,
+  Kloeden & Platen, Numerical Solution of SDEs, 1992, section 14.1): expectations of smooth
+  functions of the trajectory, such as the mean and spread of a feedback update, are the same
+  up to O(dt). Each increment costs one random bit instead of a Gaussian transform, about 8x
+  less on a CPU (``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["standard_noise", "NOISE_KINDS"]
+
+NOISE_KINDS = ("gaussian", "two_point")
+_WORD_BITS = 32
+_SIGN = -(2**31)  # the float32 sign bit, as an int32
+_ONE = 0x3F800000  # the bits of float32 1.0
+
+
+def standard_noise(shape: tuple[int, ...], kind: str, dtype: torch.dtype, device: torch.device | str,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Increments of mean 0 and variance 1, ``shape`` in ``dtype`` on ``device``."""
+    if kind == "gaussian":
+        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
+    if kind == "two_point":
+        return _two_point(shape, device, generator).to(dtype)
+    raise ValueError(f"unknown noise {kind!r}; choose one of {NOISE_KINDS}")
+
+
+def _two_point(shape: tuple[int, ...], device, generator) -> Tensor:
+    """float32 +-1: bit k of a random word becomes the sign bit of 1.0 (three integer passes)."""
+    n = 1
+    for size in shape:
+        n *= size
+    words = torch.empty((n + _WORD_BITS - 1) // _WORD_BITS, 1, dtype=torch.int32, device=device)
+    words.random_(-(2**31), 2**31, generator=generator)  # all 32 bits random
+    shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=device)  # bit k -> bit 31
+    bits = torch.bitwise_left_shift(words, shifts).bitwise_and_(_SIGN).bitwise_or_(_ONE)
+    return bits.view(-1)[:n].view(torch.float32).view(shape)

@@ -34,39 +34,49 @@ def test_forward_sums_equal_the_sums_they_stand_for():
         torch.testing.assert_close(outer[i], expected)
 
 
-def test_forward_sums_tail_is_the_sum_of_the_geometric_approach():
-    """add_tail adds sum_k s(t0 + k) and sum_k s(t0 + k)^T r(t0 + k) for s(t0 + k) = s* + rho^k
-    (s(t0) - s*), dr likewise, k = 1..N, per sample rho (outer_every = 3: the pending block is
-    flushed at t0 first)."""
+def test_forward_sums_tail_adds_the_sums_over_the_remaining_points():
+    """add_tail adds sum s and sum s^T dr over the remaining points, given s = s* + ds and
+    dr = dr* + ddr there: N s* + sum ds, and s*^T (N dr* + sum ddr) + (sum ds)^T dr* (the
+    second-order sum ds^T ddr is what it leaves out); outer_every = 3: the open block is closed
+    at the last simulated step first. predicted_update gives the same without adding."""
     sizes, batch, steps, remaining = [4, 3, 2], 5, 6, 9
     ff_v = tuple(_random(batch, n, seed=n) for n in sizes)
     ff_r = tuple(torch.tanh(v) for v in ff_v)
+    x = _random(batch, 7, seed=99)
     signals = [[_random(batch, n, seed=100 * t + n) for n in sizes] for t in range(steps)]
     drs = [[_random(batch, n, seed=1000 * t + n) for n in sizes] for t in range(steps)]
-    rho = torch.linspace(0.1, 0.9, batch, dtype=DT)
     star_s = [_random(batch, n, seed=7 + n) for n in sizes]
     star_dr = [_random(batch, n, seed=70 + n) for n in sizes]
-    ks = torch.arange(1, remaining + 1, dtype=DT)
-    powers = rho.unsqueeze(1) ** ks  # (B, N)
-    tail = SimpleNamespace(remaining=remaining, signals=star_s, point=SimpleNamespace(dr=star_dr),
-                           geometric=powers.sum(1, keepdim=True), geometric2=(powers**2).sum(1, keepdim=True))
+    path_ds = [[_random(batch, n, seed=5000 + 10 * k + n) * 1e-3 for n in sizes] for k in range(remaining)]
+    path_ddr = [[_random(batch, n, seed=9000 + 10 * k + n) * 1e-3 for n in sizes] for k in range(remaining)]
+    sum_ds = [sum(p[i] for p in path_ds) for i in range(3)]
+    sum_ddr = [sum(p[i] for p in path_ddr) for i in range(3)]
+    tail = SimpleNamespace(signals=star_s, point=SimpleNamespace(dr=star_dr), deviation_sums=sum_ds,
+                           signal_sums=[remaining * star_s[i] + sum_ds[i] for i in range(3)],
+                           rate_sums=[remaining * star_dr[i] + sum_ddr[i] for i in range(3)])
     sums = ForwardSums(ff_v, outer_every=3, keep=None)
-    for t in range(steps - 1):
+    for t in range(steps):
         sums.add(signals[t], lambda t=t: drs[t])
-    sums.add(signals[-1], lambda: drs[-1])  # t0: the pending block is flushed by add_tail
+    sums.add(signals[-1], lambda: drs[-1])  # a seventh step (the same signals) leaves a block open
+    predicted = sums.predicted_update(tail, drs[-1], ff_r, x)
     sums.add_tail(tail, drs[-1])
-    path_s = [[star_s[i] + powers[:, k, None] * (signals[-1][i] - star_s[i]) for i in range(3)] for k in range(remaining)]
-    path_dr = [[star_dr[i] + powers[:, k, None] * (drs[-1][i] - star_dr[i]) for i in range(3)] for k in range(remaining)]
+    all_signals = signals + [signals[-1]]
+    blocks = {2: 3, 5: 3, 6: 1}  # each block's last step stands for the block (the last one closed early)
+    path_s = [[star_s[i] + p[i] for i in range(3)] for p in path_ds]
+    path_dr = [[star_dr[i] + p[i] for i in range(3)] for p in path_ddr]
     for i in range(3):
-        torch.testing.assert_close(sums.signal_sum[i], sum(s[i] for s in signals) + sum(s[i] for s in path_s))
+        expected = sum(s[i] for s in all_signals) + sum(s[i] for s in path_s)
+        torch.testing.assert_close(sums.signal_sum[i], expected)
+        torch.testing.assert_close(predicted[2 * i + 1], expected.sum(0))
+    torch.testing.assert_close(predicted[0], sums.signal_sum[0].T @ x)
     outer = sums.outer_sums(ff_r, drs[-1])
-    # the simulated part with outer_every = 3 (each block's last step stands for the block), then the tail
-    weights = {2: 3, 5: 3}
     for i in range(1, 3):
-        simulated = sum(s[i].T @ ff_r[i - 1] for s in signals) + sum(
-            w * signals[t][i].T @ drs[t][i - 1] for t, w in weights.items())
+        simulated = sum(s[i].T @ ff_r[i - 1] for s in all_signals) + sum(
+            w * all_signals[t][i].T @ (drs[t][i - 1] if t < steps else drs[-1][i - 1]) for t, w in blocks.items())
         extrapolated = sum(s[i].T @ (ff_r[i - 1] + dr[i - 1]) for s, dr in zip(path_s, path_dr))
-        torch.testing.assert_close(outer[i], simulated + extrapolated)
+        second_order = sum(p[i].T @ q[i - 1] for p, q in zip(path_ds, path_ddr))
+        torch.testing.assert_close(outer[i], simulated + extrapolated - second_order)
+        torch.testing.assert_close(predicted[2 * i], outer[i])
 
 
 def test_forward_sums_mask_drops_excluded_samples_even_if_not_finite():

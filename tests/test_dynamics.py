@@ -152,12 +152,12 @@ def test_zero_error_nothing_moves_and_updates_are_exactly_zero():
             )
             assert all(torch.count_nonzero(t) == 0 for t in up.tensors()), (variant, es)
             assert up.stats["non_converged"] == 0
-    # with early stop the settled state is detected at the first check that can measure the
-    # approach (two intervals of check_every steps after the first check)
+    # with early stop the settled state is detected at the first check that can compare two
+    # predictions of the update (the second)
     up = forward_update(
         "dfc", p, x, y, "mse", 0.1, dataclasses.replace(cfg, early_stop=True, check_every=5)
     )
-    assert up.stats["steps"] == 15
+    assert up.stats["steps"] == 10
 
 
 # ============================================================ early stop / outer_every

@@ -51,26 +51,41 @@ class ForwardSums:
             self._correct(rate_deviations())
 
     def add_tail(self, tail, dr: list[Tensor]) -> None:
-        """The remaining ``tail.remaining`` time points in closed form (a :class:`~.tail.Tail`),
-        after the last simulated step, whose rate deviations are ``dr``: per sample,
-        s(t0 + k) = s* + rho^k (s(t0) - s*) and likewise dr, so that
+        """The remaining time points in closed form (a :class:`~.tail.Tail`), after the last
+        simulated step, whose rate deviations are ``dr``: with s = s* + ds and dr = dr* + ddr
+        over the N points,
 
-            sum_k s = N s* + G (s(t0) - s*),   G = sum_k rho^k,
-            sum_k s^T dr = N s*^T dr* + (G ds)^T dr* + s*^T (G ddr) + (G2 ds)^T ddr,   G2 = sum_k rho^2k.
-        """
+            sum s = N s* + sum ds,    sum s^T dr = s*^T (N dr* + sum ddr) + (sum ds)^T dr*
+
+        (the product of two deviations from x*, second order in the distance, left out)."""
         if self.pending:
             self._correct(dr)
-        n, g, g2 = tail.remaining, tail.geometric, tail.geometric2
-        stars = [masked(s, self.keep) for s in tail.signals]
-        deltas = [now - star for now, star in zip(self.signals, stars)]
-        for total, star, delta in zip(self.signal_sum, stars, deltas):
-            total.add_(star, alpha=n).addcmul_(g, delta)
-        for i in range(1, len(stars)):
-            dr_star = masked(tail.point.dr[i - 1], self.keep)
-            ddr = masked(dr[i - 1], self.keep) - dr_star
-            correction = self.correction[i]
-            correction.addmm_(stars[i].T, dr_star, alpha=n).addmm_((g * deltas[i]).T, dr_star)
-            correction.addmm_(stars[i].T, g * ddr).addmm_((g2 * deltas[i]).T, ddr)
+        for total, increment in zip(self.signal_sum, tail.signal_sums):
+            total.add_(increment)
+        for correction, increment in zip(self.correction[1:], self._tail_corrections(tail)):
+            correction.add_(increment)
+
+    def _tail_corrections(self, tail) -> list[Tensor]:
+        return [torch.mm(tail.signals[i].T, tail.rate_sums[i - 1]).addmm_(tail.deviation_sums[i].T, tail.point.dr[i - 1])
+                for i in range(1, len(self.signal_sum))]
+
+    def predicted_update(self, tail, dr: list[Tensor], ff_r: tuple[Tensor, ...], x: Tensor) -> list[Tensor]:
+        """What the sums would give with ``tail`` added after the last simulated step (rate
+        deviations ``dr``), without adding it: per layer the presynaptic sum and the signal's
+        batch sum (the update's tensors up to its scale)."""
+        out = []
+        corrections = self._tail_corrections(tail)
+        for i, (total, increment) in enumerate(zip(self.signal_sum, tail.signal_sums)):
+            signal = total + increment
+            if i == 0:
+                out.append(signal.T @ x)
+            else:
+                outer = torch.addmm(self.correction[i] + corrections[i - 1], signal.T, ff_r[i - 1])
+                if self.pending:  # the open block, as _correct adds it
+                    outer.addmm_(self.signals[i].T, masked(dr[i - 1], self.keep), alpha=self.pending)
+                out.append(outer)
+            out.append(signal.sum(0))
+        return out
 
     def _correct(self, dr: list[Tensor]) -> None:
         for i in range(1, len(self.signals)):  # correction_i += pending * s_i^T dr_{i-1}
@@ -87,19 +102,41 @@ class ForwardSums:
 
 class FeedbackSum:
     """sum_t v^A[t]^T u[t+1] (S, n_L), or with u[t+1] - ubar[t+1] (``highpass_rate``: ubar an
-    exponential moving average with this rate per step, started at u[1])."""
+    exponential moving average with this rate per step, started at u[1]).
 
-    def __init__(self, width: int, like: Tensor, highpass_rate: float | None, keep: Tensor | None) -> None:
-        self.total = like.new_zeros(width, like.shape[1])
-        self.highpass_rate, self.keep, self.lowpass = highpass_rate, keep, None
+    v^A[t] comes as a (B, S) tensor or split, Q c + eta (:class:`~lightning_dfc.core.state.Apical`;
+    ``feedback`` is then Qbar, (S, n_L)): the sum is Qbar sum_t c^T u + sum_t eta^T u, kept as
+    (n_L, n_L) and (n_L, S) transposes (the GEMM orientation that reads eta once)."""
 
-    def add(self, v_apical: Tensor, u_next: Tensor) -> None:
-        pre = masked(v_apical, self.keep)
+    def __init__(self, width: int, like: Tensor, highpass_rate: float | None, keep: Tensor | None,
+                 feedback: Tensor | None = None) -> None:
+        self._total = like.new_zeros(width, like.shape[1])
+        self.control_sum = like.new_zeros(like.shape[1], like.shape[1])
+        self.noise_sum = like.new_zeros(like.shape[1], width)
+        self.split = False
+        self.highpass_rate, self.keep, self.lowpass, self.feedback = highpass_rate, keep, None, feedback
+
+    def add(self, v_apical, u_next: Tensor) -> None:
         if self.highpass_rate is None:
-            self.total.addmm_(pre.T, u_next)
+            paired = u_next
+        else:
+            self.lowpass = u_next.clone() if self.lowpass is None else self.lowpass.lerp_(u_next, self.highpass_rate)
+            paired = u_next - self.lowpass
+        if isinstance(v_apical, Tensor):
+            self._total.addmm_(masked(v_apical, self.keep).T, paired)
             return
-        self.lowpass = u_next.clone() if self.lowpass is None else self.lowpass.lerp_(u_next, self.highpass_rate)
-        self.total.addmm_(pre.T, u_next - self.lowpass)
+        self.split = True
+        paired_t = paired.T
+        self.control_sum.addmm_(paired_t, masked(v_apical.control, self.keep))
+        if v_apical.noise is not None:
+            self.noise_sum.addmm_(paired_t, masked(v_apical.noise, self.keep))
+
+    @property
+    def total(self) -> Tensor:
+        """The sum, (S, n_L)."""
+        if not self.split:
+            return self._total
+        return torch.addmm(self.noise_sum.T, self.feedback, self.control_sum.T)
 
 
 class ControlTail:

@@ -29,8 +29,8 @@ from .config import RULES, SimulationConfig
 from .network import LayerParams
 from .noise import standard_noise
 from .numerics import DEFAULT_NUMERICS
-from .state import AbsoluteState, DeviationState, affine, teaching_signal
-from .tail import OutputError, SettledTail, Tail
+from .state import AbsoluteState, Apical, DeviationState, affine, teaching_signal
+from .tail import Deviation, OutputError, SettledTail, Tail
 
 __all__ = [
     "Feedforward",
@@ -134,7 +134,7 @@ def simulate(
     delta: Tensor | None = None, output_error: str = "linear", accumulate_forward: bool = False,
     accumulate_feedback: bool = False, highpass_rate: float | None = None, generator: torch.Generator | None = None,
     record: bool = False, rule: str = "nonlinear_difference", sample_mask: Tensor | None = None,
-    outer_every: int | None = None, final_state: bool = False,
+    outer_every: int | None = None, final_state: bool = False, classify: tuple[float, float] | None = None,
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state ``ff`` towards ``target``.
 
@@ -158,6 +158,8 @@ def simulate(
         outer_every: override ``cfg.outer_every`` (1 = exact; noisy simulations always use 1).
         final_state: the caller uses the last time point's state (a steady-state rule): an
             early stop bounds what it extrapolates there (:mod:`~lightning_dfc.core.tail`).
+        classify: ``(threshold, epsilon)`` of the caller's convergence test of the last point:
+            an early stop waits until each sample's predicted outcome is clear.
 
     Returns:
         :class:`SimulationResult`. Unset numerics levers of ``cfg`` come from the default preset
@@ -172,7 +174,7 @@ def simulate(
                             output_error=output_error, accumulate_forward=accumulate_forward,
                             accumulate_feedback=accumulate_feedback, highpass_rate=highpass_rate,
                             generator=generator, record=record, rule=rule, sample_mask=sample_mask,
-                            outer_every=outer_every, final_state=final_state)
+                            outer_every=outer_every, final_state=final_state, classify=classify)
     steps, dt, alpha, k_p = cfg.steps - 1, cfg.dt, cfg.alpha, cfg.k_p
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
     error_of = OutputError(output_error, target, delta, ff.r[-1])
@@ -181,8 +183,9 @@ def simulate(
     u, u_int = torch.zeros_like(ff.r[-1]), torch.zeros_like(ff.r[-1])
     error = error_of(state.output_deviation())
     error_initial = torch.linalg.vector_norm(error, dim=1)
-    acc = _Accumulators(cfg, params, ff, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
-                        record, outer_every, drive.width, rule, final_state)
+    classification = None if classify is None else (*classify, error_initial)
+    acc = _Accumulators(cfg, params, ff, x, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
+                        record, outer_every, drive.width, rule, final_state, classification)
     finite, steps_done, tail = True, steps, None
     for t in range(steps):
         if t > 0:
@@ -192,19 +195,15 @@ def simulate(
             u_new = torch.add(u_int, error, alpha=k_p)
         else:
             u_new = u + dt * (error - alpha * u)
-        v_apical = drive.v_apical
+        acc.control(t, drive.current(), u_new)  # v^A[t] pairs with u[t+1] in the feedback rule
         apical = drive.step(u_new if cfg.proactive else u)
-        acc.control(t, v_apical, u_new)
         u = u_new
         acc.signals(state.step(apical, acc.sums is not None), state, u)
-        verdict = acc.stop and acc.stop.check(t, u)
+        verdict = acc.stop and acc.stop.check(t, Deviation(u_int if k_p > 0 else None, u, drive.filtered(),
+                                                           state.voltage_deviations()), state.rate_deviations())
         if verdict is not None:
-            steps_done = t + 1
-            if isinstance(verdict, Tail):
-                tail = verdict
-                u = acc.finish(tail, state, u)
-            else:
-                finite = False
+            steps_done, finite, tail = t + 1, isinstance(verdict, Tail), verdict if isinstance(verdict, Tail) else None
+            u = acc.finish(tail, state, u) if finite else u
             break
     result = acc.result(state, ff, u, error_of, alpha, finite, steps_done, error_initial)
     result.tail = tail
@@ -214,33 +213,33 @@ def simulate(
 class _Accumulators:
     """The accumulators one simulation asked for (``None`` where not), fed once per step."""
 
-    def __init__(self, cfg: SimulationConfig, params: LayerParams, ff: Feedforward, u: Tensor, error: OutputError,
-                 keep: Tensor | None, forward: bool, feedback: bool, highpass_rate: float | None, record: bool,
-                 outer_every: int | None, width: int, rule: str, final_state: bool) -> None:
+    def __init__(self, cfg: SimulationConfig, params: LayerParams, ff: Feedforward, x: Tensor, u: Tensor,
+                 error: OutputError, keep: Tensor | None, forward: bool, feedback: bool, highpass_rate: float | None,
+                 record: bool, outer_every: int | None, width: int, rule: str, final_state: bool,
+                 classification: tuple | None) -> None:
         outer_every = 1 if cfg.noisy else (cfg.outer_every if outer_every is None else outer_every)
         self.keep, self.params, self.ff = keep, params, ff
         self.sums = ForwardSums(ff.v, outer_every, keep) if forward else None
-        self.feedback = FeedbackSum(width, u, highpass_rate, keep) if feedback else None
+        self.feedback = FeedbackSum(width, u, highpass_rate, keep, torch.cat(params.feedback, 0)) if feedback else None
         self.tail = ControlTail(cfg.steps - 1, u) if cfg.noisy else None
         self.trajectory = Trajectory(u, ff.r[-1]) if record else None
         self.stop = None
         if cfg.early_stop and not cfg.noisy and not feedback and not record:
-            self.stop = SettledTail(params, ff, error, cfg.alpha, cfg.steps - 1, cfg.check_every, cfg.tolerance,
-                                    forward and not final_state, rule, keep)
+            self.stop = SettledTail(params, ff, error, cfg, self.sums if forward and not final_state else None, rule,
+                                    keep, x, classification)
 
     def finish(self, tail: Tail, state, u: Tensor) -> Tensor:
         """Add the closed-form rest of the simulation; the state becomes that of the last time
         point. Returns the last control."""
         if self.sums is not None:
-            if tail.signals is None:
-                tail.signals = self.stop._signals(tail.point)
+            if tail.signals is None:  # a rule that uses the last point also asked for the sums
+                raise RuntimeError("the tail of a final-state rule has no time-average sums")
             self.sums.add_tail(tail, state.rate_deviations())
-        point = tail.point
-        dv = [tail.final(now, star) for now, star in zip(state.voltage_deviations(), point.dv)]
+        dv = tail.final_soma
         dr = [act.rate_deviation(v_ff, r_ff, d) for act, v_ff, r_ff, d in
               zip(self.params.activations, self.ff.v, self.ff.r, dv)]
         state.set_final(dv, dr)
-        return tail.final(u, point.u)
+        return tail.final_control
 
     def control(self, t: int, v_apical: Tensor, u_next: Tensor) -> None:
         """Step t's apical voltage (before the step) and the new control u[t+1]."""
@@ -276,10 +275,13 @@ class _Accumulators:
 class _ApicalDrive:
     """The apical input of every layer, step by step: v^A <- (1 - a) v^A + a Q u + noise.
 
-    ``step(u)`` returns the per-layer apical voltages (B, n_i), or ``u`` itself when the state
-    adds Q_i u inside its own GEMMs (float64 without noise, filter or feedback learning, where
-    v^A = Q u is never needed on its own). ``v_apical`` (B, S) is the current apical voltage
-    (what the feedback rule pairs with the next control).
+    ``step(u)`` advances it and returns the per-layer apical voltages (B, n_i), or ``u`` itself
+    when the state adds Q_i u inside its own GEMMs (float64 without noise, filter or feedback
+    learning, where v^A = Q u is never needed on its own). ``current()`` is v^A before the step,
+    what the feedback rule pairs with the next control: (B, S), or for the float32 deviation
+    form its split form Qbar c + eta (:class:`~lightning_dfc.core.state.Apical`; c <- (1 - a) c
+    + a u, eta <- (1 - a) eta + noise), whose sum the rule forms without a (B, S) x (B, n_L) GEMM
+    per step for the control part.
     """
 
     def __init__(self, params: LayerParams, cfg: SimulationConfig, x: Tensor, state, accumulate_feedback: bool,
@@ -288,6 +290,7 @@ class _ApicalDrive:
         self.qbar_t = torch.cat(params.feedback, 0).T  # (n_L, S)
         self.width = self.qbar_t.shape[1]
         self.rate, self.generator, self.cfg = cfg.apical_rate, generator, cfg
+        self.split = not isinstance(state, AbsoluteState)
         # Q_L = I (fixed feedback, a frozen identity): its block of Q u is u itself. For a wide
         # output (the autoencoder: n_L = 784) that block is most of the per-step drive GEMM; for a
         # narrow one the copy costs more than the GEMM block saves.
@@ -300,20 +303,41 @@ class _ApicalDrive:
         self.noise_std = _noise_std(params, cfg, x) if cfg.noisy else None
         self.noise_rate = None if cfg.tau_noise is None else cfg.dt / cfg.tau_noise
         self.noise_state = None
-        self.v_apical = torch.zeros(x.shape[0], self.width, dtype=x.dtype, device=x.device)
+        batch = x.shape[0]
+        self.v_apical = torch.zeros(batch, self.width, dtype=x.dtype, device=x.device)
+        self.control = torch.zeros(batch, self.sizes[-1], dtype=x.dtype, device=x.device)
+        self.eta = torch.zeros_like(self.v_apical) if cfg.noisy else None
+
+    def filtered(self) -> Tensor | None:
+        """The apical compartment's filtered control c (B, n_L), ``None`` when it follows Q u at once."""
+        return None if self.rate == 1.0 else self.control
+
+    def current(self) -> Tensor | Apical:
+        """v^A now: (B, S), or split (the tensors are replaced by ``step``, never written in place)."""
+        return Apical(self.control, self.eta) if self.split else self.v_apical
 
     def step(self, control: Tensor) -> tuple[Tensor, ...] | Tensor:
+        if self.rate != 1.0 or self.split:  # c, the filtered control (the early stop's state; the split drive's)
+            self.control = control if self.rate == 1.0 else torch.lerp(self.control, control, self.rate)
         if self.direct:
             return control
+        if self.split:
+            control = self.control
         if self.drive_t is not None:
             drive = torch.cat([control @ self.drive_t, control], 1)
-            v_apical = drive if self.rate == 1.0 else torch.lerp(self.v_apical, drive, self.rate)
-        elif self.rate == 1.0:
+            v_apical = drive if self.rate == 1.0 or self.split else torch.lerp(self.v_apical, drive, self.rate)
+        elif self.rate == 1.0 or self.split:
             v_apical = control @ self.qbar_t
         else:  # the apical low-pass filter (1 - a) v^A + a Q u, in the GEMM
             v_apical = torch.addmm(self.v_apical, control, self.qbar_t, beta=1 - self.rate, alpha=self.rate)
         if self.noise_std is not None:
-            v_apical.addcmul_(self._noise(), self.noise_std)  # v_apical is always a fresh tensor here
+            noise = self._noise()
+            if self.split:
+                self.eta = (torch.mul(noise, self.noise_std) if self.rate == 1.0
+                            else torch.mul(self.eta, 1 - self.rate).addcmul_(noise, self.noise_std))
+                v_apical.add_(self.eta)
+            else:
+                v_apical.addcmul_(noise, self.noise_std)  # v_apical is always a fresh tensor here
         self.v_apical = v_apical
         return torch.split(v_apical, self.sizes, dim=1)
 

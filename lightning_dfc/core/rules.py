@@ -335,8 +335,9 @@ def dfc_ss_update(
     ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
     An early stop bounds what it extrapolates at the last time point, which the rule uses."""
     offset = _offset(ff, target, delta) if output_error == "linear" else None
+    classify = (criterion.threshold, criterion.epsilon) if criterion.exclude else None
     result = simulate(params, x, ff, target, cfg, delta=offset, output_error=output_error, generator=generator,
-                      final_state=True)
+                      final_state=True, classify=classify)
     stats, converged = _simulation_stats(result, criterion)
     mask = None
     if criterion.exclude:
@@ -414,9 +415,10 @@ def dfc_update(
     if criterion.exclude and cfg.noisy and generator is None:
         generator = torch.Generator(x.device).manual_seed(int(torch.randint(2**62, (1,))))
     noise_state = generator.get_state() if generator is not None else None
+    classify = (criterion.threshold, criterion.epsilon) if criterion.exclude else None
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_forward=True,
                       accumulate_feedback=single_phase, highpass_rate=highpass, generator=generator, rule=rule,
-                      outer_every=outer_every)
+                      outer_every=outer_every, classify=classify)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:

@@ -10,13 +10,25 @@ teaching signals; deviations are formed on request.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from .config import RULES, SimulationConfig
 from .network import LayerParams
 
-__all__ = ["affine", "AbsoluteState", "DeviationState", "teaching_signal"]
+__all__ = ["affine", "Apical", "AbsoluteState", "DeviationState", "teaching_signal"]
+
+
+class Apical(NamedTuple):
+    """The apical voltage of every layer as v^A = Qbar c + eta: a control part ``control`` c
+    (B, n_L) and a noise part ``noise`` eta (B, S) or ``None`` (the split form of the fast
+    numerics' drive: the feedback rule's sum over v^A then splits into an (n_L, n_L) part and a
+    noise part, ``FeedbackSum``)."""
+
+    control: Tensor
+    noise: Tensor | None
 
 
 def affine(params: LayerParams, i: int, pre: Tensor) -> Tensor:
@@ -31,7 +43,7 @@ def _layer_step(
     act,
     rule: str,
     dv: Tensor,
-    apical: Tensor,
+    soma_input: Tensor,
     dvb: Tensor | None,
     soma_rate: float,
     v_ff: Tensor,
@@ -41,13 +53,14 @@ def _layer_step(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer's somatic Euler step and teaching signal, in deviations; all (B, n_i).
 
-    dv <- dv + dt/tau_v (v^A + dvb - dv) (in place); dr = phi(v_ff + dv) - r_ff. ``dvb`` is the
-    basal deviation W_i dr_{i-1} (``None`` for the first layer, whose basal input is constant).
-    The signal phi(v) - phi(v^B) is dr - dr^B with both rate deviations cancellation-free: each
-    keeps its relative precision however small, and their difference loses only the factor
-    |dr| / |signal|, which the somatic and basal deviations of a controlled layer keep of order 1.
+    dv <- dv + dt/tau_v (soma_input - dv) (in place), soma_input = v^A + dvb; dr = phi(v_ff +
+    dv) - r_ff. ``dvb`` is the basal deviation W_i dr_{i-1} (``None`` for the first layer, whose
+    basal input is constant; needed only for the signal). The signal phi(v) - phi(v^B) is
+    dr - dr^B with both rate deviations cancellation-free: each keeps its relative precision
+    however small, and their difference loses only the factor |dr| / |signal|, which the somatic
+    and basal deviations of a controlled layer keep of order 1.
     """
-    dv = dv.lerp_(apical if dvb is None else apical + dvb, soma_rate)
+    dv = dv.lerp_(soma_input, soma_rate)
     dr = act.rate_deviation(v_ff, r_ff, dv, slope_ff)
     signal = None
     if want_signal:
@@ -74,17 +87,22 @@ class DeviationState:
 
     def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
         """One somatic Euler step of every layer given its apical voltage (B, n_i); the teaching
-        signals of this step (``None`` entries unless ``want_signal``)."""
+        signals of this step (``None`` entries unless ``want_signal``). Without signals a layer's
+        basal input joins its apical voltage inside the GEMM."""
         weights, dr, n_layers = self.params.weights, self.dr, self.params.num_layers
-        dvb: list[Tensor | None] = [None] * n_layers  # basal deviation W_i dr_{i-1} (None: layer 1)
-        if not self.cfg.inst_transmission:  # every layer sees the previous step's presynaptic rates
-            dvb = [None] + [dr[i - 1] @ weights[i].T for i in range(1, n_layers)]
+        previous = None if self.cfg.inst_transmission else list(dr)  # the previous step's presynaptic rates
         signals = []
         for i in range(n_layers):
-            if self.cfg.inst_transmission and i > 0:
-                dvb[i] = dr[i - 1] @ weights[i].T
+            soma, dvb = apical[i], None
+            if i > 0:
+                pre = dr[i - 1] if previous is None else previous[i - 1]
+                if want_signal:
+                    dvb = pre @ weights[i].T
+                    soma = soma + dvb
+                else:
+                    soma = torch.addmm(soma, pre, weights[i].T)
             self.dv[i], dr[i], sig = self.layer_step(
-                self.params.activations[i], self.rule, self.dv[i], apical[i], dvb[i], self.soma_rate,
+                self.params.activations[i], self.rule, self.dv[i], soma, dvb, self.soma_rate,
                 self.ff.v[i], self.ff.r[i], self.slopes[i], want_signal,
             )
             signals.append(sig)

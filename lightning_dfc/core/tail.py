@@ -1,40 +1,40 @@
 """The rest of a settled noise-free simulation in closed form: the early stop of the fast numerics.
 
-After its fast transient (the somata settle within a few tau_v / dt steps), a noise-free
-simulation approaches the controller's fixed point along its slowest mode: for each sample b the
-distance to the fixed point shrinks by a factor rho_b per Euler step. From a step t0 on, the
-remaining N = T - 1 - t0 time points are then, to first order in that (small) distance,
+A noise-free simulation approaches the controller's fixed point x*: e(r_L) = alpha u with
+v_i = W_i r_{i-1} + b_i + Q_i u, the steady state of every variant of the dynamics (proactive or
+not, any apical time constant), solved by Newton's method on the control (:func:`fixed_point`).
+Near it the Euler step is linear, x(t + 1) - x* = A (x(t) - x*), so from a time point t0 on the
+remaining N = T - 1 - t0 points sum to
 
-    x_b(t0 + k) = x*_b + rho_b^k (x_b(t0) - x*_b),    k = 1..N,
+    sum_{k=1..N} (x(t0 + k) - x*) = (I - A^N) A (I - A)^{-1} d,    d = x(t0) - x*,
 
-for every part of the state (control, voltages, rates, teaching signals). :class:`SettledTail`
-decides when this holds and gives what the simulation would have reached:
+and (I - A)^{-1} d costs two linearised sweeps through the layers and one n_L x n_L solve per
+sample with the Newton matrix (:class:`LinearizedMap`: the somata and the controller are
+eliminated in closed form, every mode of the dynamics included). What is left after N more
+steps is the slowest mode's: (I - A)^{-1} amplifies it by 1 / (1 - rho), so z2 = (I - A)^{-2} d
+gives rho_b (|z_u| / |z2_u| = 1 - rho_b, a power step) and that mode's part of d,
+(1 - rho)^2 z2; A^N acts on it as rho^N. The DFC rule's sums over the rest of the trajectory and
+the last point x* + rho^N (1 - rho)^2 z2 then follow to first order in d (:class:`SettledTail`).
 
-* the fixed point x*: e(r_L) = alpha u with v_i = W_i r_{i-1} + b_i + Q_i u, the steady state of
-  every variant of the dynamics (proactive or not, any apical time constant), solved by Newton's
-  method on the control (:func:`fixed_point`);
-* rho_b from the distances to it at two checks, accepted only where it agrees with the ratio of
-  successive changes of u (one mode dominates);
-* a bound on what is extrapolated: at most ``tolerance`` of each sample's control, weighted by the
-  extrapolated part's share of the time average (the DFC rule) or left at the last time point
-  (rules that use the final state: DFC-SS, Strong-DFC two phases). Where the extrapolation is
-  off by 10 %, the update is then off by ~0.1 ``tolerance``.
-
-Before that holds the simulation goes on, so a batch that never settles is simulated in full.
+The simulation stops at a check whose prediction agrees with the previous check's to
+``tolerance`` (relative, per tensor): of the whole update for the DFC rule, of the teaching
+signals at the last time point for the rules that use it (DFC-SS, Strong-DFC two phases). Before that the simulation goes on, so a batch that never settles is simulated in full.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from .config import SimulationConfig
 from .network import LayerParams
 from .state import teaching_signal
 
 __all__ = ["OutputError", "FixedPoint", "controlled_sweep", "control_jacobian", "newton_factors", "fixed_point",
-           "SettledTail", "Tail"]
+           "Deviation", "LinearizedMap", "SettledTail", "Tail"]
 
 
 class OutputError:
@@ -123,61 +123,156 @@ def newton_factors(params: LayerParams, ff, error: OutputError, alpha: float, dv
 
 
 def fixed_point(params: LayerParams, ff, error: OutputError, alpha: float, u0: Tensor, *,
-                factors: tuple[Tensor, Tensor] | None = None, max_iterations: int = 8,
+                factors: tuple[Tensor, Tensor] | None = None, max_iterations: int = 12,
                 rtol: float | None = None) -> FixedPoint:
-    """Solve e(r_L(u)) = alpha u for the control (B, n_L) by Newton's method from ``u0``, with the
-    somata at their steady state (:func:`controlled_sweep`).
+    """Solve F(u) = e(r_L(u)) - alpha u = 0 for the control (B, n_L) by a damped Newton method
+    from ``u0``, with the somata at their steady state (:func:`controlled_sweep`).
 
     Chord iterations: the Jacobian's ``factors`` (:func:`newton_factors`; computed at ``u0`` when
-    not given) are reused, and refreshed once if the iterations stall. A sample has converged when
-    its last step moved u by at most ``rtol`` of |u| (default: 50 machine epsilons, the rounding
-    floor of e near the fixed point)."""
+    not given) are reused while each step shrinks to less than half the previous one, and
+    refreshed where it does not. A sample's step is halved until its |F| decreases (far from the
+    fixed point, with strong targets, full steps can cycle). A sample has converged when its last
+    step moved u by at most ``rtol`` of |u| (default: 50 machine epsilons, the rounding floor of
+    e near the fixed point)."""
     rtol = 50 * torch.finfo(u0.dtype).eps if rtol is None else rtol
+    norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
     u = u0.clone()
     dv, dr = controlled_sweep(params, ff, u)
-    refreshed, converged = False, False
-    for iteration in range(max_iterations):
-        if factors is None or (iteration == max_iterations // 2 and not refreshed):
-            refreshed = factors is not None
+    residual = error(dr[-1]) - alpha * u
+    converged, previous = False, None
+    for _ in range(max_iterations):
+        if factors is None:
             factors = newton_factors(params, ff, error, alpha, dv, dr[-1])
-        residual = error(dr[-1]) - alpha * u
         step = torch.linalg.lu_solve(*factors, residual.unsqueeze(-1)).squeeze(-1)
-        u = u + step
-        dv, dr = controlled_sweep(params, ff, u)
-        size = torch.linalg.vector_norm(step, dim=1)
+        size_now = norm(residual)
+        for _halving in range(8):  # backtracking: halve the step of the samples whose |F| grew
+            trial = u + step
+            dv, dr = controlled_sweep(params, ff, trial)
+            trial_residual = error(dr[-1]) - alpha * trial
+            worse = norm(trial_residual) > size_now
+            if not bool(worse.any()):
+                break
+            step = torch.where(worse.unsqueeze(1), 0.5 * step, step)
+        u, residual = trial, trial_residual
+        size = norm(step)
         if not bool(torch.isfinite(size).all()):
             break
-        if bool((size <= rtol * torch.linalg.vector_norm(u, dim=1)).all()):
+        if bool((size <= rtol * norm(u)).all()):
             converged = True
             break
+        largest = float(size.max())
+        if previous is not None and largest > 0.5 * previous:  # the chord is too far off: refresh it
+            factors = None
+        previous = largest
     return FixedPoint(u, dv, dr, converged, factors)
+
+
+class Deviation(NamedTuple):
+    """A state of the simulation, or its deviation from the fixed point; all (B, .):
+    ``integral`` the controller's integral part (``None`` with k_p = 0), ``control`` u,
+    ``apical`` the apical compartment's filtered control c (``None`` when it follows Q u at once),
+    ``soma`` the somatic voltage deviations per layer."""
+
+    integral: Tensor | None
+    control: Tensor
+    apical: Tensor | None
+    soma: list[Tensor]
+
+
+class LinearizedMap:
+    """The Euler step of :func:`~lightning_dfc.core.dynamics.simulate` linearised at the fixed
+    point (see the module docstring), for every variant of the dynamics (proactive or not, any
+    apical rate a = dt / tau_A, instantaneous transmission or not, k_p >= 0).
+
+    With S_i = phi_i'(v*_i), the step maps a deviation (z_int, z_u, z_c, z_i) to
+    z_int + dt (eps - alpha z_u) (eps = -P S_L z_L, P the error's sensitivity), the control
+    z_int' + k_p eps, c' = (1 - a) c + a u_k, and z_i' = (1 - b) z_i + b (Q_i c' + W_i S_{i-1} z_{i-1}')
+    (b = dt / tau_v; z_{i-1} without instantaneous transmission). :meth:`solve` eliminates the
+    layers in closed form: z_i = Phi_i(w) + phi_i is affine in the apical drive w = z_u + kappa,
+    and the controller's row is the n_L x n_L system (P Jbar Qbar + alpha I) z_u = ..., the
+    Newton matrix at x*.
+    """
+
+    def __init__(self, params: LayerParams, ff, point: FixedPoint, error: OutputError, cfg: SimulationConfig) -> None:
+        self.params, self.cfg = params, cfg
+        voltages = [a + d for a, d in zip(ff.v, point.dv)]
+        self.slopes = [act.derivative(v) for act, v in zip(params.activations, voltages)]
+        self.basal = [None] + [dr @ w.T for dr, w in zip(point.dr[:-1], params.weights[1:])]  # W_i dr*_{i-1}
+        self.basal_slopes = [None] + [act.derivative(v + d) for act, v, d in
+                                      zip(params.activations[1:], ff.v[1:], self.basal[1:])]
+        self.jacobian = control_jacobian(params, voltages)  # Jbar Qbar (B, n_L, n_L), S_L included
+        sens = error.sensitivity(point.dr[-1])
+        self.sensitivity = sens
+        matrix = self.jacobian if sens is None else sens @ self.jacobian
+        eye = torch.eye(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
+        self.factors = torch.linalg.lu_factor(matrix + cfg.alpha * eye)
+
+    def _sweep(self, drive: Tensor | None, sources: list[Tensor]) -> list[Tensor]:
+        """z_i = Q_i drive + W_i S_{i-1} z_{i-1} + sources_i (``drive`` ``None``: 0)."""
+        params, out = self.params, []
+        for i in range(params.num_layers):
+            z = sources[i].clone() if drive is None else torch.addmm(sources[i], drive, params.feedback[i].T)
+            if i > 0:
+                z = z.addmm_(out[i - 1] * self.slopes[i - 1], params.weights[i].T)
+            out.append(z)
+        return out
+
+    def _error(self, output: Tensor) -> Tensor:
+        """P S_L z_L, the error's response to an output deviation, (B, n_L)."""
+        out = self.slopes[-1] * output
+        return out if self.sensitivity is None else (self.sensitivity @ out.unsqueeze(2)).squeeze(2)
+
+    def solve(self, d: Deviation) -> Deviation:
+        """(I - A)^{-1} d, i.e. z with z - A z = d."""
+        cfg, a, b = self.cfg, self.cfg.apical_rate, self.cfg.dt / self.cfg.tau_v
+        kappa = -d.control if cfg.proactive else torch.zeros_like(d.control)  # w = (Az)_c = z_u + kappa
+        if d.apical is not None:
+            kappa = kappa + d.apical * (1.0 / a - 1.0)
+        # the layers' own sources: phi_i = d_i / b + W_i S_{i-1} (phi_{i-1} - d_{i-1} [instantaneous])
+        sources = [dv / b for dv in d.soma]
+        if cfg.inst_transmission:
+            sources = [s if i == 0 else s - (d.soma[i - 1] * self.slopes[i - 1]) @ self.params.weights[i].T
+                       for i, s in enumerate(sources)]
+        phi = self._sweep(None, sources)
+        offset = (self.jacobian @ kappa.unsqueeze(2)).squeeze(2)
+        offset = offset if self.sensitivity is None else (self.sensitivity @ offset.unsqueeze(2)).squeeze(2)
+        rhs = (d.integral if d.integral is not None else d.control) / cfg.dt - offset - self._error(phi[-1])
+        z_u = torch.linalg.lu_solve(*self.factors, rhs.unsqueeze(2)).squeeze(2)
+        w = z_u + kappa
+        z = self._sweep(w, sources)  # = Phi(w) + phi
+        integral = None
+        if d.integral is not None:  # z_int = z_u - d_u + d_int - k_p eps
+            integral = z_u - d.control + d.integral + cfg.k_p * self._error(z[-1])
+        apical = None
+        if d.apical is not None:  # z_c = u_k + d_c / a
+            apical = (z_u - d.control if cfg.proactive else z_u) + d.apical / a
+        return Deviation(integral, z_u, apical, z)
 
 
 @dataclass
 class Tail:
-    """The extrapolated rest of a simulation from step t0 on (see the module docstring).
+    """The closed-form rest of a simulation after its last simulated step (``remaining`` = N
+    time points), per layer (B, n_i) unless noted:
 
     Attributes:
-        remaining: N, the time points after t0.
-        rho: per-sample contraction per step (B,).
         point: the fixed point x*.
-        signals: the teaching signals at x*, per layer (B, n_i) (``None`` unless asked for).
-        geometric: sum_{k=1..N} rho^k (B, 1); ``geometric2``: sum rho^{2k}; ``last``: rho^N.
-        weight: the largest per-sample bound on the extrapolated part (what ``tolerance`` bounds).
+        signals: the teaching signals s* at x* (``None`` for rules that use the last point).
+        signal_sums: sum over the N points of the signal; ``deviation_sums``: of s - s*;
+            ``rate_sums``: of the rate deviation dr (from the feedforward pass).
+        final_control, final_soma: the control u and the somatic deviations at the last time
+            point, x* + rho^N (1 - rho)^2 z2.
+        agreement: the relative change of the prediction since the previous check.
     """
 
     remaining: int
-    rho: Tensor
     point: FixedPoint
-    signals: list[Tensor] | None
-    geometric: Tensor
-    geometric2: Tensor
-    last: Tensor
-    weight: float
-
-    def final(self, now: Tensor, star: Tensor) -> Tensor:
-        """A state variable at the last time point, x* + rho^N (x(t0) - x*)."""
-        return torch.addcmul(star, self.last, now - star)
+    final_control: Tensor
+    final_soma: list[Tensor]
+    agreement: float = float("nan")
+    signals: list[Tensor] | None = None
+    signal_sums: list[Tensor] | None = None
+    deviation_sums: list[Tensor] | None = None
+    rate_sums: list[Tensor] | None = None
 
 
 class SettledTail:
@@ -187,91 +282,147 @@ class SettledTail:
     Args:
         params, ff: the network and its feedforward pass.
         error: the controller's output error.
-        alpha: the controller's leak; ``steps``: the Euler steps of the full simulation (T - 1).
-        check_every, tolerance: see :class:`~lightning_dfc.core.config.SimulationConfig`.
-        time_average: the rule averages the trajectory (DFC) rather than using its last point.
-        rule: the teaching signal whose fixed-point value the time average needs.
+        cfg: the simulation (its dynamics, ``steps``, ``check_every``, ``tolerance``).
+        sums: the DFC rule's running sums (:class:`~lightning_dfc.core.accumulators.ForwardSums`)
+            when the rule averages the trajectory; ``None`` for rules that use its last point.
+        rule: the teaching signal (``nonlinear_difference`` or ``voltage_difference``).
         keep: (B, 1) samples that count (``None``: all).
+        x: the input (B, n_0) (layer 1's presynaptic rate, for the predicted update).
+        classification: ``(threshold, epsilon, error_initial)`` when the caller classifies the
+            samples at the last time point (converged: fixed-point residual below ``threshold``
+            and error below epsilon^2 of ``error_initial`` (B,)): the stop then also waits until
+            every sample's predicted classification is clear, a factor MARGIN from each bound.
     """
 
-    AGREEMENT = 0.1  # rho from the fixed point and from successive changes must agree this well
-    GATE = 8.0  # the cheap pre-check (no fixed point) passes below GATE * tolerance
+    MARGIN = 2.0
 
-    def __init__(self, params: LayerParams, ff, error: OutputError, alpha: float, steps: int, check_every: int,
-                 tolerance: float, time_average: bool, rule: str, keep: Tensor | None) -> None:
-        self.params, self.ff, self.error, self.alpha = params, ff, error, alpha
-        self.steps, self.check_every, self.tolerance = steps, check_every, tolerance
-        self.time_average, self.rule = time_average, rule
-        self.keep = None if keep is None else keep.squeeze(1)
-        self.previous: list[Tensor] = []  # u at the last two checks, newest first
-        self.warm: FixedPoint | None = None  # the last fixed point (Newton's warm start and Jacobian)
+    def __init__(self, params: LayerParams, ff, error: OutputError, cfg: SimulationConfig, sums, rule: str,
+                 keep: Tensor | None, x: Tensor, classification: tuple[float, float, Tensor] | None = None) -> None:
+        self.params, self.ff, self.error, self.cfg, self.sums, self.rule, self.x = params, ff, error, cfg, sums, rule, x
+        self.classification = classification
+        self.steps, self.check_every, self.tolerance = cfg.steps - 1, cfg.check_every, cfg.tolerance
+        self.keep = keep
+        self.warm: FixedPoint | None = None  # the last fixed point (Newton's warm start and matrix)
+        self.prediction: list[Tensor] | None = None  # the previous check's predicted update
         self.fixed_point_solves = 0
 
-    def check(self, t: int, u: Tensor) -> Tail | str | None:
-        """After step ``t`` (0-based): ``None`` (go on), ``"diverged"``, or the :class:`Tail`."""
+    def check(self, t: int, state: Deviation, rates_now: list[Tensor]) -> Tail | str | None:
+        """After step ``t`` (0-based), ``state`` holding the absolute integral, control, apical
+        control and the somatic deviations from the feedforward pass, ``rates_now`` the rate
+        deviations: ``None`` (go on), ``"diverged"`` or the :class:`Tail`."""
         if (t + 1) % self.check_every:
             return None
-        if not bool(torch.isfinite(u if self.keep is None else u[self.keep]).all()):
+        u = state.control
+        if not bool(torch.isfinite(self._masked(u)).all()):
             return "diverged"
-        tail = self._tail(t, u) if len(self.previous) == 2 else None
-        self.previous = [u.clone(), *self.previous[:1]]
-        return tail
-
-    def _tail(self, t: int, u: Tensor) -> Tail | None:
         remaining = self.steps - 1 - t
         if remaining <= 0:
             return None
-        k = self.check_every
-        norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
-        step_new, step_old = norm(u - self.previous[0]), norm(self.previous[0] - self.previous[1])
-        ratio = torch.where(step_old > 0, step_new / step_old, torch.zeros_like(step_new))  # rho^k, one mode
-        if self.keep is not None:  # samples that do not count may hold anything
-            ratio = torch.where(self.keep, ratio, torch.zeros_like(ratio))
-            step_new = torch.where(self.keep, step_new, torch.zeros_like(step_new))
-        u_size = norm(u).clamp_min(torch.finfo(u.dtype).tiny)
-        cheap = self._weight(step_new * ratio / (1 - ratio).clamp_min(1e-12), ratio, k, remaining, u_size)
-        if not (bool((ratio < 1).all()) and cheap <= self.GATE * self.tolerance):
-            return None
         warm = self.warm
-        point = fixed_point(self.params, self.ff, self.error, self.alpha, u if warm is None else warm.u,
+        point = fixed_point(self.params, self.ff, self.error, self.cfg.alpha, u if warm is None else warm.u,
                             factors=None if warm is None else warm.factors)
         self.fixed_point_solves += 1
         if not point.converged:
-            self.warm = None
+            self.warm = self.prediction = None
             return None
+        linear = LinearizedMap(self.params, self.ff, point, self.error, self.cfg)
+        point.factors = linear.factors  # the Newton matrix at x*: the next check's warm start
         self.warm = point
-        distance, before = norm(u - point.u), norm(self.previous[0] - point.u)
-        settled = distance <= 1e-6 * u_size  # already at the fixed point (e.g. a zero target)
-        rho_k = torch.where(settled, torch.zeros_like(distance), distance / before.clamp_min(torch.finfo(u.dtype).tiny))
-        agree = settled | ((rho_k - ratio).abs() <= self.AGREEMENT * (1 - rho_k))
-        if self.keep is not None:
-            agree = agree | ~self.keep
-        if not (bool(agree.all()) and bool((rho_k < 1).all())):
+        d = self._deviation(state, point)
+        z = linear.solve(d)
+        z2 = linear.solve(z)
+        norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
+        first, second = norm(z.control), norm(z2.control)
+        rho = torch.where(second > 0, 1 - first / second.clamp_min(torch.finfo(u.dtype).tiny), torch.zeros_like(first))
+        rho = self._masked(rho)
+        if not bool(((rho >= 0) & (rho < 1)).all()):
             return None
-        weight = self._weight(distance, rho_k, k, remaining, u_size)
-        if weight > self.tolerance:
+        rho = rho.unsqueeze(1)
+        slow = (1 - rho) ** 2  # the slowest mode's part of d is (1 - rho)^2 z2; what N steps leave of it:
+        left = rho**remaining * slow
+        tail = Tail(remaining, point, torch.addcmul(point.u, left, z2.control),
+                    [torch.addcmul(star, left, z2i) for star, z2i in zip(point.dv, z2.soma)])
+        if not self._classification_is_clear(tail):
             return None
-        rho = rho_k.clamp_min(0) ** (1.0 / k)
-        last = rho**remaining
-        geometric = torch.where(rho < 1, rho * (1 - last) / (1 - rho).clamp_min(1e-30), torch.full_like(rho, remaining))
-        rho2 = rho * rho
-        geometric2 = torch.where(rho2 < 1, rho2 * (1 - last * last) / (1 - rho2).clamp_min(1e-30),
-                                 torch.full_like(rho, remaining))
-        signals = self._signals(point) if self.time_average else None
-        return Tail(remaining, rho, point, signals, geometric.unsqueeze(1), geometric2.unsqueeze(1),
-                    last.unsqueeze(1), weight)
+        if self.sums is None:  # a rule at the last point: its teaching signals there
+            prediction = self._final_signals(tail)
+        else:  # sum_k (x(t0 + k) - x*) = A z - A^(N+1) z, the second the slowest mode's
+            beyond = rho ** (remaining + 1) * (1 - rho)
+            totals = [torch.sub(zi - di, beyond * z2i) for zi, di, z2i in zip(z.soma, d.soma, z2.soma)]
+            self._add_time_average(tail, linear, d, totals)
+            prediction = self.sums.predicted_update(tail, rates_now, self.ff.r, self.x)
+        previous, self.prediction = self.prediction, prediction
+        if previous is None:
+            return None
+        tail.agreement = max(float(torch.linalg.vector_norm(p - q) / torch.linalg.vector_norm(p).clamp_min(1e-30))
+                             for p, q in zip(prediction, previous))
+        return tail if tail.agreement <= self.tolerance else None
 
-    def _weight(self, distance: Tensor, rho_k: Tensor, k: int, remaining: int, u_size: Tensor) -> float:
-        """The largest per-sample bound on the extrapolated part, relative to the sample's control."""
-        rho = rho_k.clamp(0, 1) ** (1.0 / k)
-        if self.time_average:  # its share of the time average over all T points
-            share = rho * (1 - rho**remaining) / (1 - rho).clamp_min(1e-30) / (self.steps + 1)
-        else:  # what is left at the last point, with an error of rho^N growing with N (1 - rho)
-            share = rho**remaining * torch.clamp(remaining * (1 - rho), min=1.0)
-        weight = share * distance / u_size
+    def _final_signals(self, tail: Tail) -> list[Tensor]:
+        """The teaching signals at the predicted last point (what a steady-state rule uses)."""
+        params, ff = self.params, self.ff
+        dv = tail.final_soma
+        dr = [act.rate_deviation(v, r, d) for act, v, r, d in zip(params.activations, ff.v, ff.r, dv)]
+        signals = []
+        for i, act in enumerate(params.activations):
+            dvb = None if i == 0 else dr[i - 1] @ params.weights[i].T
+            signals.append(self._masked(teaching_signal(self.rule, act, ff.v[i], dv[i], dvb, ff.r[i])))
+        return signals
+
+    def _classification_is_clear(self, tail: Tail) -> bool:
+        """Whether every counted sample's predicted last point passes or fails the caller's
+        convergence test by a factor MARGIN (a sample near a bound is simulated on)."""
+        if self.classification is None:
+            return True
+        threshold, epsilon, error_initial = self.classification
+        act, ff = self.params.activations[-1], self.ff
+        error = self.error(act.rate_deviation(ff.v[-1], ff.r[-1], tail.final_soma[-1]))
+        u_final = tail.final_control
+        reference = torch.linalg.vector_norm(ff.r[-1], dim=1).clamp_min(torch.finfo(u_final.dtype).tiny)
+        residual = torch.linalg.vector_norm(error - self.cfg.alpha * u_final, dim=1) / reference
+        reduction = torch.linalg.vector_norm(error, dim=1) / (epsilon**2 * error_initial).clamp_min(1e-300)
+        clear = ((residual * self.MARGIN < threshold) | (residual > self.MARGIN * threshold)) & (
+            (reduction * self.MARGIN < 1) | (reduction > self.MARGIN))
         if self.keep is not None:
-            weight = torch.where(self.keep, weight, torch.zeros_like(weight))
-        return float(weight.max()) if weight.numel() else 0.0
+            clear = clear | ~self.keep.squeeze(1)
+        return bool(clear.all())
+
+    def _masked(self, t: Tensor) -> Tensor:
+        if self.keep is None:
+            return t
+        keep = self.keep if t.dim() == 2 else self.keep.squeeze(1)
+        return torch.where(keep, t, torch.zeros_like(t))
+
+    def _deviation(self, state: Deviation, point: FixedPoint) -> Deviation:
+        """d = x(t0) - x*, the samples that do not count zeroed."""
+        star_integral = None if state.integral is None else point.u * (1 - self.cfg.k_p * self.cfg.alpha)
+        return Deviation(
+            None if state.integral is None else self._masked(state.integral - star_integral),
+            self._masked(state.control - point.u),
+            None if state.apical is None else self._masked(state.apical - point.u),
+            [self._masked(now - star) for now, star in zip(state.soma, point.dv)],
+        )
+
+    def _add_time_average(self, tail: Tail, linear: LinearizedMap, d: Deviation, totals: list[Tensor]) -> None:
+        """The DFC rule's sums over the N remaining points, to first order in d, into ``tail``;
+        ``totals``: sum_k (dv(t0 + k) - dv*) per layer."""
+        params, rule, remaining, point = self.params, self.rule, tail.remaining, tail.point
+        rates = [s * tot for s, tot in zip(linear.slopes, totals)]  # sum_k (dr - dr*)
+        deviation_sums = []
+        for i in range(params.num_layers):
+            dvb = None
+            if i > 0:  # the basal input's deviation, summed (without instantaneous transmission: one step late)
+                pre = rates[i - 1] if self.cfg.inst_transmission else rates[i - 1] + linear.slopes[i - 1] * d.soma[i - 1]
+                dvb = pre @ params.weights[i].T
+            if rule == "voltage_difference":
+                deviation = totals[i] if dvb is None else totals[i] - dvb
+            else:
+                deviation = rates[i] if dvb is None else rates[i] - linear.basal_slopes[i] * dvb
+            deviation_sums.append(self._masked(deviation))
+        tail.signals = [self._masked(s) for s in self._signals(point)]
+        tail.deviation_sums = deviation_sums
+        tail.signal_sums = [torch.add(dev, star, alpha=remaining) for dev, star in zip(deviation_sums, tail.signals)]
+        tail.rate_sums = [self._masked(torch.add(r, dr, alpha=remaining)) for r, dr in zip(rates, point.dr)]
 
     def _signals(self, point: FixedPoint) -> list[Tensor]:
         params, ff = self.params, self.ff

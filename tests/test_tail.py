@@ -154,7 +154,7 @@ def full_and_fast(variant, y_kind="linear", steps=2000, **kw):
     params, x, y = make(seed=7, batch=5)
     cfg = SimulationConfig(dt=0.02, steps=steps, alpha=0.02, tau_v=0.2, **kw)
     exact = forward_update(variant, params, x, y, "cross_entropy", 0.5, EXACT.resolve(cfg))
-    fast_cfg = dataclasses.replace(EXACT.resolve(cfg), early_stop=True, tolerance=1e-7, check_every=20)
+    fast_cfg = dataclasses.replace(EXACT.resolve(cfg), early_stop=True, tolerance=1e-5, check_every=20)
     fast = forward_update(variant, params, x, y, "cross_entropy", 0.5, fast_cfg)
     return exact, fast
 
@@ -162,11 +162,11 @@ def full_and_fast(variant, y_kind="linear", steps=2000, **kw):
 @pytest.mark.parametrize("variant", ["dfc", "dfc_ss"])
 @pytest.mark.parametrize("dynamics", VARIANTS[:4], ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 def test_early_stop_equals_the_full_simulation(variant, dynamics):
-    """float64 and a tight tolerance: the tail's own error only."""
+    """float64 and tolerance 1e-5: the tail's own error only, within the tolerance."""
     exact, fast = full_and_fast(variant, **dynamics)
     assert fast.stats["steps"] < exact.stats["steps"] / 4
     for a, b in zip(fast.tensors(), exact.tensors()):
-        assert float((a - b).norm()) <= 1e-6 * float(b.norm())
+        assert float((a - b).norm()) <= 1e-5 * float(b.norm())
 
 
 def test_early_stop_waits_for_a_borderline_convergence_test():

@@ -18,7 +18,11 @@ the last point x* + rho^N (1 - rho)^2 z2 then follow to first order in d (:class
 
 The simulation stops at a check whose prediction agrees with the previous check's to
 ``tolerance`` (relative, per tensor): of the whole update for the DFC rule, of the teaching
-signals at the last time point for the rules that use it (DFC-SS, Strong-DFC two phases). Before that the simulation goes on, so a batch that never settles is simulated in full.
+signals at the last time point for the rules that use it (DFC-SS, Strong-DFC two phases), which
+also need that point within ``REMAINDER`` tolerances of x* (the slowest modes' remainder is only
+estimated). The change between the two is scaled up to what it implies for the newer one's
+error, which is second order in the distance to x*: change q / (1 - q) where that distance
+squared shrank by q. Before that the simulation goes on, so a batch that never settles is simulated in full.
 """
 
 from __future__ import annotations
@@ -99,16 +103,19 @@ class FixedPoint:
     factors: tuple[Tensor, Tensor] | None = None  # of the Newton matrix last used (a warm start's)
 
 
-def control_jacobian(params: LayerParams, v: list[Tensor]) -> Tensor:
+def control_jacobian(params: LayerParams, v: list[Tensor], slopes: list[Tensor] | None = None) -> Tensor:
     """d r_L / d u with the somata at their steady state at voltages ``v`` (list of (B, n_i)):
-    Jbar Qbar, (B, n_L, n_L), by forward mode: Z_i = phi_i'(v_i) (Q_i + W_i Z_{i-1})."""
-    z = None
+    Jbar Qbar, (B, n_L, n_L), by forward mode: Z_i = phi_i'(v_i) (Q_i + W_i Z_{i-1}).
+    ``slopes``: phi_i'(v_i) when already known."""
+    z = None  # (n_i, n_L, B): the batch innermost, for the element-wise products
     for i, act in enumerate(params.activations):
-        q = params.feedback[i].unsqueeze(1)  # (n_i, 1, n_L)
-        if z is not None:  # z: (n_{i-1}, B, n_L); W_i z in one GEMM
-            q = (params.weights[i] @ z.flatten(1)).view(-1, z.shape[1], z.shape[2]) + q
-        z = q * act.derivative(v[i]).T.unsqueeze(2)
-    return z.permute(1, 0, 2)
+        slope = (act.derivative(v[i]) if slopes is None else slopes[i]).T.unsqueeze(1)  # (n_i, 1, B)
+        q = params.feedback[i].unsqueeze(2)  # (n_i, n_L, 1)
+        if z is None:
+            z = q * slope
+        else:  # W_i z in one GEMM
+            z = (params.weights[i] @ z.flatten(1)).view(-1, z.shape[1], z.shape[2]).add_(q).mul_(slope)
+    return z.permute(2, 0, 1)
 
 
 def newton_factors(params: LayerParams, ff, error: OutputError, alpha: float, dv: list[Tensor],
@@ -194,18 +201,27 @@ class LinearizedMap:
     """
 
     def __init__(self, params: LayerParams, ff, point: FixedPoint, error: OutputError, cfg: SimulationConfig) -> None:
-        self.params, self.cfg = params, cfg
+        self.params, self.cfg, self.ff, self.point = params, cfg, ff, point
+        self._signals: list[Tensor] | None = None
         voltages = [a + d for a, d in zip(ff.v, point.dv)]
         self.slopes = [act.derivative(v) for act, v in zip(params.activations, voltages)]
         self.basal = [None] + [dr @ w.T for dr, w in zip(point.dr[:-1], params.weights[1:])]  # W_i dr*_{i-1}
         self.basal_slopes = [None] + [act.derivative(v + d) for act, v, d in
                                       zip(params.activations[1:], ff.v[1:], self.basal[1:])]
-        self.jacobian = control_jacobian(params, voltages)  # Jbar Qbar (B, n_L, n_L), S_L included
+        self.jacobian = control_jacobian(params, voltages, self.slopes)  # Jbar Qbar (B, n_L, n_L), S_L included
         sens = error.sensitivity(point.dr[-1])
         self.sensitivity = sens
         matrix = self.jacobian if sens is None else sens @ self.jacobian
         eye = torch.eye(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
         self.factors = torch.linalg.lu_factor(matrix + cfg.alpha * eye)
+
+    def signals(self, rule: str) -> list[Tensor]:
+        """The teaching signals at x*, per layer (B, n_i) (computed once)."""
+        if self._signals is None:
+            params, ff, point = self.params, self.ff, self.point
+            self._signals = [teaching_signal(rule, act, ff.v[i], point.dv[i], self.basal[i], ff.r[i])
+                             for i, act in enumerate(params.activations)]
+        return self._signals
 
     def _sweep(self, drive: Tensor | None, sources: list[Tensor]) -> list[Tensor]:
         """z_i = Q_i drive + W_i S_{i-1} z_{i-1} + sources_i (``drive`` ``None``: 0)."""
@@ -295,6 +311,8 @@ class SettledTail:
     """
 
     MARGIN = 2.0
+    REUSE = 1e-4  # a fixed point that moved less than this (relative) keeps the linearised step
+    REMAINDER = 10.0  # the last point may still be this many tolerances of |u*| from x*
 
     def __init__(self, params: LayerParams, ff, error: OutputError, cfg: SimulationConfig, sums, rule: str,
                  keep: Tensor | None, x: Tensor, classification: tuple[float, float, Tensor] | None = None) -> None:
@@ -303,15 +321,19 @@ class SettledTail:
         self.steps, self.check_every, self.tolerance = cfg.steps - 1, cfg.check_every, cfg.tolerance
         self.keep = keep
         self.warm: FixedPoint | None = None  # the last fixed point (Newton's warm start and matrix)
+        self.linear: LinearizedMap | None = None  # the step linearised there
         self.prediction: list[Tensor] | None = None  # the previous check's predicted update
+        self.distance = 0.0  # and its largest relative distance |u - u*| / |u*|
+        self.next_check, self.gave_up, self.unsettled = cfg.check_every, False, 0
         self.fixed_point_solves = 0
 
     def check(self, t: int, state: Deviation, rates_now: list[Tensor]) -> Tail | str | None:
         """After step ``t`` (0-based), ``state`` holding the absolute integral, control, apical
         control and the somatic deviations from the feedforward pass, ``rates_now`` the rate
         deviations: ``None`` (go on), ``"diverged"`` or the :class:`Tail`."""
-        if (t + 1) % self.check_every:
+        if t + 1 < self.next_check or self.gave_up:
             return None
+        self.next_check = 2 * (t + 1)  # each check that does not stop doubles the interval: few checks in all
         u = state.control
         if not bool(torch.isfinite(self._masked(u)).all()):
             return "diverged"
@@ -323,39 +345,57 @@ class SettledTail:
                             factors=None if warm is None else warm.factors)
         self.fixed_point_solves += 1
         if not point.converged:
-            self.warm = self.prediction = None
+            self.warm = self.linear = self.prediction = None
             return None
-        linear = LinearizedMap(self.params, self.ff, point, self.error, self.cfg)
+        moved = warm is None or bool((torch.linalg.vector_norm(point.u - warm.u, dim=1)
+                                      > self.REUSE * torch.linalg.vector_norm(point.u, dim=1)).any())
+        if moved or self.linear is None:  # the fixed point does not depend on t: rebuild only if Newton moved it
+            self.linear = LinearizedMap(self.params, self.ff, point, self.error, self.cfg)
+        linear = self.linear
         point.factors = linear.factors  # the Newton matrix at x*: the next check's warm start
         self.warm = point
         d = self._deviation(state, point)
         z = linear.solve(d)
         z2 = linear.solve(z)
+        z3 = linear.solve(z2)
         norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
-        first, second = norm(z.control), norm(z2.control)
+        first, second = norm(z2.control), norm(z3.control)
         rho = torch.where(second > 0, 1 - first / second.clamp_min(torch.finfo(u.dtype).tiny), torch.zeros_like(first))
         rho = self._masked(rho)
         if not bool(((rho >= 0) & (rho < 1)).all()):
             return None
         rho = rho.unsqueeze(1)
-        slow = (1 - rho) ** 2  # the slowest mode's part of d is (1 - rho)^2 z2; what N steps leave of it:
+        slow = (1 - rho) ** 3  # the slowest mode's part of d is (1 - rho)^3 z3; what N steps leave of it:
         left = rho**remaining * slow
-        tail = Tail(remaining, point, torch.addcmul(point.u, left, z2.control),
-                    [torch.addcmul(star, left, z2i) for star, z2i in zip(point.dv, z2.soma)])
+        tail = Tail(remaining, point, torch.addcmul(point.u, left, z3.control),
+                    [torch.addcmul(star, left, z3i) for star, z3i in zip(point.dv, z3.soma)])
         if not self._classification_is_clear(tail):
             return None
         if self.sums is None:  # a rule at the last point: its teaching signals there
+            left_over = norm(left * z3.control) / norm(point.u).clamp_min(torch.finfo(u.dtype).tiny)
+            if float(self._masked(left_over).max()) > self.REMAINDER * self.tolerance:
+                # not settled by the last point (its remainder is only estimated): the remainder
+                # is rho^(T - 1) times the start's, so later checks would find the same
+                self.unsettled += 1
+                self.gave_up = self.unsettled >= 2
+                return None
             prediction = self._final_signals(tail)
         else:  # sum_k (x(t0 + k) - x*) = A z - A^(N+1) z, the second the slowest mode's
-            beyond = rho ** (remaining + 1) * (1 - rho)
-            totals = [torch.sub(zi - di, beyond * z2i) for zi, di, z2i in zip(z.soma, d.soma, z2.soma)]
+            beyond = rho ** (remaining + 1) * (1 - rho) ** 2
+            totals = [torch.sub(zi - di, beyond * z3i) for zi, di, z3i in zip(z.soma, d.soma, z3.soma)]
             self._add_time_average(tail, linear, d, totals)
             prediction = self.sums.predicted_update(tail, rates_now, self.ff.r, self.x)
+        distance = float(self._masked(norm(d.control) / norm(point.u).clamp_min(torch.finfo(u.dtype).tiny)).max())
         previous, self.prediction = self.prediction, prediction
+        previous_distance, self.distance = self.distance, distance
         if previous is None:
             return None
-        tail.agreement = max(float(torch.linalg.vector_norm(p - q) / torch.linalg.vector_norm(p).clamp_min(1e-30))
-                             for p, q in zip(prediction, previous))
+        change = max(float(torch.linalg.vector_norm(p - q) / torch.linalg.vector_norm(p).clamp_min(1e-30))
+                     for p, q in zip(prediction, previous))
+        # the prediction's error is second order in the distance d to x*: if it changed by `change`
+        # while d^2 shrank by the factor q, what is left of it now is change * q / (1 - q)
+        shrink = (distance / previous_distance) ** 2 if previous_distance > 0 else 0.0
+        tail.agreement = change * max(1.0, shrink / (1.0 - shrink)) if shrink < 1 else float("inf")
         return tail if tail.agreement <= self.tolerance else None
 
     def _final_signals(self, tail: Tail) -> list[Tensor]:
@@ -419,15 +459,8 @@ class SettledTail:
             else:
                 deviation = rates[i] if dvb is None else rates[i] - linear.basal_slopes[i] * dvb
             deviation_sums.append(self._masked(deviation))
-        tail.signals = [self._masked(s) for s in self._signals(point)]
+        tail.signals = [self._masked(s) for s in linear.signals(self.rule)]
         tail.deviation_sums = deviation_sums
         tail.signal_sums = [torch.add(dev, star, alpha=remaining) for dev, star in zip(deviation_sums, tail.signals)]
         tail.rate_sums = [self._masked(torch.add(r, dr, alpha=remaining)) for r, dr in zip(rates, point.dr)]
 
-    def _signals(self, point: FixedPoint) -> list[Tensor]:
-        params, ff = self.params, self.ff
-        out = []
-        for i, act in enumerate(params.activations):
-            dvb = None if i == 0 else point.dr[i - 1] @ params.weights[i].T
-            out.append(teaching_signal(self.rule, act, ff.v[i], point.dv[i], dvb, ff.r[i]))
-        return out

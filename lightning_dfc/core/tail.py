@@ -13,8 +13,9 @@ sample with the Newton matrix (:class:`LinearizedMap`: the somata and the contro
 eliminated in closed form, every mode of the dynamics included). What is left after N more
 steps is the slowest mode's: (I - A)^{-1} amplifies it by 1 / (1 - rho), so z2 = (I - A)^{-2} d
 gives rho_b (|z_u| / |z2_u| = 1 - rho_b, a power step) and that mode's part of d,
-(1 - rho)^2 z2; A^N acts on it as rho^N. The DFC rule's sums over the rest of the trajectory and
-the last point x* + rho^N (1 - rho)^2 z2 then follow to first order in d (:class:`SettledTail`).
+(1 - rho)^2 z2 (one power more, (1 - rho)^3 z3, for the rules that use the last point); A^N acts
+on it as rho^N. The DFC rule's sums over the rest of the trajectory and the last point then
+follow to first order in d (:class:`SettledTail`).
 
 The simulation stops at a check whose prediction agrees with the previous check's to
 ``tolerance`` (relative, per tensor): of the whole update for the DFC rule, of the teaching
@@ -325,6 +326,8 @@ class SettledTail:
         self.prediction: list[Tensor] | None = None  # the previous check's predicted update
         self.distance = 0.0  # and its largest relative distance |u - u*| / |u*|
         self.next_check, self.gave_up, self.unsettled = cfg.check_every, False, 0
+        # x* to a tenth of the tolerance (the update is about as accurate as x*), not below rounding
+        self.newton_rtol = max(50 * torch.finfo(x.dtype).eps, cfg.tolerance / 10)
         self.fixed_point_solves = 0
 
     def check(self, t: int, state: Deviation, rates_now: list[Tensor]) -> Tail | str | None:
@@ -340,9 +343,10 @@ class SettledTail:
         remaining = self.steps - 1 - t
         if remaining <= 0:
             return None
-        warm = self.warm
-        point = fixed_point(self.params, self.ff, self.error, self.cfg.alpha, u if warm is None else warm.u,
-                            factors=None if warm is None else warm.factors)
+        warm = self.warm  # none yet: from u = 0, the chord at the feedforward point (its first step is DFC-SSA's u)
+        point = fixed_point(self.params, self.ff, self.error, self.cfg.alpha,
+                            torch.zeros_like(u) if warm is None else warm.u,
+                            factors=None if warm is None else warm.factors, rtol=self.newton_rtol)
         self.fixed_point_solves += 1
         if not point.converged:
             self.warm = self.linear = self.prediction = None
@@ -355,24 +359,27 @@ class SettledTail:
         point.factors = linear.factors  # the Newton matrix at x*: the next check's warm start
         self.warm = point
         d = self._deviation(state, point)
-        z = linear.solve(d)
-        z2 = linear.solve(z)
-        z3 = linear.solve(z2)
+        # powers of (I - A)^{-1}: each amplifies the slowest mode by 1 / (1 - rho) over the others;
+        # a rule at the last point needs that mode's remainder there, so one power more
+        powers = [linear.solve(d)]
+        for _ in range(1 if self.sums is not None else 2):
+            powers.append(linear.solve(powers[-1]))
+        z, top = powers[0], powers[-1]
         norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
-        first, second = norm(z2.control), norm(z3.control)
+        first, second = norm(powers[-2].control), norm(top.control)
         rho = torch.where(second > 0, 1 - first / second.clamp_min(torch.finfo(u.dtype).tiny), torch.zeros_like(first))
         rho = self._masked(rho)
         if not bool(((rho >= 0) & (rho < 1)).all()):
             return None
         rho = rho.unsqueeze(1)
-        slow = (1 - rho) ** 3  # the slowest mode's part of d is (1 - rho)^3 z3; what N steps leave of it:
+        slow = (1 - rho) ** len(powers)  # the slowest mode's part of d is (1 - rho)^p z_p; what N steps leave of it:
         left = rho**remaining * slow
-        tail = Tail(remaining, point, torch.addcmul(point.u, left, z3.control),
-                    [torch.addcmul(star, left, z3i) for star, z3i in zip(point.dv, z3.soma)])
+        tail = Tail(remaining, point, torch.addcmul(point.u, left, top.control),
+                    [torch.addcmul(star, left, top_i) for star, top_i in zip(point.dv, top.soma)])
         if not self._classification_is_clear(tail):
             return None
         if self.sums is None:  # a rule at the last point: its teaching signals there
-            left_over = norm(left * z3.control) / norm(point.u).clamp_min(torch.finfo(u.dtype).tiny)
+            left_over = norm(left * top.control) / norm(point.u).clamp_min(torch.finfo(u.dtype).tiny)
             if float(self._masked(left_over).max()) > self.REMAINDER * self.tolerance:
                 # not settled by the last point (its remainder is only estimated): the remainder
                 # is rho^(T - 1) times the start's, so later checks would find the same
@@ -381,8 +388,8 @@ class SettledTail:
                 return None
             prediction = self._final_signals(tail)
         else:  # sum_k (x(t0 + k) - x*) = A z - A^(N+1) z, the second the slowest mode's
-            beyond = rho ** (remaining + 1) * (1 - rho) ** 2
-            totals = [torch.sub(zi - di, beyond * z3i) for zi, di, z3i in zip(z.soma, d.soma, z3.soma)]
+            beyond = rho ** (remaining + 1) * (1 - rho) ** (len(powers) - 1)
+            totals = [torch.sub(zi - di, beyond * top_i) for zi, di, top_i in zip(z.soma, d.soma, top.soma)]
             self._add_time_average(tail, linear, d, totals)
             prediction = self.sums.predicted_update(tail, rates_now, self.ff.r, self.x)
         distance = float(self._masked(norm(d.control) / norm(point.u).clamp_min(torch.finfo(u.dtype).tiny)).max())

@@ -351,16 +351,16 @@ def test_side_by_side_table() -> None:
     """``benchmarks/side_by_side.py``: ratios of medians and the epoch-equivalent rows."""
     side = load_script("side_by_side")
     rows = [
-        side.row("deep_feedback_control", "DFC", "wake", [10.0, 12.0, 11.0], [0.2, 0.25, 0.3], ours_settings="published"),
-        side.row("deep_feedback_control", "DFC", "sleep", [0.4, 0.5, 0.3], [0.1, 0.1, 0.1], ours_settings="published"),
-        {"agreement": ["DFC", "wake", "published"], "one_minus_cos": 3e-16},
+        side.row("deep_feedback_control", "DFC", "wake", [10.0, 12.0, 11.0], [0.2, 0.25, 0.3], ours_settings="exact"),
+        side.row("deep_feedback_control", "DFC", "sleep", [0.4, 0.5, 0.3], [0.1, 0.1, 0.1], ours_settings="exact"),
+        {"agreement": ["DFC", "wake", "exact"], "one_minus_cos": 3e-16},
     ]
     assert rows[0]["ratio"] == pytest.approx(11.0 / 0.25)
     text = side.table(rows, threads=1)
-    assert "| DFC | wake | published | 11.000 | 0.2500 | **44.0x** | 3.0e-16 |" in text
-    assert "| DFC | sleep | published | 0.400 | 0.1000 | **4.0x** | not computed |" in text
+    assert "| DFC | wake | exact | 11.000 | 0.2500 | **44.0x** | 3.0e-16 |" in text
+    assert "| DFC | sleep | exact | 0.400 | 0.1000 | **4.0x** | noisy: other draws |" in text
     # 1 wake + 3 sleep: (11 + 1.2) / (0.25 + 0.3)
-    assert "| DFC | 1 wake + 3 sleep | published / published | 12.200 | 0.5500 | **22.2x** |" in text
+    assert "| DFC | 1 wake + 3 sleep | exact / exact | 12.200 | 0.5500 | **22.2x** |" in text
 
 
 def test_profile_pass_prints_the_operators(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,7 @@ REL = 1e-12
 # noisy simulations never stop early and always accumulate every step, whatever early_stop and
 # outer_every say, see lightning_dfc/dynamics.py).
 UNCHECKED = {"updates": {"max_diverged_batches"}, "simulation": {"compile"}}
-NOISY_UNUSED = {"early_stop", "outer_every", "tolerance", "check_every"}
+NOISY_UNUSED = {"early_stop", "tolerance", "check_every"}
 DATASETS = {"mnist": (MNISTDataModule, False), "fashion_mnist": (FashionMNISTDataModule, False),
             "mnist_autoencoder": (MNISTDataModule, True), "student_teacher": (StudentTeacherDataModule, None)}
 

@@ -130,7 +130,10 @@ class Activation:
         if self.name == "tanh":
             t = torch.tanh(dv)
             slope_ref = self.derivative(v_ref) if slope_ref is None else slope_ref
-            denominator = torch.mul(r_ref, t).add_(1.0)
+            if t.dtype == torch.float64:  # the published float64 numerics' rounding, unchanged
+                denominator = torch.mul(r_ref, t).add_(1.0)
+            else:
+                denominator = torch.addcmul(_one(t), r_ref, t)
             return t.mul_(slope_ref).div_(denominator)
         v = v_ref + dv
         return self.difference(v, v_ref, gap=dv, phi_basal=r_ref)
@@ -158,6 +161,17 @@ class Activation:
         return self.difference(
             v_ref + dv, v_ref + dv_basal, gap=dv - dv_basal, phi_v=r_ref + dr, phi_basal=r_ref + dr_basal
         )
+
+
+_ONES: dict[tuple, Tensor] = {}
+
+
+def _one(like: Tensor) -> Tensor:
+    """A 0-dim 1 of ``like``'s dtype and device (cached), for one fused addcmul."""
+    key = (like.dtype, like.device)
+    if key not in _ONES:
+        _ONES[key] = torch.ones((), dtype=like.dtype, device=like.device)
+    return _ONES[key]
 
 
 def activation_from_module(module: nn.Module) -> Activation | None:

@@ -134,7 +134,7 @@ def simulate(
     delta: Tensor | None = None, output_error: str = "linear", accumulate_forward: bool = False,
     accumulate_feedback: bool = False, highpass_rate: float | None = None, generator: torch.Generator | None = None,
     record: bool = False, rule: str = "nonlinear_difference", sample_mask: Tensor | None = None,
-    outer_every: int | None = None, final_state: bool = False, classify: tuple[float, float] | None = None,
+    final_state: bool = False, classify: tuple[float, float] | None = None,
 ) -> SimulationResult:
     """Simulate the controlled network from its feedforward state ``ff`` towards ``target``.
 
@@ -155,7 +155,6 @@ def simulate(
         generator: the noise's generator (``cfg.sigma > 0``; ``None``: torch's global one).
         record: also return the trajectories of u and r_L (memory O(T)).
         sample_mask: boolean (B,): accumulate and judge finiteness on these samples only.
-        outer_every: override ``cfg.outer_every`` (1 = exact; noisy simulations always use 1).
         final_state: the caller uses the last time point's state (a steady-state rule): an
             early stop bounds what it extrapolates there (:mod:`~lightning_dfc.core.tail`).
         classify: ``(threshold, epsilon)`` of the caller's convergence test of the last point:
@@ -174,7 +173,7 @@ def simulate(
                             output_error=output_error, accumulate_forward=accumulate_forward,
                             accumulate_feedback=accumulate_feedback, highpass_rate=highpass_rate,
                             generator=generator, record=record, rule=rule, sample_mask=sample_mask,
-                            outer_every=outer_every, final_state=final_state, classify=classify)
+                            final_state=final_state, classify=classify)
     steps, dt, alpha, k_p = cfg.steps - 1, cfg.dt, cfg.alpha, cfg.k_p
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
     error_of = OutputError(output_error, target, delta, ff.r[-1])
@@ -185,7 +184,7 @@ def simulate(
     error_initial = torch.linalg.vector_norm(error, dim=1)
     classification = None if classify is None else (*classify, error_initial)
     acc = _Accumulators(cfg, params, ff, x, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
-                        record, outer_every, drive.width, rule, final_state, classification)
+                        record, drive.width, rule, final_state, classification)
     finite, steps_done, tail = True, steps, None
     for t in range(steps):
         if t > 0:
@@ -215,11 +214,9 @@ class _Accumulators:
 
     def __init__(self, cfg: SimulationConfig, params: LayerParams, ff: Feedforward, x: Tensor, u: Tensor,
                  error: OutputError, keep: Tensor | None, forward: bool, feedback: bool, highpass_rate: float | None,
-                 record: bool, outer_every: int | None, width: int, rule: str, final_state: bool,
-                 classification: tuple | None) -> None:
-        outer_every = 1 if cfg.noisy else (cfg.outer_every if outer_every is None else outer_every)
+                 record: bool, width: int, rule: str, final_state: bool, classification: tuple | None) -> None:
         self.keep, self.params, self.ff = keep, params, ff
-        self.sums = ForwardSums(ff.v, outer_every, keep) if forward else None
+        self.sums = ForwardSums(ff.v, cfg.outer_every, keep) if forward else None
         self.feedback = FeedbackSum(width, u, highpass_rate, keep, torch.cat(params.feedback, 0)) if feedback else None
         self.tail = ControlTail(cfg.steps - 1, u) if cfg.noisy else None
         self.trajectory = Trajectory(u, ff.r[-1]) if record else None
@@ -307,18 +304,25 @@ class _ApicalDrive:
         self.v_apical = torch.zeros(batch, self.width, dtype=x.dtype, device=x.device)
         self.control = torch.zeros(batch, self.sizes[-1], dtype=x.dtype, device=x.device)
         self.eta = torch.zeros_like(self.v_apical) if cfg.noisy else None
+        if self.split and self.noise_std is not None:
+            # the split drive keeps the noise part eta = sigma n (filtered noise) or its apical filter
+            # in place, the scale folded into one per-column factor of the fresh draw
+            scale = self.noise_std if self.noise_rate is None else self.noise_std * (self.noise_rate / cfg.dt**0.5)
+            self.draw_scale = scale
+            self.eta_decay = 1 - (self.noise_rate if self.noise_rate is not None else self.rate)
 
     def filtered(self) -> Tensor | None:
         """The apical compartment's filtered control c (B, n_L), ``None`` when it follows Q u at once."""
         return None if self.rate == 1.0 else self.control
 
     def current(self) -> Tensor | Apical:
-        """v^A now: (B, S), or split (the tensors are replaced by ``step``, never written in place)."""
+        """v^A now: (B, S), or split (valid until the next ``step``, which may write them in place)."""
         return Apical(self.control, self.eta) if self.split else self.v_apical
 
     def step(self, control: Tensor) -> tuple[Tensor, ...] | Tensor:
         if self.rate != 1.0 or self.split:  # c, the filtered control (the early stop's state; the split drive's)
-            self.control = control if self.rate == 1.0 else torch.lerp(self.control, control, self.rate)
+            # (in place: the feedback rule has used the previous one already)
+            self.control = control if self.rate == 1.0 else self.control.lerp_(control, self.rate)
         if self.direct:
             return control
         if self.split:
@@ -331,15 +335,27 @@ class _ApicalDrive:
         else:  # the apical low-pass filter (1 - a) v^A + a Q u, in the GEMM
             v_apical = torch.addmm(self.v_apical, control, self.qbar_t, beta=1 - self.rate, alpha=self.rate)
         if self.noise_std is not None:
-            noise = self._noise()
             if self.split:
-                self.eta = (torch.mul(noise, self.noise_std) if self.rate == 1.0
-                            else torch.mul(self.eta, 1 - self.rate).addcmul_(noise, self.noise_std))
+                self._advance_eta()
                 v_apical.add_(self.eta)
             else:
-                v_apical.addcmul_(noise, self.noise_std)  # v_apical is always a fresh tensor here
+                v_apical.addcmul_(self._noise(), self.noise_std)  # v_apical is always a fresh tensor here
         self.v_apical = v_apical
         return torch.split(v_apical, self.sizes, dim=1)
+
+    def _advance_eta(self) -> None:
+        """The split drive's noise part, in place (the feedback rule has used it already): with
+        an instantaneous apical compartment eta = sigma n, n the (filtered) noise; with the apical
+        filter eta <- (1 - a) eta + sigma sqrt(dt) / tau_A xi."""
+        draw = standard_noise(self.eta.shape, self.cfg.noise, self.eta.dtype, self.eta.device, self.generator)
+        if self.noise_rate is None and self.rate == 1.0:
+            torch.mul(draw, self.draw_scale, out=self.eta)
+        elif self.noise_rate is not None and self.rate != 1.0:  # both filters: the noise, then the apical one
+            self.noise_state = (torch.mul(draw, self.draw_scale) if self.noise_state is None else
+                                self.noise_state.mul_(1 - self.noise_rate).addcmul_(draw, self.draw_scale))
+            self.eta.mul_(1 - self.rate).add_(self.noise_state)
+        else:
+            self.eta.mul_(self.eta_decay).addcmul_(draw, self.draw_scale)
 
     def _noise(self) -> Tensor:
         """White noise (B, S), or low-pass filtered with rate dt / tau_noise (Strong-DFC)."""

@@ -392,7 +392,6 @@ def dfc_update(
     delta: Tensor | None = None,
     output_error: str = "linear",
     feedback_rule: FeedbackRule | None = None,
-    outer_every: int | None = None,
 ) -> Update:
     """DFC: the local rule applied continuously, averaged over all T time points (eq. 5).
 
@@ -404,8 +403,6 @@ def dfc_update(
     ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
     With ``feedback_rule`` (single-phase learning) the same simulation also yields the
     feedback-weight updates (``Update.feedback``), from the converged samples when excluding.
-    ``outer_every`` overrides ``cfg.outer_every`` (its split of the presynaptic sum assumes a small
-    nudge: strong targets pass 1).
     """
     delta = _offset(ff, target, delta) if output_error == "linear" else None
     single_phase = feedback_rule is not None
@@ -418,14 +415,14 @@ def dfc_update(
     classify = (criterion.threshold, criterion.epsilon) if criterion.exclude else None
     result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error, accumulate_forward=True,
                       accumulate_feedback=single_phase, highpass_rate=highpass, generator=generator, rule=rule,
-                      outer_every=outer_every, classify=classify)
+                      classify=classify)
     stats, converged = _simulation_stats(result, criterion)
     if criterion.exclude and not bool(converged.all()):
         if generator is not None:
             generator.set_state(noise_state)
         result = simulate(params, x, ff, target, cfg, delta=delta, output_error=output_error,
                           accumulate_forward=True, accumulate_feedback=single_phase, highpass_rate=highpass,
-                          generator=generator, rule=rule, sample_mask=converged, outer_every=outer_every)
+                          generator=generator, rule=rule, sample_mask=converged)
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(result.finite)
     weights, biases = _continuous_rule(params, x, result, cfg.steps)

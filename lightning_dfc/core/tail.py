@@ -132,16 +132,16 @@ def newton_factors(params: LayerParams, ff, error: OutputError, alpha: float, dv
 
 def fixed_point(params: LayerParams, ff, error: OutputError, alpha: float, u0: Tensor, *,
                 factors: tuple[Tensor, Tensor] | None = None, max_iterations: int = 12,
-                rtol: float | None = None) -> FixedPoint:
+                rtol: float | None = None, halvings: int = 4) -> FixedPoint:
     """Solve F(u) = e(r_L(u)) - alpha u = 0 for the control (B, n_L) by a damped Newton method
     from ``u0``, with the somata at their steady state (:func:`controlled_sweep`).
 
     Chord iterations: the Jacobian's ``factors`` (:func:`newton_factors`; computed at ``u0`` when
-    not given) are reused while each step shrinks to less than half the previous one, and
+    not given) are reused while each step shrinks to less than a tenth of the previous one, and
     refreshed where it does not. A sample's step is halved until its |F| decreases (far from the
-    fixed point, with strong targets, full steps can cycle). A sample has converged when its last
-    step moved u by at most ``rtol`` of |u| (default: 50 machine epsilons, the rounding floor of
-    e near the fixed point)."""
+    fixed point, with strong targets, full steps can cycle), at most ``halvings`` times. A sample
+    has converged when its last step moved u by at most ``rtol`` of |u| (default: 50 machine
+    epsilons, the rounding floor of e near the fixed point)."""
     rtol = 50 * torch.finfo(u0.dtype).eps if rtol is None else rtol
     norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
     u = u0.clone()
@@ -153,7 +153,7 @@ def fixed_point(params: LayerParams, ff, error: OutputError, alpha: float, u0: T
             factors = newton_factors(params, ff, error, alpha, dv, dr[-1])
         step = torch.linalg.lu_solve(*factors, residual.unsqueeze(-1)).squeeze(-1)
         size_now = norm(residual)
-        for _halving in range(8):  # backtracking: halve the step of the samples whose |F| grew
+        for _halving in range(halvings):  # backtracking: halve the step of the samples whose |F| grew
             trial = u + step
             dv, dr = controlled_sweep(params, ff, trial)
             trial_residual = error(dr[-1]) - alpha * trial
@@ -169,7 +169,7 @@ def fixed_point(params: LayerParams, ff, error: OutputError, alpha: float, u0: T
             converged = True
             break
         largest = float(size.max())
-        if previous is not None and largest > 0.5 * previous:  # the chord is too far off: refresh it
+        if previous is not None and largest > 0.1 * previous:  # the chord converges slowly: refresh it
             factors = None
         previous = largest
     return FixedPoint(u, dv, dr, converged, factors)
@@ -348,8 +348,10 @@ class SettledTail:
                             torch.zeros_like(u) if warm is None else warm.u,
                             factors=None if warm is None else warm.factors, rtol=self.newton_rtol)
         self.fixed_point_solves += 1
-        if not point.converged:
+        if not point.converged:  # far from x* (a strong target early on): try once more later, then simulate on
             self.warm = self.linear = self.prediction = None
+            self.unsettled += 1
+            self.gave_up = self.unsettled >= 2
             return None
         moved = warm is None or bool((torch.linalg.vector_norm(point.u - warm.u, dim=1)
                                       > self.REUSE * torch.linalg.vector_norm(point.u, dim=1)).any())

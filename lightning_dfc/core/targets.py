@@ -33,11 +33,9 @@ class ControlTarget(NamedTuple):
 
 
 class Target:
-    """Base class of the targets. ``outer_every``: the DFC rule's ``outer_every`` split assumes a
-    small nudge; a target that is far from the output forces 1 (``None``: the simulation's)."""
+    """Base class of the targets."""
 
     strong = False
-    outer_every: int | None = None
 
     def control(self, output: Tensor, y: Tensor | None, loss: Loss, target_stepsize: float) -> ControlTarget:
         """The simulation's target for the feedforward output (B, n_L) and labels/targets ``y``.
@@ -70,7 +68,6 @@ class StrongTarget(Target):
     class_value: float = 0.99
     linear_error: bool = False
     strong = True
-    outer_every = 1
 
     def control(self, output, y, loss, target_stepsize):
         if y is None:

@@ -24,7 +24,7 @@ class DFC(Method):
         feedback_rule = settings.feedback_rule if self.single_phase else None
         return dfc_update(params, x, ff, control.target, settings.dynamics, settings.criterion, settings.generator,
                           settings.learning_rule, delta=control.delta, output_error=control.output_error,
-                          feedback_rule=feedback_rule, outer_every=self.target.outer_every)
+                          feedback_rule=feedback_rule)
 
 
 @dataclass(frozen=True)

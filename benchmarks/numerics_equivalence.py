@@ -12,7 +12,7 @@ of the reference excerpt, with each reference case's published settings (``tests
   are equal) and the ratio of the spreads (norms of the per-element standard deviations, and the
   median of their ratios).
 
-Each row also gives the time of one pass in each numerics. One JSON line per row goes to
+(Speed is measured elsewhere: ``benchmarks/side_by_side.py``.) One JSON line per row goes to
 ``--results`` as soon as the row is done (``--resume`` skips rows already there).
 
     python benchmarks/numerics_equivalence.py --seeds 50 --results docs/numerics_equivalence.jsonl \\
@@ -121,22 +121,22 @@ def noisy_row(case: str, kind: str, label: str, x, y, seeds: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["Noise-free passes (one update, fast against exact):", "",
-             "| pass | worst 1 - cos | worst norm difference | Euler steps exact / fast | time exact / fast (s) |",
-             "|---|---|---|---|---|"]
+             "| pass | worst 1 - cos | worst norm difference | Euler steps exact / fast |",
+             "|---|---|---|---|"]
     for r in rows:
         if r["kind"] == "noise-free":
             lines.append(f"| {r['row']} | {r['one_minus_cos']:.1e} | {r['norm_error']:.1e} | {r['steps_exact']:.0f} / "
-                         f"{r['steps_fast']:.0f} | {r['seconds_exact']:.3f} / {r['seconds_fast']:.3f} |")
+                         f"{r['steps_fast']:.0f} |")
     lines += ["", "Noisy passes (over the seeds: the mean update's difference in standard errors, worst tensor; "
               "spread ratio fast / exact, range over tensors):", "",
-              "| pass | seeds | mean difference (SE) | spread ratio (norm) | spread ratio (median) | "
-              "time exact / fast (s) |", "|---|---|---|---|---|---|"]
+              "| pass | seeds | mean difference (SE) | spread ratio (norm) | spread ratio (median) |",
+              "|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] != "noise-free":
             lo, hi = r["spread_ratio"]
             mlo, mhi = r["median_spread_ratio"]
             lines.append(f"| {r['row']} | {r['seeds']} | {r['mean_error_se']:.2f} | {lo:.3f} - {hi:.3f} | "
-                         f"{mlo:.3f} - {mhi:.3f} | {r['seconds_exact']:.3f} / {r['seconds_fast']:.3f} |")
+                         f"{mlo:.3f} - {mhi:.3f} |")
     return "\n".join(lines) + "\n"
 
 

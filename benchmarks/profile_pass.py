@@ -4,18 +4,17 @@ The pass is that of a reference case's published settings (``tests/reference``; 
 ``strong_dfc_wake``, ``strong_dfc_ss_sleep``) on the papers' MNIST network (784-256-256-256-10
 tanh, fresh weights, seed 0) and 128 MNIST images, float64, or an example config (``--config``,
 e.g. the autoencoder's ``examples/mnist_autoencoder_dfc_fixed.yaml``, with ``--steps`` to shorten
-it). ``--dtype float32`` runs the simulation in float32 in the float64 model
-(``SimulationConfig.dtype``). Prints the time of one call and the operators by self CPU time.
+it). ``--numerics`` chooses the preset (``fast``, the default, or ``exact``; the model is float64
+either way). Prints the time of one call and the operators by self CPU time.
 
     python benchmarks/profile_pass.py dfc_sleep sleep --threads 1
-    python benchmarks/profile_pass.py strong_dfc_wake wake --dtype float32
+    python benchmarks/profile_pass.py strong_dfc_wake wake --numerics exact
     python benchmarks/profile_pass.py --config examples/mnist_autoencoder_dfc_fixed.yaml wake --steps 201
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -40,12 +39,12 @@ def model_of(args: argparse.Namespace) -> DFCModule:
     if args.config:
         extra = [f"--model.dynamics.steps={args.steps}"] if args.steps else []
         cli = build_cli(["--config", str(args.config), "--data.data_dir=/nonexistent", "--trainer.logger=false",
-                         *extra], run=False)
+                         f"--model.init_args.numerics={args.numerics}", *extra], run=False)
         return cli.model.double()
     record = load(args.case)
     network = {**network_settings(record["config"]), "sizes": SIZES}
     torch.manual_seed(0)
-    return DFCModule(MLP(**network), **settings_of(record)).double()
+    return DFCModule(MLP(**network), **{**settings_of(record), "numerics": args.numerics}).double()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("phase", choices=["wake", "sleep"])
     parser.add_argument("--config", type=Path, help="an example config instead of a reference case")
     parser.add_argument("--steps", type=int, help="with --config: the wake simulation's time points")
-    parser.add_argument("--dtype", choices=["float32"], help="simulate in float32 (SimulationConfig.dtype)")
+    parser.add_argument("--numerics", choices=["fast", "exact"], default="fast", help="the numerics preset")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=12, help="operators shown")
     args = parser.parse_args(argv)
@@ -62,10 +61,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give a reference case or --config")
     torch.set_num_threads(args.threads)
     model = model_of(args)
-    if args.dtype:
-        model.dfc_dynamics = dataclasses.replace(model.dfc_dynamics, dtype=args.dtype)
-        sleep = model.dfc_feedback_config
-        sleep.simulation = dataclasses.replace(sleep.simulation, dtype=args.dtype)
     excerpt = load_excerpt()
     x = inputs(excerpt["images"][:128], pool=1)
     y = x.clone() if model.dfc_loss == "mse" else excerpt["labels"][:128]
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     call()  # warm-up
     start = time.perf_counter()
     call()
-    print(f"one {args.phase} pass: {time.perf_counter() - start:.3f} s ({args.threads} thread(s))")
+    print(f"one {args.phase} pass: {time.perf_counter() - start:.3f} s ({args.numerics} numerics, {args.threads} thread(s))")
     with profile() as prof:
         call()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))

@@ -327,19 +327,25 @@ def load_script(name: str):
 
 
 def test_gpu_script_runs_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``benchmarks/gpu.py --device cpu``: the script itself (the device comparison is then CPU
-    against CPU, so the updates must agree to rounding), and its refusal without CUDA."""
+    """``benchmarks/gpu.py --device cpu``: the script itself (the device comparison of ``exact`` is
+    then CPU against CPU, so the updates must agree to rounding; ``fast`` against ``exact`` on the
+    noise-free wake pass must keep the fast numerics' bounds), and its refusal without CUDA."""
     gpu = load_script("gpu")
     out = tmp_path / "gpu.md"
     assert gpu.main(["--device", "cpu", "--repeats", "1", "--batch-size", "4", "--output", str(out),
                      "--configs", "examples/mnist_dfc.yaml", "examples/mnist_strong_dfc.yaml"]) == 0
     text = out.read_text()
     equal = [line for line in text.splitlines() if "equal to the CPU" in line]
-    assert len(equal) == 3  # DFC wake and sleep, Strong-DFC single phase wake (no sleep pass)
+    assert len(equal) == 3  # exact: DFC wake and sleep, Strong-DFC single phase wake (no sleep pass)
     for line in equal:
         assert float(line.split("1 - cos ")[1].split(",")[0]) < 1e-12, line
-    assert "| mnist_dfc | epoch | 430 x (wake + 3 sleep)" in text
-    assert "| mnist_strong_dfc | epoch | 430 x (wake + 0 sleep)" in text
+    fast = [line for line in text.splitlines() if "against the CPU's exact" in line]
+    assert [line.split(" | ")[0] for line in fast] == ["| mnist_dfc"]  # the noise-free wake pass only
+    cos, norm = fast[0].split("1 - cos ")[1].split(", norm error ")
+    assert float(cos) <= 1e-5 and float(norm.split(" ")[0]) <= 1e-3, fast[0]
+    for numerics in ("exact", "fast"):
+        assert f"| mnist_dfc | {numerics} | epoch | 430 x (wake + 3 sleep)" in text
+        assert f"| mnist_strong_dfc | {numerics} | epoch | 430 x (wake + 0 sleep)" in text
     import torch
 
     if not torch.cuda.is_available():
@@ -365,9 +371,12 @@ def test_side_by_side_table() -> None:
 
 def test_profile_pass_prints_the_operators(capsys: pytest.CaptureFixture[str]) -> None:
     profile_pass = load_script("profile_pass")
-    profile_pass.main(["dfc_sleep", "sleep", "--dtype", "float32", "--rows", "5"])
+    profile_pass.main(["dfc_sleep", "sleep", "--numerics", "exact", "--rows", "5"])
     out = capsys.readouterr().out
-    assert "one sleep pass:" in out and "aten::normal_" in out
+    assert "one sleep pass:" in out and "exact numerics" in out and "aten::normal_" in out  # Gaussian draws
+    profile_pass.main(["dfc_sleep", "sleep", "--rows", "40"])
+    out = capsys.readouterr().out
+    assert "fast numerics" in out and "aten::normal_" not in out and "aten::random_" in out  # two-point draws
     with pytest.raises(SystemExit):
         profile_pass.main(["sleep"])  # neither a case nor --config
 

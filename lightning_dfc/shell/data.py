@@ -244,7 +244,16 @@ class _TorchvisionImageDataModule(LightningDataModule):
         if len(dataset.data) != len(dataset.targets):
             raise ValueError(f"{files} do not match: {len(dataset.data)} images but {len(dataset.targets)} labels. "
                              "A file is truncated or from another data set: copy or download them again.")
-        return dataset
+        return self._in_memory(dataset)
+
+    def _in_memory(self, dataset: Dataset) -> TensorDataset:
+        """The images after :meth:`transform`, all at once: the same float32 operations as the
+        per-image ``ToTensor`` and ``Normalize`` (identical values), without their per-sample cost
+        (about a tenth of a fast DFC epoch on full MNIST). (N, 1, 28, 28), or (N, 784) flattened."""
+        images = dataset.data.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std).unsqueeze(1)
+        if self.flatten:
+            images = images.flatten(1)
+        return TensorDataset(images, torch.as_tensor(dataset.targets))
 
     def _finalise(self, dataset: Dataset, subset: int | None) -> Dataset:
         """Apply the optional first-N subset and the autoencoder target."""

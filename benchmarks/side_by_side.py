@@ -55,6 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 
 RESULT_TAG = "@@SIDE_BY_SIDE@@"
+PROCESSES = 1  # our side's processes (--ours-processes)
+THREADS = {"theirs": 1, "ours": 1}  # torch threads of each side's calls
 BATCH = 128
 HIDDEN = [256, 256, 256]  # the papers' MNIST networks (--hidden: smaller, for a quick check)
 
@@ -71,8 +73,19 @@ def timed(fn, setup=None) -> float:
     return time.perf_counter() - start
 
 
+def threads(count: int, fn):
+    """``fn`` with ``count`` torch threads."""
+    import torch
+
+    def call():
+        torch.set_num_threads(count)
+        return fn()
+    return call
+
+
 def side_by_side(theirs, ours, repeats: int, setup_theirs=None, setup_ours=None) -> tuple[list[float], list[float]]:
     """Warm up both, then ``repeats`` samples of each, alternating."""
+    theirs, ours = threads(THREADS["theirs"], theirs), threads(THREADS["ours"], ours)
     timed(theirs, setup_theirs)
     timed(ours, setup_ours)
     t_theirs, t_ours = [], []
@@ -107,6 +120,93 @@ def row(code: str, method: str, phase: str, t_theirs: list[float], t_ours: list[
 
 def emit(record: dict) -> None:
     print(RESULT_TAG + json.dumps(record), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# our side on two processes (both cores): half a batch each, the updates averaged (gloo), as DDP
+
+
+class TwoProcesses:
+    """Our update on two processes: this one (rank 0) and a helper (rank 1), each computing its
+    half of the batch with the module of ``record`` (``build_module``), then one all-reduce: the
+    average equals the one-process update of the whole batch (the DDP strategy's arithmetic)."""
+
+    COMMANDS = ("wake", "sleep", "stop")
+
+    def __init__(self, record: dict, names: list[str], x, y, overrides: dict[str, dict]) -> None:
+        import torch
+        import torch.distributed as dist
+        import torch.multiprocessing as mp
+
+        handle, path = tempfile.mkstemp(suffix=".pt")
+        os.close(handle)
+        torch.save({"record": record, "x": x, "y": y, "names": names, "overrides": overrides}, path)
+        port = 29000 + os.getpid() % 1000
+        self.process = mp.get_context("spawn").Process(target=_helper, args=(path, port, torch.get_num_threads()))
+        self.process.start()
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2)
+        self.modules = _modules(record, names, overrides)
+        self.x, self.y = x[: x.shape[0] // 2], y[: y.shape[0] // 2]
+        self.names = names
+
+    def call(self, command: str, name: str):
+        import torch
+        import torch.distributed as dist
+
+        order = torch.tensor([self.COMMANDS.index(command), self.names.index(name)])
+        dist.broadcast(order, 0)
+        return _half(self.modules[name], command, self.x, self.y)
+
+    def close(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        dist.broadcast(torch.tensor([self.COMMANDS.index("stop"), 0]), 0)
+        self.process.join()
+        dist.destroy_process_group()
+
+
+def _modules(record: dict, names: list[str], overrides: dict[str, dict]) -> dict:
+    from harness import build_module
+
+    return {name: build_module(record, **overrides[name]) for name in names}
+
+
+def _half(model, command: str, x, y):
+    """This rank's half-batch update, averaged over the two ranks (world size 2)."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        if command == "wake":
+            update = model.dfc_wake_update(x, y, None, world_size=2)
+            tensors = update.tensors() + (update.feedback or [])
+        else:
+            tensors, _ = model.dfc_sleep_update(x, y, pretraining=False)
+        flat = torch.cat([t.flatten() for t in tensors])
+        dist.all_reduce(flat)
+        return flat / 2
+
+
+def _helper(path: str, port: int, threads: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(REPO / "tests" / "reference"))
+    data = torch.load(path, weights_only=False)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=1, world_size=2)
+    modules = _modules(data["record"], data["names"], data["overrides"])
+    half = data["x"].shape[0] // 2
+    x, y = data["x"][half:], data["y"][half:]
+    while True:
+        order = torch.zeros(2, dtype=torch.int64)
+        dist.broadcast(order, 0)
+        command = TwoProcesses.COMMANDS[int(order[0])]
+        if command == "stop":
+            break
+        _half(modules[data["names"][int(order[1])]], command, x, y)
+    dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,15 +283,19 @@ def run_dfc(repo: Path, repeats: int) -> None:
     ours_q, _ = published.dfc_sleep_update(x, y, pretraining=False, generator=torch.Generator().manual_seed(11))
     emit({"agreement": ("DFC", "sleep", "exact"), "one_minus_cos": agreement(ours_q, theirs_q)})
 
+    pair = TwoProcesses(record, list(ours), x, y, {"exact": {}, "fast": {"numerics": "fast"}}) if PROCESSES == 2 else None
     for name, model in ours.items():
-        t_theirs, t_ours = side_by_side(their_wake, no_grad(lambda m=model: m.dfc_wake_update(x, y, generator)),
-                                        repeats, setup_theirs=zero(forward_params))
+        ours_call = (lambda n=name: pair.call("wake", n)) if pair else no_grad(lambda m=model: m.dfc_wake_update(x, y, generator))
+        t_theirs, t_ours = side_by_side(their_wake, ours_call, repeats, setup_theirs=zero(forward_params))
         emit(row("deep_feedback_control", "DFC", "wake", t_theirs, t_ours, ours_settings=name))
     for name in ("exact", "fast"):
         model = ours[name]
-        t_theirs, t_ours = side_by_side(their_sleep, no_grad(lambda m=model: m.dfc_sleep_update(x, y, False, generator)),
-                                        repeats, setup_theirs=zero(feedback_params))
+        ours_call = (lambda n=name: pair.call("sleep", n)) if pair else no_grad(
+            lambda m=model: m.dfc_sleep_update(x, y, False, generator))
+        t_theirs, t_ours = side_by_side(their_sleep, ours_call, repeats, setup_theirs=zero(feedback_params))
         emit(row("deep_feedback_control", "DFC", "sleep", t_theirs, t_ours, ours_settings=name))
+    if pair:
+        pair.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,15 +371,20 @@ def run_strong(repo: Path, repeats: int) -> None:
             ours_q, _ = model.dfc_sleep_update(x, labels, pretraining=False, generator=torch.Generator().manual_seed(11))
             emit({"agreement": (method, "sleep", "exact"), "one_minus_cos": agreement(ours_q, theirs_q)})
 
+        pair = TwoProcesses(record, list(models), x, labels, {"exact": {}, "fast": {"numerics": "fast"}}) \
+            if PROCESSES == 2 else None
         for name, m in models.items():
-            t_theirs, t_ours = side_by_side(their_wake, no_grad(lambda m=m: m.dfc_wake_update(x, labels, generator)),
-                                            repeats, setup_theirs=zero)
+            ours_call = (lambda n=name: pair.call("wake", n)) if pair else no_grad(
+                lambda m=m: m.dfc_wake_update(x, labels, generator))
+            t_theirs, t_ours = side_by_side(their_wake, ours_call, repeats, setup_theirs=zero)
             emit(row("strong_dfc", method, "wake", t_theirs, t_ours, ours_settings=name))
             if network_type == "DFC":
-                t_theirs, t_ours = side_by_side(
-                    their_sleep, no_grad(lambda m=m: m.dfc_sleep_update(x, labels, False, generator)), repeats,
-                    setup_theirs=zero)
+                ours_call = (lambda n=name: pair.call("sleep", n)) if pair else no_grad(
+                    lambda m=m: m.dfc_sleep_update(x, labels, False, generator))
+                t_theirs, t_ours = side_by_side(their_sleep, ours_call, repeats, setup_theirs=zero)
                 emit(row("strong_dfc", method, "sleep", t_theirs, t_ours, ours_settings=name))
+        if pair:
+            pair.close()
 
 
 def mnist_batch(torch, inputs):
@@ -294,11 +403,12 @@ EPOCH_SLEEP_PASSES = {"DFC": 3, "Strong-DFC two phases": 1}
 EPOCH_PAIRS = [("exact", "exact"), ("fast", "fast")]
 
 
-def table(results: list[dict], threads: int) -> str:
+def table(results: list[dict], threads: int, their_threads: int | None = None, processes: int = 1) -> str:
     rows = [r for r in results if "phase" in r]
     agree = {tuple(r["agreement"]): r for r in results if "agreement" in r}
     lines = [
-        f"Per batch (B = {BATCH}, float64, {threads} thread(s)), median of {len(rows[0]['ours_samples'])} samples "
+        f"Per batch (B = {BATCH}, float64 models; the authors: {their_threads or threads} thread(s); ours: "
+        f"{processes} process(es) of {threads} thread(s)), median of {len(rows[0]['ours_samples'])} samples "
         "each, alternating the two sides" if rows else "no rows",
         "",
         "| method | phase | ours: numerics | authors (s) | ours (s) | ratio | update 1 - cos vs the authors' |",
@@ -333,11 +443,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=HIDDEN, help="hidden layer sizes (papers: 256 256 256)")
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
     parser.add_argument("--results", type=Path, help="also write the raw samples here (JSON lines)")
+    parser.add_argument("--ours-processes", type=int, choices=[1, 2], default=1,
+                        help="our side on 2 processes of half a batch each, the updates averaged (both cores; "
+                             "use with --threads 1: each process 1 thread, the authors' side --their-threads)")
+    parser.add_argument("--their-threads", type=int, help="the authors' torch threads (default: --threads)")
     parser.add_argument("--child", choices=["dfc", "strong"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    their_threads = args.their_threads or args.threads
     if args.child:
         import torch
 
+        global PROCESSES
+        PROCESSES = args.ours_processes
+        THREADS.update(theirs=their_threads, ours=args.threads)
         torch.set_num_threads(args.threads)
         os.chdir(tempfile.mkdtemp())  # their code writes logs into the working directory
         HIDDEN[:] = args.hidden
@@ -356,14 +474,16 @@ def main(argv: list[str] | None = None) -> None:
             continue
         check_commit(repo, name)
         command = [sys.executable, __file__, "--child", child, f"--{child}-repo", str(repo),
-                   "--repeats", str(args.repeats), "--threads", str(args.threads), "--hidden", *map(str, args.hidden)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+                   "--repeats", str(args.repeats), "--threads", str(args.threads), "--their-threads", str(their_threads),
+                   "--ours-processes", str(args.ours_processes), "--hidden", *map(str, args.hidden)]
+        most = str(max(args.threads, their_threads))
+        env = {**os.environ, "OMP_NUM_THREADS": most, "MKL_NUM_THREADS": most}
         process = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         for line in process.stdout.splitlines():
             if line.startswith(RESULT_TAG):
                 results.append(json.loads(line[len(RESULT_TAG):]))
                 print(line[len(RESULT_TAG):], flush=True)
-    text = table(results, args.threads)
+    text = table(results, args.threads, their_threads, args.ours_processes)
     text += f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n"
     print(text)
     if args.output:

@@ -363,6 +363,7 @@ def test_side_by_side_table() -> None:
     ]
     assert rows[0]["ratio"] == pytest.approx(11.0 / 0.25)
     text = side.table(rows, threads=1)
+    assert "the authors: 1 thread(s); ours: 1 process(es) of 1 thread(s)" in text
     assert "| DFC | wake | exact | 11.000 | 0.2500 | **44.0x** | 3.0e-16 |" in text
     assert "| DFC | sleep | exact | 0.400 | 0.1000 | **4.0x** | noisy: other draws |" in text
     # 1 wake + 3 sleep: (11 + 1.2) / (0.25 + 0.3)

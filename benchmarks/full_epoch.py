@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
 
     batch_size = args.batch_size // args.devices
     argv = ["--config", str(args.config), f"--data.data_dir={args.data_dir}", "--data.download=false",
-            "--data.val_size=5000", f"--data.batch_size={batch_size}", "--trainer.max_epochs=1",
+            f"--data.val_size={args.val_size}", f"--data.batch_size={batch_size}", "--trainer.max_epochs=1",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
             f"--model.init_args.numerics={args.numerics}", f"--trainer.default_root_dir={tempfile.mkdtemp()}"]
     if args.devices > 1:
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", type=int, default=1, help="DDP processes (half a batch each for 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--batch-size", type=int, default=128, help="the global batch")
+    parser.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     parser.add_argument("--results", type=Path, help="append the JSON record here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

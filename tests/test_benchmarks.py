@@ -414,3 +414,70 @@ def test_first_hour_measure_cost() -> None:
     first_hour = load_script("first_hour")
     text = first_hour.measure_cost(batches_per_epoch=43, repeats=1)
     assert text.startswith("Condition 2 on 128 images: ") and "% of a 43-batch epoch" in text
+
+
+def test_compare_numerics_welch_table_and_figure(tmp_path: Path) -> None:
+    """``benchmarks/compare_numerics.py``: Welch's test against textbook values, and the table and
+    figure from two results files of ``learning_curves.py``."""
+    compare = load_script("compare_numerics")
+    t, df, p = compare.welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert t == pytest.approx(-3.6742346, rel=1e-6) and df == pytest.approx(4.0)
+    assert p == pytest.approx(0.021311641, rel=1e-5)  # two-sided Student t, 4 degrees of freedom
+    t, df, p = compare.welch([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0, 10.0])  # unequal variances
+    assert t == pytest.approx(-2.2514363, rel=1e-6) and df == pytest.approx(5.5207877, rel=1e-6)
+    assert p == pytest.approx(0.0691336, rel=1e-5)  # the t density integrated numerically
+    assert compare.incomplete_beta(2.0, 3.0, 0.4) == pytest.approx(0.5248, rel=1e-12)
+
+    def record(seed: int, error: float, acc: list[float]) -> dict:
+        return {"row": "dfc_fixed", "seed": seed, "status": "ok", "test_error": error,
+                "curve_val_acc": acc, "seconds": {"fit": 60.0}}
+
+    exact = [record(42, 12.0, [0.5, 0.8]), record(43, 11.0, [0.5, 0.9]), record(44, 13.0, [0.6, 0.85])]
+    fast = [record(42, 12.5, [0.55, 0.8]), record(43, 11.5, [0.5, 0.88]), record(44, 12.0, [0.6, 0.86])]
+    paths = []
+    for name, records in (("exact", exact), ("fast", fast)):
+        paths.append(tmp_path / f"{name}.jsonl")
+        paths[-1].write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = compare.main(["--exact", str(paths[0]), "--fast", str(paths[1]), "--rows", "dfc_fixed", "dfc",
+                         "--output", str(tmp_path / "t.md"), "--figure", str(tmp_path / "f.png")])
+    line = next(s for s in text.splitlines() if s.startswith("| DFC (fixed)"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[1:5] == ["42, 43, 44", "42, 43, 44", "12.00 ± 1.00", "12.00 ± 0.29"]
+    assert cells[5] == "+0.00" and cells[6] == "1.00"
+    assert "(fewer than 2 seeds)" in text  # the dfc row has no runs
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_numerics_equivalence_rows(tmp_path: Path) -> None:
+    """``benchmarks/numerics_equivalence.py`` on one noise-free and one noisy pass of the paper's
+    network: the noise-free fast update keeps its bounds, and over 6 seeds the sleep pass's mean
+    and spread are those of a sample of equal draws (loose: 6 seeds)."""
+    equivalence = load_script("numerics_equivalence")
+    results = tmp_path / "rows.jsonl"
+    equivalence.main(["--seeds", "6", "--only", "dfc_ssa", "dfc_sleep", "--results", str(results),
+                      "--output", str(tmp_path / "rows.md")])
+    rows = {r["row"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert set(rows) == {"DFC-SSA", "DFC sleep"}
+    assert rows["DFC-SSA"]["one_minus_cos"] <= 1e-5 and rows["DFC-SSA"]["norm_error"] <= 1e-3
+    sleep = rows["DFC sleep"]
+    assert sleep["seeds"] == 6 and sleep["mean_error_se"] < 3.0
+    assert 0.6 < sleep["spread_ratio"][0] <= sleep["spread_ratio"][1] < 1.6
+    assert "| DFC sleep | 6 |" in (tmp_path / "rows.md").read_text()
+    equivalence.main(["--seeds", "6", "--resume", "--results", str(results), "--only", "dfc_ssa"])
+    assert len(results.read_text().splitlines()) == 2  # resumed: nothing run again
+
+
+def test_full_epoch_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/full_epoch.py``: one real run of an example config (fast numerics) through the
+    CLI, its feedback pre-training timed apart from the wake epoch and its sleep epochs."""
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=20)
+    full_epoch = load_script("full_epoch")
+    results = tmp_path / "epoch.jsonl"
+    full_epoch.main(["--config", str(REPO / "examples" / "mnist_dfc.yaml"), "--data-dir", str(tmp_path / "data"),
+                     "--val-size", "44", "--batch-size", "64", "--results", str(results)])
+    record = json.loads(results.read_text())
+    assert record["numerics"] == "fast" and record["train_batches_per_epoch"] == 4  # 256 images, batch 64
+    phases = [p for p, _ in record["epoch_phases"]]
+    assert phases.count("wake") == 1 and phases.count("sleep") == 3  # 1 before + extra_fb_epochs 2
+    assert record["pretrain_epoch_seconds"] > 0 and record["epoch_with_sleep_seconds"] > 0
+    assert record["phase_epochs"]["pretrain"] == 10

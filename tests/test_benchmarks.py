@@ -442,7 +442,7 @@ def test_compare_numerics_welch_table_and_figure(tmp_path: Path) -> None:
                          "--output", str(tmp_path / "t.md"), "--figure", str(tmp_path / "f.png")])
     line = next(s for s in text.splitlines() if s.startswith("| DFC (fixed)"))
     cells = [c.strip() for c in line.split("|")[1:-1]]
-    assert cells[1:5] == ["42, 43, 44", "42, 43, 44", "12.00 ± 1.00", "12.00 ± 0.29"]
+    assert cells[1:5] == ["42, 43, 44", "42, 43, 44", "12.00 ± 1.00", "12.00 ± 0.50"]
     assert cells[5] == "+0.00" and cells[6] == "1.00"
     assert "(fewer than 2 seeds)" in text  # the dfc row has no runs
     assert (tmp_path / "f.png").stat().st_size > 0
@@ -481,3 +481,22 @@ def test_full_epoch_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert phases.count("wake") == 1 and phases.count("sleep") == 3  # 1 before + extra_fb_epochs 2
     assert record["pretrain_epoch_seconds"] > 0 and record["epoch_with_sleep_seconds"] > 0
     assert record["phase_epochs"]["pretrain"] == 10
+
+
+def test_reference_margins_levers_against_the_authors(tmp_path: Path) -> None:
+    """``benchmarks/reference_margins.py``: the exact column is the reference tests' agreement, each
+    fast lever alone and the fast preset keep the fast bounds, and the early stop stops early."""
+    margins = load_script("reference_margins")
+    text = margins.main(["--output", str(tmp_path / "margins.md")])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "strong_dfc_ss_wake" in rows and "dfc_sleep" not in rows  # noisy cases are left out
+    for case, line in rows.items():
+        if case == "case" or case.startswith("---"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")[1:]]
+        values = [tuple(float(v) for v in cell.split(" / ")) for cell in cells]
+        assert values[0][0] <= 1e-9 and values[0][1] <= 1e-6, line  # exact
+        for cos, norm, _ in values[1:]:
+            assert cos <= 1e-5 and norm <= 1e-3, line
+    dfc = [c.strip() for c in rows["dfc"].strip("|").split("|")[1:]]
+    assert int(dfc[0].split(" / ")[2]) == 999 and int(dfc[1].split(" / ")[2]) < 100  # early stop

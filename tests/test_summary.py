@@ -26,6 +26,20 @@ def test_fit_ends_with_a_summary(tmp_path, monkeypatch, caplog):
     assert re.search(rf"best checkpoint: val_acc = \d\.\d{{4}} \(wake epoch [12]\), {re.escape(best)}", summary), summary
     assert re.search(r"wall time: sleep \d+\.\d s \(2 epochs\), wake \d+\.\d s \(2 epochs\)", summary), summary
     assert "skipped batches (diverged): wake 0, sleep 0" in summary
+    assert "numerics: fast\n" in summary + "\n"  # the example config's preset, no lever set by hand
     log_dir = cli.trainer.log_dir
     assert f"lightning-dfc test --config {log_dir}/config.yaml --ckpt_path {best}" in summary
     assert f"lightning-dfc plot {log_dir}" in summary
+
+
+def test_summary_names_the_numerics_and_the_levers_set_by_hand():
+    from lightning_dfc import MLP, DFCModule
+    from lightning_dfc.shell.summary import numerics_line
+
+    plain = DFCModule(MLP([4, 3, 2]), variant="dfc", numerics="exact")
+    assert numerics_line(plain) == "  numerics: exact"
+    tuned = DFCModule(MLP([4, 3, 2]), variant="dfc", dynamics={"tolerance": 1e-6, "outer_every": 10},
+                      feedback={"simulation": {"dtype": "float64"}})
+    # outer_every 10 is the preset's own value: not an override
+    assert numerics_line(tuned) == ("  numerics: fast (set by hand: dynamics.tolerance=1e-06, "
+                                    "feedback.simulation.dtype=float64)")

@@ -302,6 +302,10 @@ class _ApicalDrive:
         self.noise_state = None
         batch = x.shape[0]
         self.v_apical = torch.zeros(batch, self.width, dtype=x.dtype, device=x.device)
+        # the split drive writes v^A = Qbar c (+ eta) into one buffer whose per-layer views are made
+        # once: a step's v^A is used within the step only
+        self.buffer = torch.empty_like(self.v_apical) if self.split and self.drive_t is None else None
+        self.views = None if self.buffer is None else torch.split(self.buffer, self.sizes, dim=1)
         self.control = torch.zeros(batch, self.sizes[-1], dtype=x.dtype, device=x.device)
         self.eta = torch.zeros_like(self.v_apical) if cfg.noisy else None
         if self.split and self.noise_std is not None:
@@ -327,6 +331,13 @@ class _ApicalDrive:
             return control
         if self.split:
             control = self.control
+            if self.buffer is not None:
+                if self.noise_std is None:
+                    torch.mm(control, self.qbar_t, out=self.buffer)
+                else:
+                    self._advance_eta()
+                    torch.addmm(self.eta, control, self.qbar_t, out=self.buffer)
+                return self.views
         if self.drive_t is not None:
             drive = torch.cat([control @ self.drive_t, control], 1)
             v_apical = drive if self.rate == 1.0 or self.split else torch.lerp(self.v_apical, drive, self.rate)

@@ -39,6 +39,17 @@ def _two_point(shape: tuple[int, ...], device, generator) -> Tensor:
         n *= size
     words = torch.empty((n + _WORD_BITS - 1) // _WORD_BITS, 1, dtype=torch.int32, device=device)
     words.random_(-(2**31), 2**31, generator=generator)  # all 32 bits random
-    shifts = torch.arange(31, -1, -1, dtype=torch.int32, device=device)  # bit k -> bit 31
+    shifts = _shifts(device)
     bits = torch.bitwise_left_shift(words, shifts).bitwise_and_(_SIGN).bitwise_or_(_ONE)
     return bits.view(-1)[:n].view(torch.float32).view(shape)
+
+
+_SHIFTS: dict[str, Tensor] = {}
+
+
+def _shifts(device) -> Tensor:
+    """31, 30, ..., 0 (int32) on ``device``, made once: bit k of a word -> bit 31."""
+    key = str(device)
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.arange(_WORD_BITS - 1, -1, -1, dtype=torch.int32, device=device)
+    return _SHIFTS[key]

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .activations import DirectDeviation
 from .config import RULES, SimulationConfig
 from .network import LayerParams
 
@@ -84,6 +85,8 @@ class DeviationState:
         self.dr = [torch.zeros_like(t) for t in ff.r]
         self.slopes = [act.derivative(v) if act.name == "tanh" else None for act, v in zip(params.activations, ff.v)]
         self.layer_step = _compiled_layer_step() if cfg.compile else _layer_step
+        # noisy dynamics: deviations far above float32's rounding, the plain difference suffices
+        self.activations = [DirectDeviation(a) if cfg.noisy else a for a in params.activations]
 
     def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
         """One somatic Euler step of every layer given its apical voltage (B, n_i); the teaching
@@ -102,7 +105,7 @@ class DeviationState:
                 else:
                     soma = torch.addmm(soma, pre, weights[i].T)
             self.dv[i], dr[i], sig = self.layer_step(
-                self.params.activations[i], self.rule, self.dv[i], soma, dvb, self.soma_rate,
+                self.activations[i], self.rule, self.dv[i], soma, dvb, self.soma_rate,
                 self.ff.v[i], self.ff.r[i], self.slopes[i], want_signal,
             )
             signals.append(sig)

@@ -66,9 +66,14 @@ class DFCConfiguration:
         self.dfc_loss = loss
         self.dfc_target_stepsize = float(target_stepsize)
         self.dfc_numerics = resolve_numerics(numerics)
-        self.dfc_dynamics, self.dfc_feedback_config = self.dfc_numerics.configure(
-            as_config(dynamics, SimulationConfig) or SimulationConfig(),
-            (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(method.strong))
+        dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
+        feedback = (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(method.strong)
+        # the levers set by hand against the preset, for the run summary
+        self.dfc_numerics_overrides = {
+            **{f"dynamics.{k}": v for k, v in self.dfc_numerics.overridden(dynamics).items()},
+            **{f"feedback.simulation.{k}": v for k, v in self.dfc_numerics.overridden(feedback.simulation).items()},
+        }
+        self.dfc_dynamics, self.dfc_feedback_config = self.dfc_numerics.configure(dynamics, feedback)
         self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(method.train_feedback)
         method.validate(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)

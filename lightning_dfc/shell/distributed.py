@@ -44,9 +44,10 @@ def check_precision(precision: str) -> None:
     """
     if str(precision) == "bf16-true":
         warnings.warn(
-            "precision='bf16-true' runs the DFC simulation in bfloat16 (8 significant bits): the "
-            "controller's small corrections are mostly rounded away and the updates are far from "
-            "the float64 ones. Use '64-true' (the paper's choice) or '32-true' (as accurate in practice).",
+            "precision='bf16-true' keeps the weights and the optimizer in bfloat16 (8 significant bits). "
+            "The simulation still runs in the numerics' dtype (float32 fast, float64 exact), but most of "
+            "each small update is rounded away when it is added to a weight. Use '64-true' (the paper's "
+            "choice) or '32-true' (as accurate in practice).",
             UserWarning, stacklevel=2)
         return
     if str(precision) in SUPPORTED_PRECISIONS:

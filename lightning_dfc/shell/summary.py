@@ -60,6 +60,13 @@ def _pretraining_line(module: Any) -> str | None:
     return line
 
 
+def numerics_line(module: Any) -> str:
+    """The run's numerics preset and the levers set by hand against it (``docs/numerics.md``)."""
+    overrides = getattr(module, "dfc_numerics_overrides", {})
+    by_hand = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return f"  numerics: {module.dfc_numerics.name}" + (f" (set by hand: {by_hand})" if by_hand else "")
+
+
 def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str, int]) -> list[str]:
     """The summary's lines (printed by the module at the end of ``fit``)."""
     lines = ["lightning-dfc: fit finished."]
@@ -81,6 +88,7 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
     if pretraining:
         lines.append(pretraining)
     lines.append(f"  skipped batches (diverged): wake {skipped.get('wake', 0)}, sleep {skipped.get('sleep', 0)}")
+    lines.append(numerics_line(module))
     log_dir = getattr(trainer, "log_dir", None) if trainer.loggers else None
     if best or log_dir:
         config = f" --config {Path(log_dir) / 'config.yaml'}" if log_dir and (Path(log_dir) / "config.yaml").is_file() else ""

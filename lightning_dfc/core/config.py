@@ -68,7 +68,7 @@ class SimulationConfig:
         tolerance: the early stop's bound on the extrapolated part: stop once, for every sample,
             the predicted remaining approach to the fixed point is at most this fraction of the
             sample's control (weighted by its share of the time average for DFC).
-        check_every: how often (in steps) the early stop is considered.
+        check_every: the early stop's first check (in steps); each further check after twice as many steps.
         outer_every: the DFC update's presynaptic sum splits exactly into a first-order part
             (accumulated every step) and the part s_i (r_{i-1} - r^-_{i-1})^T, second order in
             the nudge, which is accumulated every ``outer_every`` steps (rectangle rule): 1 = every

@@ -62,7 +62,7 @@ class Numerics:
 
 EXACT = Numerics("exact", dtype="float64", noise="gaussian", early_stop=False, tolerance=1e-3, check_every=20,
                  outer_every=1)
-FAST = Numerics("fast", dtype="float32", noise="two_point", early_stop=True, tolerance=1e-4, check_every=10,
+FAST = Numerics("fast", dtype="float32", noise="two_point", early_stop=True, tolerance=1e-4, check_every=4,
                 outer_every=10)
 NUMERICS: dict[str, Numerics] = {"fast": FAST, "exact": EXACT}
 DEFAULT_NUMERICS = FAST

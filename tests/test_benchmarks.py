@@ -500,3 +500,17 @@ def test_reference_margins_levers_against_the_authors(tmp_path: Path) -> None:
             assert cos <= 1e-5 and norm <= 1e-3, line
     dfc = [c.strip() for c in rows["dfc"].strip("|").split("|")[1:]]
     assert int(dfc[0].split(" / ")[2]) == 999 and int(dfc[1].split(" / ")[2]) < 100  # early stop
+
+
+def test_levers_rows(tmp_path: Path) -> None:
+    """``benchmarks/levers.py``: exact, fast and fast with each lever set back, per pass; setting a
+    lever back really reaches the simulation (float64 and Gaussian noise cost time, measured as a
+    ratio to fast, which is 1 by definition)."""
+    levers = load_script("levers")
+    text = levers.main(["--passes", "DFC sleep", "--repeats", "1", "--output", str(tmp_path / "levers.md")])
+    rows = [line for line in text.splitlines() if line.startswith("| DFC sleep")]
+    assert [r.split(" | ")[1] for r in rows] == ["exact", "fast", "fast, dtype as exact", "fast, noise as exact"]
+    assert rows[1].endswith("| 1.00 |")
+    model = levers.with_lever(levers.module("dfc_sleep", "fast"), "noise")
+    assert model.dfc_feedback_config.simulation.noise == "gaussian" and model.dfc_dynamics.noise == "gaussian"
+    assert model.dfc_feedback_config.simulation.dtype == "float32"  # the other levers stay fast

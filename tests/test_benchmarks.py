@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -514,3 +515,12 @@ def test_levers_rows(tmp_path: Path) -> None:
     model = levers.with_lever(levers.module("dfc_sleep", "fast"), "noise")
     assert model.dfc_feedback_config.simulation.noise == "gaussian" and model.dfc_dynamics.noise == "gaussian"
     assert model.dfc_feedback_config.simulation.dtype == "float32"  # the other levers stay fast
+
+
+def test_ab_revision_imports_an_old_package_beside_todays() -> None:
+    """``benchmarks/ab_revision.py``: the committed package (HEAD) as the old side, today's working
+    tree as the new one, both timed on the same pass."""
+    ab = load_script("ab_revision")
+    [(label, old, new)] = ab.main(["--old", "HEAD", "--passes", "DFC sleep", "--repeats", "1"])
+    assert label == "DFC sleep" and old > 0 and new > 0
+    assert any(name.startswith("lightning_dfc_") for name in sys.modules)

@@ -264,3 +264,37 @@ def test_the_cli_switch(tmp_path, cli_isolation) -> None:
     assert cli.model.dfc_numerics is FAST
     cli = build_cli(["--config", str(config), "--trainer.logger=false", "--model.init_args.numerics=exact"], run=False)
     assert cli.model.dfc_numerics is EXACT and cli.model.dfc_dynamics.early_stop is False
+
+
+# ------------------------------------------------------------------ noisy float32: plain rate deviations
+
+@pytest.mark.parametrize("name", ["tanh", "relu", "leaky_relu", "sigmoid", "linear"])
+def test_direct_rate_deviation_is_the_identity_to_float32_rounding(name: str) -> None:
+    """Noisy float32 simulations form phi(v + dv) - phi(v) as a plain difference: at the noise's
+    scale (here |dv| ~ sigma = 2.8e-5, the smallest published level) it equals the float64 value to
+    float32's rounding of the rates (a few 1e-8 absolute), as the cancellation-free identity does to
+    its own precision."""
+    from lightning_dfc.core.activations import Activation, DirectDeviation
+    from lightning_dfc.core.config import SimulationConfig
+    from lightning_dfc.core.dynamics import feedforward
+    from lightning_dfc.core.state import DeviationState
+
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randn(64, 256, generator=generator, dtype=torch.float64)
+    dv = 2.8e-5 * torch.randn(64, 256, generator=generator, dtype=torch.float64)
+    act = Activation(name)
+    truth = act(v + dv) - act(v)
+    v32, dv32 = v.float(), dv.float()
+    direct = DirectDeviation(act).rate_deviation(v32, act(v32), dv32)
+    assert direct.dtype == torch.float32
+    assert float((direct.double() - truth).abs().max()) < 3e-7
+    if name != "linear":
+        assert float((direct.double() - truth).abs().mean()) < 1e-7  # vs |dr| ~ 2e-5
+    # a noisy float32 deviation state uses it, a noise-free one the identity
+    net = MLP([4, 3, 2], activation=name if name != "linear" else "tanh")
+    params = DFCModule(net, variant="dfc").dfc_net.params()
+    ff = feedforward(params, torch.randn(2, 4))
+    noisy = DeviationState(params, ff, SimulationConfig(sigma=0.01), "nonlinear_difference")
+    quiet = DeviationState(params, ff, SimulationConfig(sigma=0.0), "nonlinear_difference")
+    assert all(isinstance(a, DirectDeviation) for a in noisy.activations)
+    assert not any(isinstance(a, DirectDeviation) for a in quiet.activations)

@@ -85,7 +85,7 @@ class DeviationState:
         self.dr = [torch.zeros_like(t) for t in ff.r]
         self.slopes = [act.derivative(v) if act.name == "tanh" else None for act, v in zip(params.activations, ff.v)]
         self.layer_step = _compiled_layer_step() if cfg.compile else _layer_step
-        # noisy dynamics: deviations far above float32's rounding, the plain difference suffices
+        # noisy dynamics: deviations set by the noise, far above float32's rounding (DirectDeviation)
         self.activations = [DirectDeviation(a) if cfg.noisy else a for a in params.activations]
 
     def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:

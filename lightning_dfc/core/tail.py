@@ -384,9 +384,8 @@ class SettledTail:
             left_over = norm(left * top.control) / norm(point.u).clamp_min(torch.finfo(u.dtype).tiny)
             if float(self._masked(left_over).max()) > self.REMAINDER * self.tolerance:
                 # not settled by the last point (its remainder is only estimated): the remainder
-                # is rho^(T - 1) times the start's, so later checks would find the same
-                self.unsettled += 1
-                self.gave_up = self.unsettled >= 2
+                # is rho^(T - 1) times the start's, so later checks would find the same: simulate on
+                self.gave_up = True
                 return None
             prediction = self._final_signals(tail)
         else:  # sum_k (x(t0 + k) - x*) = A z - A^(N+1) z, the second the slowest mode's

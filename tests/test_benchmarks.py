@@ -524,3 +524,12 @@ def test_ab_revision_imports_an_old_package_beside_todays() -> None:
     [(label, old, new)] = ab.main(["--old", "HEAD", "--passes", "DFC sleep", "--repeats", "1"])
     assert label == "DFC sleep" and old > 0 and new > 0
     assert any(name.startswith("lightning_dfc_") for name in sys.modules)
+
+
+def test_compile_step_eager_runs() -> None:
+    """``benchmarks/compile_step.py`` (eager only here: compiling takes long): the step advances."""
+    compile_step = load_script("compile_step")
+    step, (dv, dr) = compile_step.make(batch=4)
+    new_dv, new_dr = step(dv, dr, 0.1)
+    assert [t.shape for t in new_dv] == [(4, k) for k in compile_step.SIZES] and float(new_dv[0].abs().sum()) > 0
+    assert compile_step.main(["--steps", "2", "--repeats", "1", "--no-compile"])["eager"] > 0

@@ -22,7 +22,6 @@ processes of half a batch each (DDP) are measured by ``benchmarks/side_by_side.p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -32,9 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from numerics_equivalence import inputs, load_excerpt, module  # noqa: E402
-
-from lightning_dfc.core.numerics import EXACT  # noqa: E402
+from numerics_equivalence import inputs, load_excerpt, module, set_back  # noqa: E402
 
 PASSES = {  # label: (reference case, phase, levers that act on it)
     "DFC wake": ("dfc", "wake", ("dtype", "early_stop", "outer_every")),
@@ -47,13 +44,7 @@ PASSES = {  # label: (reference case, phase, levers that act on it)
 
 def with_lever(model, lever: str | None):
     """``model`` (fast) with ``lever`` set to the exact preset's value in every simulation."""
-    if lever is None:
-        return model
-    value = {lever: getattr(EXACT, lever)}
-    model.dfc_dynamics = dataclasses.replace(model.dfc_dynamics, **value)
-    fb = model.dfc_feedback_config
-    model.dfc_feedback_config = dataclasses.replace(fb, simulation=dataclasses.replace(fb.simulation, **value))
-    return model
+    return model if lever is None else set_back(model, [lever])
 
 
 def call_of(model, phase: str, x, y):

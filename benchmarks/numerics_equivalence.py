@@ -12,7 +12,9 @@ of the reference excerpt, with each reference case's published settings (``tests
   are equal) and the ratio of the spreads (norms of the per-element standard deviations, and the
   median of their ratios).
 
-(Speed is measured elsewhere: ``benchmarks/side_by_side.py``.) One JSON line per row goes to
+``--set-back LEVER ...`` compares, on the noisy passes, ``fast`` with these levers at their exact
+values (for example ``noise``: Gaussian draws) against ``exact``: which lever a difference comes
+from. (Speed is measured elsewhere: ``benchmarks/side_by_side.py``, ``benchmarks/levers.py``.) One JSON line per row goes to
 ``--results`` as soon as the row is done (``--resume`` skips rows already there).
 
     python benchmarks/numerics_equivalence.py --seeds 50 --results docs/numerics_equivalence.jsonl \\
@@ -84,10 +86,26 @@ def noise_free_row(case: str, label: str, x, y) -> dict:
             "seconds_exact": t_exact, "seconds_fast": t_fast}
 
 
-def noisy_row(case: str, kind: str, label: str, x, y, seeds: int) -> dict:
+def set_back(model: DFCModule, levers: list[str]) -> DFCModule:
+    """``model`` with these levers at the exact preset's values in every simulation."""
+    import dataclasses
+
+    from lightning_dfc.core.numerics import EXACT
+
+    values = {lever: getattr(EXACT, lever) for lever in levers}
+    if values:
+        model.dfc_dynamics = dataclasses.replace(model.dfc_dynamics, **values)
+        fb = model.dfc_feedback_config
+        model.dfc_feedback_config = dataclasses.replace(fb, simulation=dataclasses.replace(fb.simulation, **values))
+    return model
+
+
+def noisy_row(case: str, kind: str, label: str, x, y, seeds: int, levers: list[str] | None = None) -> dict:
     samples, seconds = {}, {}
     for numerics in ("exact", "fast"):
         model = module(case, numerics, noisy_wake=kind == "noisy wake")
+        if numerics == "fast":
+            set_back(model, levers or [])
 
         def one(seed):
             generator = torch.Generator().manual_seed(seed)
@@ -103,7 +121,7 @@ def noisy_row(case: str, kind: str, label: str, x, y, seeds: int) -> dict:
             out.append(value)
             times.append(t)
         samples[numerics], seconds[numerics] = out, statistics.median(times)
-    mean_errors, spreads, medians = [], [], []
+    mean_errors, spreads, medians, relative, relative_se = [], [], [], [], []
     for i in range(len(samples["exact"][0])):
         e = torch.stack([u[i] for u in samples["exact"]])
         f = torch.stack([u[i] for u in samples["fast"]])
@@ -111,10 +129,14 @@ def noisy_row(case: str, kind: str, label: str, x, y, seeds: int) -> dict:
         if float(standard_error.norm()) == 0:
             continue
         mean_errors.append(float((f.mean(0) - e.mean(0)).norm() / standard_error.norm()))
+        relative.append(float((f.mean(0) - e.mean(0)).norm() / e.mean(0).norm().clamp_min(1e-300)))
+        relative_se.append(float(standard_error.norm() / e.mean(0).norm().clamp_min(1e-300)))
         spreads.append(float(f.std(0).norm() / e.std(0).norm()))
         used = e.std(0) > 1e-6 * float(e.std(0).max())
         medians.append(float((f.std(0)[used] / e.std(0)[used]).median()))
-    return {"row": label, "case": case, "kind": kind, "seeds": seeds, "mean_error_se": max(mean_errors),
+    return {"row": label + ("" if not levers else f" (fast, {', '.join(levers)} as exact)"), "case": case, "kind": kind,
+            "seeds": seeds, "mean_error_se": max(mean_errors), "mean_error_se_per_tensor": mean_errors,
+            "relative_mean_difference": relative, "relative_standard_error": relative_se,
             "spread_ratio": [min(spreads), max(spreads)], "median_spread_ratio": [min(medians), max(medians)],
             "seconds_exact": seconds["exact"], "seconds_fast": seconds["fast"]}
 
@@ -148,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=Path("numerics_equivalence.jsonl"))
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--set-back", nargs="+", default=[], metavar="LEVER",
+                        help="noisy rows: the fast side with these levers at their exact values (e.g. noise)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     excerpt = load_excerpt()
@@ -158,10 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [("free", case, None, label) for case, label in NOISE_FREE] + [("noisy", c, k, label) for c, k, label in NOISY]
     with torch.no_grad():
         for kind, case, noisy_kind, label in jobs:
-            if label in done or (args.only and case not in args.only):
+            if args.set_back and kind == "free":
+                continue  # the levers set back are compared on the noisy passes
+            row_label = label + ("" if not args.set_back else f" (fast, {', '.join(args.set_back)} as exact)")
+            if row_label in done or (args.only and case not in args.only):
                 continue
             row = noise_free_row(case, label, x, y) if kind == "free" else noisy_row(case, noisy_kind, label, x, y,
-                                                                                     args.seeds)
+                                                                                     args.seeds, args.set_back)
             print(json.dumps(row), flush=True)
             with args.results.open("a") as f:
                 f.write(json.dumps(row) + "\n")

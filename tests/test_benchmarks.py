@@ -466,6 +466,11 @@ def test_numerics_equivalence_rows(tmp_path: Path) -> None:
     assert "| DFC sleep | 6 |" in (tmp_path / "rows.md").read_text()
     equivalence.main(["--seeds", "6", "--resume", "--results", str(results), "--only", "dfc_ssa"])
     assert len(results.read_text().splitlines()) == 2  # resumed: nothing run again
+    equivalence.main(["--seeds", "4", "--resume", "--results", str(results), "--only", "dfc_ssa", "dfc_sleep",
+                      "--set-back", "noise"])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["row"] for r in rows[2:]] == ["DFC sleep (fast, noise as exact)"]  # noisy rows only
+    assert len(rows[2]["mean_error_se_per_tensor"]) == len(rows[2]["relative_mean_difference"]) > 0
 
 
 def test_full_epoch_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

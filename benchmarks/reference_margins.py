@@ -34,11 +34,13 @@ from harness import (  # noqa: E402
     settings_of,
 )
 
-VARIANTS = {  # (numerics, levers set on top of it)
+from lightning_dfc.core.numerics import FAST  # noqa: E402
+
+VARIANTS = {  # (numerics, the fast preset's levers set one at a time on top of it)
     "exact": ("exact", {}),
-    "early stop": ("exact", {"early_stop": True, "tolerance": 1e-4, "check_every": 10}),
-    "outer_every 10": ("exact", {"outer_every": 10}),
-    "float32": ("exact", {"dtype": "float32"}),
+    "early stop": ("exact", {"early_stop": True, "tolerance": FAST.tolerance, "check_every": FAST.check_every}),
+    f"outer_every {FAST.outer_every}": ("exact", {"outer_every": FAST.outer_every}),
+    FAST.dtype: ("exact", {"dtype": FAST.dtype}),
     "fast": ("fast", {}),
 }
 

@@ -87,7 +87,7 @@ def _stats(values: list[float]) -> str:
 
 def table(exact: dict, fast: dict, rows: list[str]) -> str:
     lines = ["| row | exact: seeds | fast: seeds | test error exact (%) | test error fast (%) | difference | "
-             "Welch p | final val. acc. exact (%) | fast (%) | Welch p | time per run exact / fast |",
+             "Welch p | final val. acc. exact (%) | fast (%) | Welch p | wall time per run, exact / fast (as run) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         e, f = exact.get(row, []), fast.get(row, [])
@@ -112,9 +112,13 @@ def figure(exact: dict, fast: dict, rows: list[str], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(rows), 3.8), layout="constrained")
+    columns = min(3, len(rows))
+    lines = math.ceil(len(rows) / columns)
+    fig = Figure(figsize=(4.6 * columns, 3.6 * lines + 0.4), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax in axes[len(rows):]:
+        ax.set_visible(False)
     for ax, row in zip(axes, rows):
         for name, runs, color in (("exact", exact.get(row, []), "tab:blue"), ("fast", fast.get(row, []), "tab:orange")):
             curves = [r["curve_val_acc"] for r in runs]
@@ -131,7 +135,7 @@ def figure(exact: dict, fast: dict, rows: list[str], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle("fast against exact numerics: MNIST subset (5,000 train / 1,000 val.), mean over seeds, "
-                 "band: min-max")
+                 "band: min-max", fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,14 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 
-from harness import load, load_excerpt, settings_of  # noqa: E402
-from levers import PASSES, call_of  # noqa: E402
-from make_reference import inputs, near_weight_product  # noqa: E402
+from levers import PASSES, alternating, call_of  # noqa: E402
+from numerics_equivalence import inputs, load_excerpt, module  # noqa: E402
 
 import lightning_dfc  # noqa: E402
-
-PAPER = [784, 256, 256, 256, 10]
-
 
 def old_package(revision: str):
     """``lightning_dfc`` at ``revision``, imported as ``lightning_dfc_<sha>``."""
@@ -55,18 +50,6 @@ def old_package(revision: str):
     (root / "lightning_dfc").rename(root / name)
     sys.path.insert(0, str(root))
     return importlib.import_module(name)
-
-
-def build(package, case: str, numerics: str):
-    settings = {**settings_of(load(case)), "numerics": numerics}
-    torch.manual_seed(0)
-    model = package.DFCModule(package.MLP(PAPER, activation="tanh"), **settings).double()
-    if model.dfc_method.feedback_init != "weight_product":
-        with torch.no_grad():
-            weights = [w.float() for w in model.dfc_net.params().weights]
-            for q, value in zip(model.dfc_net.feedback, near_weight_product(torch, weights)):
-                q.copy_(value)
-    return model
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
@@ -84,15 +67,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
     results = []
     for label in args.passes:
         case, phase, _ = PASSES[label]
-        calls = {side: call_of(build(package, case, args.numerics), phase, x, y) for side, package in sides.items()}
-        times: dict[str, list[float]] = {"old": [], "new": []}
-        for call in calls.values():
-            call()  # warm-up
-        for repeat in range(args.repeats):
-            for side in (("old", "new") if repeat % 2 == 0 else ("new", "old")):
-                start = time.perf_counter()
-                calls[side]()
-                times[side].append(time.perf_counter() - start)
+        times = alternating({side: call_of(module(case, args.numerics, package=package), phase, x, y)
+                             for side, package in sides.items()}, args.repeats)
         old, new = statistics.median(times["old"]), statistics.median(times["new"])
         results.append((label, old, new))
         print(f"{label:32s} old {old:.4f} s  new {new:.4f} s  old/new {old / new:.3f}", flush=True)

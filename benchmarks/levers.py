@@ -42,11 +42,6 @@ PASSES = {  # label: (reference case, phase, levers that act on it)
 }
 
 
-def with_lever(model, lever: str | None):
-    """``model`` (fast) with ``lever`` set to the exact preset's value in every simulation."""
-    return model if lever is None else set_back(model, [lever])
-
-
 def call_of(model, phase: str, x, y):
     def call():
         generator = torch.Generator().manual_seed(0)
@@ -57,20 +52,26 @@ def call_of(model, phase: str, x, y):
     return call
 
 
+def alternating(calls: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` calls of each, after one warm-up each, alternating the order every
+    round (forward, then backward) so that a drift of the machine's speed hits all of them."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for r in range(repeats):
+        for name in (list(calls) if r % 2 == 0 else reversed(list(calls))):
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def measure(label: str, repeats: int, x, y) -> list[dict]:
     case, phase, levers = PASSES[label]
     variants = {"exact": module(case, "exact"), "fast": module(case, "fast")}
     for lever in levers:
-        variants[f"fast, {lever} as exact"] = with_lever(module(case, "fast"), lever)
-    calls = {name: call_of(model, phase, x, y) for name, model in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()  # warm-up
-    for r in range(repeats):
-        for name in (calls if r % 2 == 0 else reversed(list(calls))):
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
+        variants[f"fast, {lever} as exact"] = set_back(module(case, "fast"), [lever])
+    times = alternating({name: call_of(model, phase, x, y) for name, model in variants.items()}, repeats)
     fast = statistics.median(times["fast"])
     return [{"pass": label, "variant": name, "seconds": statistics.median(t), "to_fast": statistics.median(t) / fast,
              "samples": t} for name, t in times.items()]

@@ -49,7 +49,9 @@ NOISY = [("dfc_sleep", "sleep", "DFC sleep"), ("strong_dfc_pretrain", "pretrain"
          ("strong_dfc_wake", "wake", "Strong-DFC single phase (W and Q)"), ("dfc", "noisy wake", "DFC with noise")]
 
 
-def module(case: str, numerics: str, noisy_wake: bool = False) -> DFCModule:
+def module(case: str, numerics: str, noisy_wake: bool = False, package=None) -> DFCModule:
+    """The papers' network with ``case``'s published settings in ``numerics``; ``package``: the
+    ``lightning_dfc`` to build it with (default: this one; ``ab_revision.py`` passes an older one)."""
     record = load(case)
     settings = settings_of(record)
     settings["numerics"] = numerics
@@ -57,7 +59,8 @@ def module(case: str, numerics: str, noisy_wake: bool = False) -> DFCModule:
         settings["dynamics"] = {**settings["dynamics"], **WAKE_NOISE}
         settings["updates"] = {**settings["updates"], "exclude_non_converged": False}
     torch.manual_seed(0)
-    model = DFCModule(MLP(PAPER, activation="tanh"), **settings).double()
+    module_class, mlp = (DFCModule, MLP) if package is None else (package.DFCModule, package.MLP)
+    model = module_class(mlp(PAPER, activation="tanh"), **settings).double()
     if model.dfc_method.feedback_init != "weight_product":
         with torch.no_grad():
             weights = [w.float() for w in model.dfc_net.params().weights]

@@ -517,7 +517,7 @@ def test_levers_rows(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| DFC sleep")]
     assert [r.split(" | ")[1] for r in rows] == ["exact", "fast", "fast, dtype as exact", "fast, noise as exact"]
     assert rows[1].endswith("| 1.00 |")
-    model = levers.with_lever(levers.module("dfc_sleep", "fast"), "noise")
+    model = levers.set_back(levers.module("dfc_sleep", "fast"), ["noise"])
     assert model.dfc_feedback_config.simulation.noise == "gaussian" and model.dfc_dynamics.noise == "gaussian"
     assert model.dfc_feedback_config.simulation.dtype == "float32"  # the other levers stay fast
 

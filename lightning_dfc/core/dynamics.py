@@ -27,10 +27,10 @@ from torch import Tensor
 from .accumulators import ControlTail, FeedbackSum, ForwardSums, Trajectory, all_finite, residual
 from .config import RULES, SimulationConfig
 from .network import LayerParams
-from .noise import standard_noise
+from .noise import NoiseSource, standard_noise
 from .numerics import DEFAULT_NUMERICS
-from .state import AbsoluteState, Apical, DeviationState, affine, teaching_signal
-from .tail import Deviation, OutputError, SettledTail, Tail
+from .state import AbsoluteState, Apical, DeviationState, FusedState, affine, teaching_signal
+from .tail import Deviation, OutputError, SettledTail, Tail, last_point_can_settle
 
 __all__ = [
     "Feedforward",
@@ -177,7 +177,8 @@ def simulate(
     steps, dt, alpha, k_p = cfg.steps - 1, cfg.dt, cfg.alpha, cfg.k_p
     keep = None if sample_mask is None else sample_mask.unsqueeze(1)
     error_of = OutputError(output_error, target, delta, ff.r[-1])
-    state = (AbsoluteState if x.dtype == torch.float64 else DeviationState)(params, ff, cfg, rule)
+    checks = _checks(cfg, accumulate_forward and not final_state, accumulate_feedback or record)
+    state = _state_class(params, x, cfg, error_of, accumulate_forward, checks)(params, ff, cfg, rule)
     drive = _ApicalDrive(params, cfg, x, state, accumulate_feedback, generator)
     u, u_int = torch.zeros_like(ff.r[-1]), torch.zeros_like(ff.r[-1])
     error = error_of(state.output_deviation())
@@ -198,8 +199,7 @@ def simulate(
         apical = drive.step(u_new if cfg.proactive else u)
         u = u_new
         acc.signals(state.step(apical, acc.sums is not None), state, u)
-        verdict = acc.stop and acc.stop.check(t, Deviation(u_int if k_p > 0 else None, u, drive.filtered(),
-                                                           state.voltage_deviations()), state.rate_deviations())
+        verdict = acc.check(t, u_int if k_p > 0 else None, u, drive.filtered(), state)
         if verdict is not None:
             steps_done, finite, tail = t + 1, isinstance(verdict, Tail), verdict if isinstance(verdict, Tail) else None
             u = acc.finish(tail, state, u) if finite else u
@@ -207,6 +207,39 @@ def simulate(
     result = acc.result(state, ff, u, error_of, alpha, finite, steps_done, error_initial)
     result.tail = tail
     return result
+
+
+def _checks(cfg: SimulationConfig, time_average: bool, excluded: bool) -> bool:
+    """Whether the early stop will check the state (:class:`SettledTail`): noise-free, neither a
+    feedback sum nor a record (``excluded``), and a rule that averages the trajectory
+    (``time_average``) or a last point the controller can reach (:func:`last_point_can_settle`)."""
+    return bool(cfg.early_stop) and not cfg.noisy and not excluded and (
+        time_average or last_point_can_settle(cfg, cfg.tolerance))
+
+
+# FusedState's precision rule: a noise-free simulation's mean target offset at least this
+# fraction of its output's size, i.e. thousands of times float32's rounding of the state
+FUSED_OFFSET = 1e-3
+
+
+def _state_class(params: LayerParams, x: Tensor, cfg: SimulationConfig, error_of: OutputError, signals: bool,
+                 checks: bool) -> type:
+    """The state representation: :class:`AbsoluteState` in float64 (the published numerics);
+    below, :class:`FusedState` where no step forms teaching signals, no early-stop check reads
+    the state and its deviations lie far above float32's rounding (noisy dynamics: the noise
+    sets them; noise-free: a mean target offset of at least FUSED_OFFSET of the output's size),
+    with a narrow output (a wide one keeps the drive's identity block); otherwise
+    :class:`DeviationState` (cancellation-free)."""
+    if x.dtype == torch.float64:
+        return AbsoluteState
+    if signals or checks or cfg.compile or params.weights[-1].shape[0] >= 64:
+        return DeviationState
+    if not cfg.noisy:
+        offset = float(error_of.scale().mean())
+        size = float(torch.linalg.vector_norm(error_of.output_ff, dim=1).mean())
+        if not offset >= FUSED_OFFSET * size:
+            return DeviationState
+    return FusedState
 
 
 class _Accumulators:
@@ -224,6 +257,12 @@ class _Accumulators:
         if cfg.early_stop and not cfg.noisy and not feedback and not record:
             self.stop = SettledTail(params, ff, error, cfg, self.sums if forward and not final_state else None, rule,
                                     keep, x, classification)
+
+    def check(self, t: int, integral: Tensor | None, u: Tensor, apical: Tensor | None, state) -> Tail | str | None:
+        """The early stop's verdict after step ``t`` (``None`` without a check due: go on)."""
+        if self.stop is None or not self.stop.due(t):
+            return None
+        return self.stop.check(t, Deviation(integral, u, apical, state.voltage_deviations()), state.rate_deviations())
 
     def finish(self, tail: Tail, state, u: Tensor) -> Tensor:
         """Add the closed-form rest of the simulation; the state becomes that of the last time
@@ -288,6 +327,7 @@ class _ApicalDrive:
         self.width = self.qbar_t.shape[1]
         self.rate, self.generator, self.cfg = cfg.apical_rate, generator, cfg
         self.split = not isinstance(state, AbsoluteState)
+        self.fused = isinstance(state, FusedState)  # the state forms Qbar c inside its own GEMMs
         # Q_L = I (fixed feedback, a frozen identity): its block of Q u is u itself. For a wide
         # output (the autoencoder: n_L = 784) that block is most of the per-step drive GEMM; for a
         # narrow one the copy costs more than the GEMM block saves.
@@ -304,7 +344,7 @@ class _ApicalDrive:
         self.v_apical = torch.zeros(batch, self.width, dtype=x.dtype, device=x.device)
         # the split drive writes v^A = Qbar c (+ eta) into one buffer whose per-layer views are made
         # once: a step's v^A is used within the step only
-        self.buffer = torch.empty_like(self.v_apical) if self.split and self.drive_t is None else None
+        self.buffer = torch.empty_like(self.v_apical) if self.split and not self.fused and self.drive_t is None else None
         self.views = None if self.buffer is None else torch.split(self.buffer, self.sizes, dim=1)
         self.control = torch.zeros(batch, self.sizes[-1], dtype=x.dtype, device=x.device)
         self.eta = torch.zeros_like(self.v_apical) if cfg.noisy else None
@@ -314,6 +354,8 @@ class _ApicalDrive:
             scale = self.noise_std if self.noise_rate is None else self.noise_std * (self.noise_rate / cfg.dt**0.5)
             self.draw_scale = scale
             self.eta_decay = 1 - (self.noise_rate if self.noise_rate is not None else self.rate)
+            self.source = NoiseSource(self.eta.shape, cfg.noise, x.dtype, x.device, generator)
+            self.draw = None if self.noise_rate is None and self.rate == 1.0 else torch.empty_like(self.eta)
 
     def filtered(self) -> Tensor | None:
         """The apical compartment's filtered control c (B, n_L), ``None`` when it follows Q u at once."""
@@ -331,6 +373,10 @@ class _ApicalDrive:
             return control
         if self.split:
             control = self.control
+            if self.fused:
+                if self.noise_std is not None:
+                    self._advance_eta()
+                return Apical(control, self.eta)
             if self.buffer is not None:
                 if self.noise_std is None:
                     torch.mm(control, self.qbar_t, out=self.buffer)
@@ -358,15 +404,16 @@ class _ApicalDrive:
         """The split drive's noise part, in place (the feedback rule has used it already): with
         an instantaneous apical compartment eta = sigma n, n the (filtered) noise; with the apical
         filter eta <- (1 - a) eta + sigma sqrt(dt) / tau_A xi."""
-        draw = standard_noise(self.eta.shape, self.cfg.noise, self.eta.dtype, self.eta.device, self.generator)
-        if self.noise_rate is None and self.rate == 1.0:
-            torch.mul(draw, self.draw_scale, out=self.eta)
-        elif self.noise_rate is not None and self.rate != 1.0:  # both filters: the noise, then the apical one
-            self.noise_state = (torch.mul(draw, self.draw_scale) if self.noise_state is None else
-                                self.noise_state.mul_(1 - self.noise_rate).addcmul_(draw, self.draw_scale))
+        if self.draw is None:
+            self.source.scaled(self.draw_scale, self.eta)
+            return
+        draw = self.source.scaled(self.draw_scale, self.draw)
+        if self.noise_rate is not None and self.rate != 1.0:  # both filters: the noise, then the apical one
+            self.noise_state = (draw.clone() if self.noise_state is None else
+                                torch.add(draw, self.noise_state, alpha=1 - self.noise_rate, out=self.noise_state))
             self.eta.mul_(1 - self.rate).add_(self.noise_state)
-        else:
-            self.eta.mul_(self.eta_decay).addcmul_(draw, self.draw_scale)
+        else:  # eta <- decay eta + scale xi, one pass
+            torch.add(draw, self.eta, alpha=self.eta_decay, out=self.eta)
 
     def _noise(self) -> Tensor:
         """White noise (B, S), or low-pass filtered with rate dt / tau_noise (Strong-DFC)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["standard_noise", "NOISE_KINDS"]
+__all__ = ["standard_noise", "NoiseSource", "NOISE_KINDS"]
 
 NOISE_KINDS = ("gaussian", "two_point")
 _WORD_BITS = 32
@@ -30,6 +30,39 @@ def standard_noise(shape: tuple[int, ...], kind: str, dtype: torch.dtype, device
     if kind == "two_point":
         return _two_point(shape, device, generator).to(dtype)
     raise ValueError(f"unknown noise {kind!r}; choose one of {NOISE_KINDS}")
+
+
+class NoiseSource:
+    """Scaled increments scale * xi of one ``shape``, drawn step after step into reused buffers
+    (the split drive's noise, :mod:`~lightning_dfc.core.dynamics`).
+
+    For two-point increments in float32 the random words' bits go straight into the result's
+    sign: ``copysign(scale, bits)``, two passes over memory after the draw instead of four (the
+    same increments as :func:`standard_noise` from the same generator state)."""
+
+    def __init__(self, shape: tuple[int, ...], kind: str, dtype: torch.dtype, device: torch.device | str,
+                 generator: torch.Generator | None = None) -> None:
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"unknown noise {kind!r}; choose one of {NOISE_KINDS}")
+        self.shape, self.kind, self.dtype, self.device, self.generator = tuple(shape), kind, dtype, device, generator
+        self.bits = kind == "two_point" and dtype == torch.float32
+        if self.bits:
+            n = 1
+            for size in self.shape:
+                n *= size
+            self.words = torch.empty((n + _WORD_BITS - 1) // _WORD_BITS, 1, dtype=torch.int32, device=device)
+            self.shifted = torch.empty(self.words.shape[0], _WORD_BITS, dtype=torch.int32, device=device)
+            self.signs = self.shifted.view(-1)[:n].view(torch.float32).view(self.shape)  # sign bit = a random bit
+            self.shifts = _shifts(device)
+
+    def scaled(self, scale: Tensor, out: Tensor) -> Tensor:
+        """``out`` = scale * xi, a fresh draw xi (``scale`` broadcast against the shape)."""
+        if not self.bits:
+            return torch.mul(standard_noise(self.shape, self.kind, self.dtype, self.device, self.generator), scale,
+                             out=out)
+        self.words.random_(-(2**31), 2**31, generator=self.generator)
+        torch.bitwise_left_shift(self.words, self.shifts, out=self.shifted)
+        return torch.copysign(scale, self.signs, out=out)
 
 
 def _two_point(shape: tuple[int, ...], device, generator) -> Tensor:

@@ -3,6 +3,8 @@
 * :class:`AbsoluteState` (float64): absolute voltages v_i and rates r_i, as the authors simulate.
 * :class:`DeviationState` (float32 and lower): deviations dv_i = v_i - v^-_i, dr_i = r_i - r^-_i
   from the feedforward pass, with cancellation-free teaching signals.
+* :class:`FusedState` (float32, deviations far above its rounding, no per-step teaching signals):
+  absolute voltages, each layer's Euler step one in-place GEMM.
 
 Both advance every layer by one somatic Euler step given the apical input and return the step's
 teaching signals; deviations are formed on request.
@@ -19,7 +21,7 @@ from .activations import DirectDeviation
 from .config import RULES, SimulationConfig
 from .network import LayerParams
 
-__all__ = ["affine", "Apical", "AbsoluteState", "DeviationState", "teaching_signal"]
+__all__ = ["affine", "Apical", "AbsoluteState", "DeviationState", "FusedState", "teaching_signal"]
 
 
 class Apical(NamedTuple):
@@ -187,6 +189,100 @@ class AbsoluteState(DeviationState):
 
     def rate_deviations(self) -> list[Tensor]:
         return [r - r_ff for r, r_ff in zip(self.r, self.ff.r)]
+
+
+class FusedState:
+    """float32 absolute voltages, where the deviations lie far above float32's rounding (noisy
+    dynamics, strong targets) and no step needs its teaching signals (the sleep passes, a rule
+    at the last point): the fewest passes over memory per step.
+
+    Layer i's presynaptic rates, the apical control c and a column of ones share one buffer
+    X_i = [r_{i-1} | c | 1] (B, n_{i-1} + n_L + 1), its weights M_i = [W_i | Q_i | b_i]^T
+    (contiguous), so the somatic step v_i <- (1 - b) v_i + b (X_i M_i + eta_i) is one in-place
+    ``addmm_`` (and one add of the noise eta_i), and phi(v_i) is written straight into X_{i+1}.
+    Layer 1's basal input W_1 x + b_1 is constant: v_1 <- (1 - b) v_1 + b (c Q_1^T + v^B_1 + eta_1).
+    ``step`` takes the apical drive split (:class:`Apical`: c and the noise eta (B, S) or
+    ``None``); deviations are formed on request."""
+
+    fresh_deviations = True
+
+    def __init__(self, params: LayerParams, ff, cfg: SimulationConfig, rule: str) -> None:
+        self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
+        self.soma_rate = b = cfg.dt / cfg.tau_v
+        self.sizes = [w.shape[0] for w in params.weights]
+        batch, n_out, n_layers = ff.v[0].shape[0], self.sizes[-1], params.num_layers
+        self.v = [t.clone() for t in ff.v]
+        self.maps: list[Tensor] = [params.feedback[0].T.contiguous()]  # (K_i, n_i)
+        self.inputs: list[Tensor | None] = [None]
+        self.controls: list[Tensor] = []  # the c columns of every X_i
+        for i in range(1, n_layers):
+            parts = [params.weights[i], params.feedback[i]]
+            if params.biases[i] is not None:
+                parts.append(params.biases[i].unsqueeze(1))
+            self.maps.append(torch.cat(parts, 1).T.contiguous())
+            n_pre = self.sizes[i - 1]
+            inputs = ff.r[i - 1].new_ones(batch, self.maps[i].shape[0])
+            inputs[:, :n_pre] = ff.r[i - 1]
+            self.inputs.append(inputs)
+            self.controls.append(inputs[:, n_pre:n_pre + n_out])
+        self.basal_first = ff.v[0] * b  # b (W_1 x + b_1)
+        last = params.activations[-1]
+        self.rates = [self.inputs[i + 1][:, :self.sizes[i]] for i in range(n_layers - 1)]
+        self.rates.append(self.v[-1] if last.name == "linear" else ff.r[-1].clone())
+        self.order = list(range(n_layers)) if cfg.inst_transmission else list(range(n_layers))[::-1]
+        self._noise, self._noise_views = None, None
+
+    def step(self, apical: Apical, want_signal: bool) -> list[None]:
+        """One somatic Euler step of every layer (without instantaneous transmission in reverse
+        order, so that each layer reads its presynaptic rates before they are updated)."""
+        if want_signal:
+            raise ValueError("FusedState forms no per-step teaching signals; use DeviationState")
+        control, noise = apical
+        for view in self.controls:
+            view.copy_(control)
+        if noise is not None and noise is not self._noise:
+            self._noise, self._noise_views = noise, torch.split(noise, self.sizes, dim=1)
+        b = self.soma_rate
+        for i in self.order:
+            v = self.v[i]
+            if i == 0:
+                v.addmm_(control, self.maps[0], beta=1 - b, alpha=b).add_(self.basal_first)
+            else:
+                v.addmm_(self.inputs[i], self.maps[i], beta=1 - b, alpha=b)
+            if noise is not None:
+                v.add_(self._noise_views[i], alpha=b)
+            _write_rate(self.params.activations[i], v, self.rates[i])
+        return [None] * len(self.v)
+
+    def set_final(self, dv: list[Tensor], dr: list[Tensor]) -> None:
+        for i in range(len(self.v)):
+            torch.add(self.ff.v[i], dv[i], out=self.v[i])
+            if self.rates[i] is not self.v[i]:
+                torch.add(self.ff.r[i], dr[i], out=self.rates[i])
+
+    def output_deviation(self) -> Tensor:
+        return self.rates[-1] - self.ff.r[-1]
+
+    def output_rate(self) -> Tensor:
+        return self.rates[-1]
+
+    def voltage_deviations(self) -> list[Tensor]:
+        return [v - v_ff for v, v_ff in zip(self.v, self.ff.v)]
+
+    def rate_deviations(self) -> list[Tensor]:
+        return [r - r_ff for r, r_ff in zip(self.rates, self.ff.r)]
+
+
+def _write_rate(act, v: Tensor, out: Tensor) -> None:
+    """phi(v) into ``out`` (a view of the next layer's input buffer) without a temporary."""
+    if out is v:  # linear: the rate is the voltage
+        return
+    if act.name == "tanh":
+        torch.tanh(v, out=out)
+    elif act.name == "sigmoid":
+        torch.sigmoid(v, out=out)
+    else:
+        out.copy_(act(v))
 
 
 _COMPILED: dict[str, object] = {}

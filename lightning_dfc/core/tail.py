@@ -39,7 +39,7 @@ from .network import LayerParams
 from .state import teaching_signal
 
 __all__ = ["OutputError", "FixedPoint", "controlled_sweep", "control_jacobian", "newton_factors", "fixed_point",
-           "Deviation", "LinearizedMap", "SettledTail", "Tail"]
+           "Deviation", "LinearizedMap", "SettledTail", "Tail", "last_point_can_settle"]
 
 
 class OutputError:
@@ -292,6 +292,27 @@ class Tail:
     rate_sums: list[Tensor] | None = None
 
 
+def last_point_can_settle(cfg: SimulationConfig, tolerance: float) -> bool:
+    """Whether a simulation with proportional control (k_p > 0) can reach its fixed point by the
+    last time point, to the REMAINDER * ``tolerance`` that a rule at the last point needs.
+
+    With the network at its steady state under the control, e = delta - G u (G = P Jbar Qbar),
+    u = u_int + k_p e and u_int' = e - alpha u, the integral decays at the rates of
+    (G + alpha)(I + k_p G)^{-1}, which for eigenvalues g of G with Re(1 + k_p g) > 0 lie below
+    max(alpha, 1 / k_p) (the scalar (g + alpha) / (1 + k_p g) runs from alpha at g = 0 to 1 / k_p);
+    the network's own lag only slows it. So at least (1 - dt max(alpha, 1 / k_p))^(T - 1) of the
+    integral's initial deviation is left at the last point. Where that exceeds the remainder
+    allowed, no check could stop, and the simulation runs every step without checking (if the
+    bound's premise fails, this only forgoes an early stop). Without proportional control
+    (k_p = 0) the rate is unbounded (alpha + g): ``True``."""
+    if cfg.k_p <= 0:
+        return True
+    rate = cfg.dt * max(cfg.alpha, 1.0 / cfg.k_p)
+    if rate >= 1:
+        return True
+    return (1 - rate) ** (cfg.steps - 1) <= SettledTail.REMAINDER * tolerance
+
+
 class SettledTail:
     """The fast numerics' early stop: every ``check_every`` steps, whether the rest of the
     simulation can be added in closed form (:class:`Tail`), within ``tolerance``.
@@ -326,9 +347,15 @@ class SettledTail:
         self.prediction: list[Tensor] | None = None  # the previous check's predicted update
         self.distance = 0.0  # and its largest relative distance |u - u*| / |u*|
         self.next_check, self.gave_up, self.unsettled = cfg.check_every, False, 0
+        if sums is None and not last_point_can_settle(cfg, cfg.tolerance):
+            self.gave_up = True  # the last point cannot be reached by T - 1: never check
         # x* to a tenth of the tolerance (the update is about as accurate as x*), not below rounding
         self.newton_rtol = max(50 * torch.finfo(x.dtype).eps, cfg.tolerance / 10)
         self.fixed_point_solves = 0
+
+    def due(self, t: int) -> bool:
+        """Whether step ``t`` (0-based) is followed by a check."""
+        return not self.gave_up and t + 1 >= self.next_check
 
     def check(self, t: int, state: Deviation, rates_now: list[Tensor]) -> Tail | str | None:
         """After step ``t`` (0-based), ``state`` holding the absolute integral, control, apical

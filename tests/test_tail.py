@@ -187,3 +187,14 @@ def test_early_stop_waits_for_a_borderline_convergence_test():
     assert fast.stats["non_converged"] == exact.stats["non_converged"]
     easy = forward_update("dfc", params, x, y, "cross_entropy", 0.5, cfg, ConvergenceCriterion(exclude=True))
     assert easy.stats["steps"] < 1499 and easy.stats["non_converged"] == full.stats["non_converged"]
+
+
+def test_row_softmax_is_torchs_softmax():
+    """The output error's softmax: torch's own in float64, over the transpose below (to rounding)."""
+    from lightning_dfc.core.tail import _row_softmax
+
+    z = torch.randn(128, 10, dtype=DT, generator=torch.Generator().manual_seed(0)) * 5
+    assert torch.equal(_row_softmax(z), torch.softmax(z, dim=1))
+    z32 = z.float()
+    torch.testing.assert_close(_row_softmax(z32), torch.softmax(z32, dim=1), rtol=1e-6, atol=1e-7)
+    assert torch.allclose(_row_softmax(z32).sum(1), torch.ones(128))

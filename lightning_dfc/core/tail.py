@@ -342,7 +342,6 @@ class SettledTail:
     """
 
     MARGIN = 2.0
-    REUSE = 1e-4  # a fixed point that moved less than this (relative) keeps the linearised step
     REMAINDER = 10.0  # the last point may still be this many tolerances of |u*| from x*
 
     def __init__(self, params: LayerParams, ff, error: OutputError, cfg: SimulationConfig, sums, rule: str,
@@ -351,7 +350,7 @@ class SettledTail:
         self.classification = classification
         self.steps, self.check_every, self.tolerance = cfg.steps - 1, cfg.check_every, cfg.tolerance
         self.keep = keep
-        self.warm: FixedPoint | None = None  # the last fixed point (Newton's warm start and matrix)
+        self.point: FixedPoint | None = None  # x*, once Newton's method has reached it
         self.linear: LinearizedMap | None = None  # the step linearised there
         self.prediction: list[Tensor] | None = None  # the previous check's predicted update
         self.distance = 0.0  # and its largest relative distance |u - u*| / |u*|
@@ -379,23 +378,20 @@ class SettledTail:
         remaining = self.steps - 1 - t
         if remaining <= 0:
             return None
-        warm = self.warm  # none yet: from u = 0, the chord at the feedforward point (its first step is DFC-SSA's u)
-        point = fixed_point(self.params, self.ff, self.error, self.cfg.alpha,
-                            torch.zeros_like(u) if warm is None else warm.u,
-                            factors=None if warm is None else warm.factors, rtol=self.newton_rtol)
-        self.fixed_point_solves += 1
-        if not point.converged:  # far from x* (a strong target early on): try once more later, then simulate on
-            self.warm = self.linear = self.prediction = None
-            self.unsettled += 1
-            self.gave_up = self.unsettled >= 2
-            return None
-        moved = warm is None or bool((torch.linalg.vector_norm(point.u - warm.u, dim=1)
-                                      > self.REUSE * torch.linalg.vector_norm(point.u, dim=1)).any())
-        if moved or self.linear is None:  # the fixed point does not depend on t: rebuild only if Newton moved it
+        point = self.point  # x* does not depend on t: once Newton has converged, it is reused as it is
+        if point is None:  # from u = 0, the chord at the feedforward point (its first step is DFC-SSA's u)
+            point = fixed_point(self.params, self.ff, self.error, self.cfg.alpha, torch.zeros_like(u),
+                                rtol=self.newton_rtol)
+            self.fixed_point_solves += 1
+            if not point.converged:  # far from x* (a strong target early on): try once more later, then simulate on
+                self.linear = self.prediction = None
+                self.unsettled += 1
+                self.gave_up = self.unsettled >= 2
+                return None
             self.linear = LinearizedMap(self.params, self.ff, point, self.error, self.cfg)
+            point.factors = self.linear.factors  # the Newton matrix at x*
+            self.point = point
         linear = self.linear
-        point.factors = linear.factors  # the Newton matrix at x*: the next check's warm start
-        self.warm = point
         d = self._deviation(state, point)
         # powers of (I - A)^{-1}: each amplifies the slowest mode by 1 / (1 - rho) over the others;
         # a rule at the last point needs that mode's remainder there, so one power more

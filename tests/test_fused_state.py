@@ -169,6 +169,11 @@ def test_noise_source_draws_the_standard_increments():
             assert torch.equal(source.scaled(scale.to(dtype), out), expected)
         if kind == "two_point":
             assert torch.equal(out.abs(), scale.to(dtype).expand(5, 7))
+        if source.buffer is not None:  # into its own buffer (the shape's 35 bits of a padded word): the same draws
+            assert torch.equal(source.buffer, torch.zeros(5, 7))
+            for _ in range(3):
+                expected = standard_noise((5, 7), kind, dtype, "cpu", reference) * scale.to(dtype)
+                assert torch.equal(source.scaled(scale.to(dtype), source.buffer), expected)
     with pytest.raises(ValueError, match="unknown noise"):
         NoiseSource((2,), "uniform", torch.float32, "cpu")
 

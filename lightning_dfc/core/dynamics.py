@@ -355,7 +355,11 @@ class _ApicalDrive:
             self.draw_scale = scale
             self.eta_decay = 1 - (self.noise_rate if self.noise_rate is not None else self.rate)
             self.source = NoiseSource(self.eta.shape, cfg.noise, x.dtype, x.device, generator)
-            self.draw = None if self.noise_rate is None and self.rate == 1.0 else torch.empty_like(self.eta)
+            own = self.source.buffer  # zeros: the draws go straight into it
+            self.draw = None if self.noise_rate is None and self.rate == 1.0 else (
+                torch.empty_like(self.eta) if own is None else own)
+            if self.draw is None and own is not None:
+                self.eta = own
 
     def filtered(self) -> Tensor | None:
         """The apical compartment's filtered control c (B, n_L), ``None`` when it follows Q u at once."""

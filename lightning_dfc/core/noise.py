@@ -46,23 +46,37 @@ class NoiseSource:
             raise ValueError(f"unknown noise {kind!r}; choose one of {NOISE_KINDS}")
         self.shape, self.kind, self.dtype, self.device, self.generator = tuple(shape), kind, dtype, device, generator
         self.bits = kind == "two_point" and dtype == torch.float32
+        self.buffer: Tensor | None = None
         if self.bits:
             n = 1
             for size in self.shape:
                 n *= size
-            self.words = torch.empty((n + _WORD_BITS - 1) // _WORD_BITS, 1, dtype=torch.int32, device=device)
-            self.shifted = torch.empty(self.words.shape[0], _WORD_BITS, dtype=torch.int32, device=device)
-            self.signs = self.shifted.view(-1)[:n].view(torch.float32).view(self.shape)  # sign bit = a random bit
+            rows = (n + _WORD_BITS - 1) // _WORD_BITS
+            self.n = n
+            self.words = torch.empty(rows, 1, dtype=torch.int32, device=device)
             self.shifts = _shifts(device)
+            self._shifted: Tensor | None = None
+            # the source's own result buffer (zeros until the first draw): the shifted words are
+            # written into it and their signs copied in place, one buffer less in the cache
+            flat = torch.zeros(rows * _WORD_BITS, dtype=torch.float32, device=device)
+            self.buffer = flat[:n].view(self.shape)
+            self._buffer_bits = flat.view(torch.int32).view(rows, _WORD_BITS)
 
     def scaled(self, scale: Tensor, out: Tensor) -> Tensor:
-        """``out`` = scale * xi, a fresh draw xi (``scale`` broadcast against the shape)."""
+        """``out`` = scale * xi, a fresh draw xi (``scale`` broadcast against the shape); ``out``
+        may be :attr:`buffer` (two-point float32: the draw then needs no other buffer)."""
         if not self.bits:
             return torch.mul(standard_noise(self.shape, self.kind, self.dtype, self.device, self.generator), scale,
                              out=out)
         self.words.random_(-(2**31), 2**31, generator=self.generator)
-        torch.bitwise_left_shift(self.words, self.shifts, out=self.shifted)
-        return torch.copysign(scale, self.signs, out=out)
+        if out is self.buffer:
+            torch.bitwise_left_shift(self.words, self.shifts, out=self._buffer_bits)
+            return torch.copysign(scale, out, out=out)  # sign bit = a random bit
+        if self._shifted is None:
+            self._shifted = torch.empty_like(self._buffer_bits)
+        torch.bitwise_left_shift(self.words, self.shifts, out=self._shifted)
+        signs = self._shifted.view(-1)[:self.n].view(torch.float32).view(self.shape)
+        return torch.copysign(scale, signs, out=out)
 
 
 def _two_point(shape: tuple[int, ...], device, generator) -> Tensor:

@@ -79,14 +79,15 @@ def checkpoint_callback(trainer):
     return next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
 
 
-def fit_and_test(trainer, model, datamodule) -> dict[str, Any]:
-    """``fit``, then ``test`` at the best checkpoint (the config's ``ModelCheckpoint``).
+def fit_and_test(trainer, model, datamodule, ckpt_path: str | None = None) -> dict[str, Any]:
+    """``fit`` (resumed from ``ckpt_path`` if given), then ``test`` at the best checkpoint (the
+    config's ``ModelCheckpoint``).
 
     Returns ``fit_seconds``, ``monitor``, ``best_score``, ``best_epoch`` (the Lightning epoch stored
     in the best checkpoint), ``tested`` (the test metrics) and ``test_seconds``. Exceptions (a
     diverging run, missing data) are the caller's to handle."""
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     checkpoint = checkpoint_callback(trainer)
     if checkpoint.best_model_score is None or not checkpoint.best_model_path:

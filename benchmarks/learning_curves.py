@@ -1,5 +1,5 @@
 """Learning curves and test results of BP, DFA, DFC and Strong-DFC side by side on the offline
-MNIST subset: one benchmark, the same data and seeds for every row.
+MNIST subset or the complete MNIST: one benchmark, the same data and seeds for every row.
 
 Rows (``--rows``; each is ``examples/mnist_<row>.yaml`` plus ``benchmarks/subset/mnist_<row>.yaml``):
 
@@ -10,10 +10,35 @@ Rows (``--rows``; each is ``examples/mnist_<row>.yaml`` plus ``benchmarks/subset
     strong_dfc     Strong-DFC, single phase, noise      (classification, default)
     strong_dfc_ss  Strong-DFC, two phases, no noise     (classification, default)
     dfc_noise      DFC with noise in the wake dynamics  (classification, default)
+    dfc_ss, dfc_ssa, dfc_ss_fixed, dfc_ssa_fixed
+                   DFC-SS and DFC-SSA, trained and fixed feedback (classification; --scale full default)
     autoencoder_bp, autoencoder_dfa, autoencoder_dfc, autoencoder_dfc_fixed
                    the 784-256-32-256-784 autoencoder (metric: loss; only when asked for)
 
-``--rows all`` runs all eleven.
+``--rows all`` runs all fifteen.
+
+Full scale (``--scale full``, issue 21): the complete MNIST (``--data-dir`` default
+``../shared/data/full``: 60,000 training images, the example configs' seeded split into 55,000 /
+5,000 as the papers, test on all 10,000), each row's example config as it is (the published
+hyperparameters and pre-training, no subset override), default rows both papers' MNIST rows, the
+most important first (``FULL_ROWS``). It needs ``--keep-runs DIR`` outside the repository, which
+makes every run resumable (also at the subset scale):
+
+* the CSV logger writes version 0, and a run whose folder holds ``last.ckpt`` continues from it
+  (``fit(ckpt_path=...)``; the earlier process's ``metrics.csv`` is kept as ``metrics_part<k>.csv``
+  and merged, its phase times added). A resumed run continues with fresh random streams, so it is
+  not bit-identical to an uninterrupted one;
+* after each wake epoch (its validation done) the run appends a ``running`` record to
+  ``--results``: ``wake_epoch``, ``val_acc``, ``val_loss``, the phase times so far, ``segment``
+  (the process); a stopped benchmark loses at most the epoch in progress, and the report lists
+  the runs in progress with their curves so far;
+* ``--stop-after SECONDS`` stops each run at the first wake-epoch end after that time and starts
+  no new run; ``--resume`` continues them::
+
+    nice -n 10 .venv/bin/python benchmarks/learning_curves.py --scale full --epochs 20 --seeds 42 \\
+        --jobs 2 --keep-runs ../runs/full_mnist --results docs/full_mnist.jsonl --stop-after 3600 \\
+        --output docs/full_mnist.md --figure docs/figures/full_mnist.png
+    # later: the same command with --resume
 
 Data: the offline subset in ``../shared/data`` (6,000 training images in torchvision's MNIST layout,
 the full 10,000 test images), split by the data module's seeded ``random_split`` (split_seed 42,
@@ -141,6 +166,7 @@ from _runs import (  # noqa: E402  (the shared module lives beside this script)
     machine_text,
     markdown,
     read_results,
+    torch_load_epoch,
     utc_now,
 )
 
@@ -168,12 +194,20 @@ ROWS: dict[str, Row] = {
     "strong_dfc": Row("Strong-DFC (single phase, noise)"),
     "strong_dfc_ss": Row("Strong-DFC (two phases, no noise)"),
     "dfc_noise": Row("DFC (noise)"),
+    "dfc_ss": Row("DFC-SS"),
+    "dfc_ssa": Row("DFC-SSA"),
+    "dfc_ss_fixed": Row("DFC-SS (fixed)"),
+    "dfc_ssa_fixed": Row("DFC-SSA (fixed)"),
     "autoencoder_bp": Row("Autoencoder BP", autoencoder=True, dfc_family=False),
     "autoencoder_dfa": Row("Autoencoder DFA", autoencoder=True, dfc_family=False),
     "autoencoder_dfc": Row("Autoencoder DFC", autoencoder=True),
     "autoencoder_dfc_fixed": Row("Autoencoder DFC (fixed)", autoencoder=True),
 }
-DEFAULT_ROWS = [k for k, r in ROWS.items() if not r.autoencoder]
+DEFAULT_ROWS = ["bp", "dfa", "dfc", "dfc_fixed", "strong_dfc", "strong_dfc_ss", "dfc_noise"]
+# --scale full: both papers' MNIST rows, the most important first (a stopped benchmark has them)
+FULL_ROWS = ["bp", "dfc", "strong_dfc", "strong_dfc_ss", "dfc_noise", "dfa", "dfc_fixed", "dfc_ss", "dfc_ssa",
+             "dfc_ss_fixed", "dfc_ssa_fixed"]
+SCALES = ("subset", "full")
 
 # Published MNIST test error in % (autoencoder: test loss), per row and source. "table1": the DFC
 # paper's Table 1 (Meulemans et al., NeurIPS 2021; 100 epochs, autoencoder 25; 5 seeds).
@@ -189,6 +223,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "strong_dfc": {"strong": (2.19, 0.05), "readme": 97.72},
     "strong_dfc_ss": {"strong": (1.98, 0.05), "readme": 97.75},
     "dfc_noise": {"strong": (15.15, 0.44)},
+    # DFC-SS, DFC-SSA and the fixed variants: in the DFC paper's Table 1, but its numbers are not in
+    # the sources we hold (shared/reference/dfc_reference.md section 7)
     "autoencoder_bp": {"table1": DFC_TABLE1[("mnist_autoencoder", "bp")]},
     "autoencoder_dfa": {"table1": DFC_TABLE1[("mnist_autoencoder", "dfa")]},
     "autoencoder_dfc": {"table1": DFC_TABLE1[("mnist_autoencoder", "dfc")]},
@@ -214,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="wake epochs (default 15)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once in worker processes (0: in this one)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding MNIST/raw")
+    parser.add_argument("--scale", choices=SCALES, default="subset",
+                        help="subset: the offline subset with benchmarks/subset/ overrides (default); full: the "
+                             "complete MNIST, the example configs as they are (needs --keep-runs)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder holding MNIST/raw (default: ../shared/data, --scale full: ../shared/data/full)")
     parser.add_argument("--examples", type=Path, default=REPO / "examples", help="folder of the example configs")
     parser.add_argument("--subset-dir", type=Path, default=REPO / "benchmarks" / "subset",
                         help="folder of the subset override configs")
@@ -222,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diagnostic-metrics", nargs="+", default=list(DIAGNOSTIC_METRICS), metavar="METRIC",
                         help=f"ConditionMonitor metrics (default: {' '.join(DIAGNOSTIC_METRICS)})")
     parser.add_argument("--diagnostic-samples", type=int, default=16, help="ConditionMonitor max_samples")
-    parser.add_argument("--keep-runs", type=Path, default=None, help="keep the runs' logs and checkpoints here")
+    parser.add_argument("--keep-runs", type=Path, default=None,
+                        help="keep the runs' logs and checkpoints here; a run with a checkpoint there resumes from it")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                        help="with --keep-runs: stop each run at the first wake-epoch end after this many seconds "
+                             "(resumable), and start no new runs")
     parser.add_argument("--override", nargs=argparse.REMAINDER, default=[],
                         help="extra LightningCLI arguments for every run (must come last)")
     parser.add_argument("--results", type=Path, default=None,
@@ -264,10 +308,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.results is None:
             args.results = args.output.with_suffix(".jsonl") if args.output else Path("learning_curves.jsonl")
         check_results_file(args.results, args.resume, args.table_only)
+        if args.data_dir is None:
+            args.data_dir = DEFAULT_DATA / "full" if args.scale == "full" else DEFAULT_DATA
+        if args.scale == "full" and args.keep_runs is None and not args.table_only:
+            raise UsageError("--scale full needs --keep-runs DIR (outside the repository): the runs' checkpoints "
+                             "there make them resumable at epoch boundaries")
+        if args.stop_after is not None and (args.keep_runs is None or args.stop_after < 0):
+            raise UsageError("--stop-after needs --keep-runs (the stopped runs resume from their checkpoints there) "
+                             f"and a number of seconds >= 0, got {args.stop_after}")
+        args.deadline = None if args.stop_after is None else time.time() + args.stop_after
+        if args.rows is None and not args.table_only:
+            args.rows = FULL_ROWS if args.scale == "full" else DEFAULT_ROWS
         if not args.table_only:
             if not args.data_dir.is_dir():
                 raise UsageError(f"--data-dir {str(args.data_dir)!r} is not a folder")
-            for row in args.rows or DEFAULT_ROWS:
+            for row in args.rows:
                 for path in config_paths(args, row):
                     if not path.is_file():
                         raise UsageError(f"row {row}: no config {path}")
@@ -278,8 +333,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------ plan
 def config_paths(args: argparse.Namespace, row: str) -> list[Path]:
+    """The example config, and at the subset scale its override (benchmarks/subset/)."""
     stem = ROWS[row].stem(row)
-    return [(args.examples / f"{stem}.yaml").resolve(), (args.subset_dir / f"{stem}.yaml").resolve()]
+    example = (args.examples / f"{stem}.yaml").resolve()
+    return [example] if args.scale == "full" else [example, (args.subset_dir / f"{stem}.yaml").resolve()]
 
 
 def config_sha(paths: Sequence[Path]) -> str:
@@ -294,8 +351,15 @@ def settings(args: argparse.Namespace, row: str) -> dict[str, Any]:
     """What makes two runs of the same (row, seed) comparable."""
     diagnostics = list(args.diagnostic_metrics) + [f"max_samples={args.diagnostic_samples}"] \
         if args.diagnostics and ROWS[row].dfc_family else None
-    return {"epochs": args.epochs, "config_sha": config_sha(config_paths(args, row)),
-            "override": list(args.override), "diagnostic_metrics": diagnostics}
+    out = {"epochs": args.epochs, "config_sha": config_sha(config_paths(args, row)),
+           "override": list(args.override), "diagnostic_metrics": diagnostics}
+    return {**out, "scale": "full"} if args.scale == "full" else out  # (older subset records have no scale)
+
+
+def last_checkpoint(root: Path, row: str) -> Path | None:
+    """A resumable run's last checkpoint (the CSV logger's fixed version 0), if it has one."""
+    path = root / row / "version_0" / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
 
 
 def paper_pretrain_epochs(example: Path) -> int | None:
@@ -312,10 +376,16 @@ def run_spec(args: argparse.Namespace, row: str, seed: int, root: Path) -> dict[
     """Everything a run needs (a worker process gets it as a JSON file)."""
     configs = config_paths(args, row)
     data = {"data_dir": args.data_dir.resolve()}
+    resumable = args.keep_runs is not None  # one logger version, so that a resumed run continues its metrics.csv
+    resume = last_checkpoint(root, row) if resumable else None
     return {
         "row": row, "seed": seed, "config": configs[0].name, "root": str(root),
-        "cli_args": cli_args(configs, seed=seed, root=root, epochs=args.epochs, data=data,
-                             download=False, logger_name=row, override=args.override),
+        "cli_args": cli_args(configs, seed=seed, root=root, epochs=args.epochs, data=data, download=False,
+                             logger_name=row, override=[*(["--trainer.logger.init_args.version=0"] if resumable
+                                                          else []), *args.override]),
+        "resume_from": None if resume is None else str(resume),
+        "deadline": args.deadline,
+        "progress": str(args.results.resolve()) if resumable else None,
         "settings": settings(args, row), "threads": args.threads,
         "diagnostics": settings(args, row)["diagnostic_metrics"] and list(args.diagnostic_metrics),
         "diagnostic_samples": args.diagnostic_samples,
@@ -355,6 +425,43 @@ def _phase_timer():
     return PhaseTimer()
 
 
+def _wake_epoch_progress(results: str, base: dict[str, Any], schedule, timer, segment: int, deadline: float | None):
+    """A callback appending one ``running`` record to ``results`` at the end of each wake epoch
+    (after its validation): what a stopped benchmark keeps of a run in progress. Past ``deadline``
+    (``time.time()``) it stops the run there (``stopped``), to be resumed from its checkpoint."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_dfc.schedule import Phase
+
+    class WakeEpochProgress(Callback):
+        stopped, last_epoch = False, None
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if schedule(trainer.current_epoch).phase is not Phase.WAKE:
+                return
+            metrics, self.last_epoch = trainer.callback_metrics, int(trainer.current_epoch)
+            append_result(Path(results), {
+                **base, "status": "running", "segment": segment, "lightning_epoch": int(trainer.current_epoch),
+                "wake_epoch": sum(schedule(e).phase is Phase.WAKE for e in range(trainer.current_epoch + 1)),
+                **{k: float(metrics[k]) for k in ("val_acc", "val_loss") if k in metrics},
+                "seconds": dict(timer.seconds), "finished": utc_now()})
+            if deadline is not None and time.time() >= deadline and trainer.current_epoch + 1 < trainer.max_epochs:
+                trainer.should_stop = self.stopped = True  # the checkpoint of this epoch is saved after this hook
+
+    return WakeEpochProgress()
+
+
+def _earlier_seconds(root: Path, segment: int) -> dict[str, float]:
+    """The phase times of a resumed run's earlier segments (each process's last snapshot)."""
+    total: dict[str, float] = {}
+    for k in range(segment):
+        path = root / f"segment_{k}.json"
+        if path.is_file():
+            for key, value in json.loads(path.read_text()).items():
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
 def initial_validation(model, datamodule, precision: str) -> dict[str, float | None]:
     """Validation loss and accuracy of the untrained network, as the validation step computes them
     (mean of the batch-mean losses; micro accuracy), in the trainer's precision. Leaves the model and
@@ -391,6 +498,18 @@ def read_metrics(path: Path) -> dict[int, dict[str, float]]:
                 continue
             merged = epochs.setdefault(int(float(line["epoch"])), {})
             merged.update({k: float(v) for k, v in line.items() if v not in ("", None) and k != "epoch"})
+    return epochs
+
+
+def run_metrics(root: Path, log_dir: Path | None) -> dict[int, dict[str, float]]:
+    """A run's metrics.csv, merged per Lightning epoch over the processes it took: a resumed run's
+    earlier files were moved to ``root/metrics_part<k>.csv`` (the CSV logger deletes its file when a
+    new process opens the folder)."""
+    epochs: dict[int, dict[str, float]] = {}
+    parts = sorted(root.glob("metrics_part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics_part")))
+    for path in [*parts, *([log_dir / "metrics.csv"] if log_dir else [])]:
+        for epoch, values in read_metrics(path).items():
+            epochs.setdefault(epoch, {}).update(values)
     return epochs
 
 
@@ -461,7 +580,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             paper_pretrain_epochs=spec["paper_pretrain_epochs"],
         )
         paper = spec["paper_pretrain_epochs"]
-        if paper is not None and schedule.pretrain != subset_pretrain_epochs(paper, batches):
+        subset = spec["settings"].get("scale") != "full"  # at full scale the example's epochs are the paper's
+        if subset and paper is not None and schedule.pretrain != subset_pretrain_epochs(paper, batches):
             note = (f"{schedule.pretrain} pre-training epochs of {batches} batches, but the paper's {paper} "
                     f"epochs of {PAPER_BATCHES} batches are {subset_pretrain_epochs(paper, batches)} here")
             record["pretrain_note"] = note
@@ -472,24 +592,51 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             monitor = ConditionMonitor(metrics=spec["diagnostics"], phases=("wake",), at_epoch_end=True,
                                        max_samples=spec["diagnostic_samples"], per_layer=True)
             trainer.callbacks.insert(1, monitor)  # after the timer: its cost counts as "other"
+        root, resume = Path(spec["root"]), spec.get("resume_from")
+        segment = len(list(root.glob("segment_*.json")))  # the processes this run took before
+        if resume:
+            record["resumed_from_epoch"] = int(torch_load_epoch(resume))  # the Lightning epoch saved last
+            current = Path(resume).parents[1] / "metrics.csv"
+            if current.is_file():  # keep it from the logger, which deletes it on opening the folder
+                current.rename(root / f"metrics_part{len(list(root.glob('metrics_part*.csv')))}.csv")
+            print(f"{PREFIX} {spec['row']} / seed {spec['seed']}: resuming after Lightning epoch "
+                  f"{record['resumed_from_epoch']} from {resume}", flush=True)
+        saved_initial = root / "initial_validation.json"
         start = time.perf_counter()
-        initial = initial_validation(model, datamodule, str(trainer.precision))
+        if resume and saved_initial.is_file():  # the untrained network's, measured when the run started
+            initial = json.loads(saved_initial.read_text())
+        else:
+            initial = initial_validation(model, datamodule, str(trainer.precision))
+            if spec.get("progress"):
+                saved_initial.write_text(json.dumps(initial))
         initial_seconds = time.perf_counter() - start
+        if spec.get("progress"):
+            base = {"row": spec["row"], "seed": spec["seed"], "config": spec["config"], **spec["settings"]}
+            progress = _wake_epoch_progress(spec["progress"], base, schedule, timer, segment, spec.get("deadline"))
+            trainer.callbacks.append(progress)
     except Exception as err:  # noqa: BLE001
         return failed(f"setting up the run failed: {type(err).__name__}: {err}")
 
     error = None
     try:
-        result = fit_and_test(trainer, model, datamodule)
+        result = fit_and_test(trainer, model, datamodule, ckpt_path=resume)
     except Exception as err:  # noqa: BLE001 (diverged runs etc. are reported, not fatal)
         error, result = f"{type(err).__name__}: {err}", None
+    if spec.get("progress"):
+        (root / f"segment_{segment}.json").write_text(json.dumps(timer.seconds))
+        if progress.stopped and error is None:
+            return {**record, "status": "stopped", "lightning_epochs_run": progress.last_epoch}
     log_dir = Path(trainer.logger.log_dir) if trainer.logger is not None else None
-    epochs = read_metrics(log_dir / "metrics.csv") if log_dir else {}
+    epochs = run_metrics(Path(spec["root"]), log_dir)
     record.update(wake_curves(epochs, initial))
     seconds = {**timer.seconds, "initial_validation": initial_seconds}
     if result is not None:
         seconds.update(fit=result["fit_seconds"], test=result["test_seconds"])
         seconds["other"] = result["fit_seconds"] - sum(timer.seconds.values())
+    if segment:  # resumed: the earlier processes' phase times added (their "other" and "fit" are lost)
+        record["segments"] = segment + 1
+        for key, value in _earlier_seconds(root, segment).items():
+            seconds[key] = seconds.get(key, 0.0) + value
     record.update(seconds=seconds, wake_epochs_run=len(record["curve_val_acc"]) - 1,
                   lightning_epochs_run=int(trainer.current_epoch))
     if error is not None:
@@ -553,9 +700,13 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     records = read_results(args.results)
     done = {key: rec for key, rec in finished_runs(records, lambda rec: (rec["row"], rec["seed"])).items()
             if not rec.get("interrupted")}  # a killed or interrupted run is run again
+    in_progress = finished_runs(records, lambda rec: (rec["row"], rec["seed"]), statuses=("running",))
     todo = []
     for seed in seeds:  # seed-major: an interrupted benchmark has whole seeds done
         for row in rows:
+            if (row, seed) in in_progress and (row, seed) not in done:
+                check_same_settings(args.results, f"{row} / seed {seed} (in progress)", in_progress[(row, seed)],
+                                    settings(args, row))
             if (row, seed) in done:
                 check_same_settings(args.results, f"{row} / seed {seed}", done[(row, seed)], settings(args, row))
                 print(f"{PREFIX} {row} / seed {seed}: in {args.results}, skipped", flush=True)
@@ -571,6 +722,10 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         return Path(tempfile.mkdtemp(prefix=f"lc_{row}_{seed}_"))
 
     def finish(rec: dict[str, Any], root: Path) -> None:
+        if rec["status"] == "stopped":  # at --stop-after: its checkpoint and wake-epoch records stay
+            print(f"{PREFIX} {rec['row']} / seed {rec['seed']}: stopped after Lightning epoch "
+                  f"{rec['lightning_epochs_run']} (--stop-after); --resume continues it", flush=True)
+            return
         rec["finished"] = utc_now()
         append_result(args.results, rec)
         records.append(rec)
@@ -578,12 +733,20 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.keep_runs is None:
             shutil.rmtree(root, ignore_errors=True)
 
+    def out_of_time() -> bool:
+        if args.deadline is None or time.time() < args.deadline:
+            return False
+        print(f"{PREFIX} --stop-after reached: runs not started are left to --resume", flush=True)
+        return True
+
     if args.jobs == 0:
         for row, seed in todo:
+            if out_of_time():
+                break
             root = root_for(row, seed)
             print(f"{PREFIX} {row} / seed {seed}: running in this process ({root})", flush=True)
             finish(run_one(run_spec(args, row, seed, root)), root)
-        return records
+        return read_results(args.results)
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONUNBUFFERED": "1"}
@@ -593,6 +756,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     signal.signal(signal.SIGTERM, _terminated)  # `kill PID` of this process stops its workers too
     try:
         while pending or running:
+            if pending and len(running) < args.jobs and out_of_time():
+                pending = []
             while pending and len(running) < args.jobs:
                 row, seed = pending.pop(0)
                 root = root_for(row, seed)
@@ -626,7 +791,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             log.close()
             if args.keep_runs is None:
                 shutil.rmtree(root, ignore_errors=True)
-    return records
+    return read_results(args.results)  # with the runs' wake-epoch records, which the workers append
 
 
 def _terminated(signum, frame) -> None:
@@ -635,10 +800,10 @@ def _terminated(signum, frame) -> None:
 
 # ------------------------------------------------------------------------------------ outputs
 def latest_runs(records: list[dict[str, Any]], rows: Sequence[str], seeds: Sequence[int]):
-    """{row: [the last record of each seed, in seed order]}."""
+    """{row: [the last finished (ok or failed) record of each seed, in seed order]}."""
     last: dict[tuple[str, int], dict[str, Any]] = {}
     for rec in records:
-        if rec.get("row") in rows and rec.get("seed") in seeds:
+        if rec.get("row") in rows and rec.get("seed") in seeds and rec.get("status") in ("ok", "failed"):
             last[(rec["row"], rec["seed"])] = rec
     return {row: [last[(row, s)] for s in seeds if (row, s) in last] for row in rows}
 
@@ -671,6 +836,41 @@ def _mean_curve(recs: list[dict[str, Any]], key: str) -> list[list[float]]:
     curves = [[math.nan if v is None else v for v in r[key]] for r in recs if r.get(key)]
     n = min((len(c) for c in curves), default=0)
     return [c[:n] for c in curves]
+
+
+def runs_in_progress(records: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """{(row, seed): its wake-epoch records} of the runs whose last record is ``running`` (the
+    last record per wake epoch: a resumed run may repeat the epoch it was stopped in)."""
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for rec in records:
+        if "row" in rec and "seed" in rec:
+            last[(rec["row"], rec["seed"])] = rec
+    out = {}
+    for key, rec in last.items():
+        if rec.get("status") == "running":
+            epochs = {r["wake_epoch"]: r for r in records
+                      if (r.get("row"), r.get("seed")) == key and r.get("status") == "running"}
+            out[key] = [epochs[k] for k in sorted(epochs)]
+    return out
+
+
+def _progress_report(records: list[dict[str, Any]]) -> list[str]:
+    """The runs in progress: wake epochs done and the validation accuracy (loss) after each."""
+    progress = runs_in_progress(records)
+    if not progress:
+        return []
+    body = []
+    for (row, seed), recs in sorted(progress.items(), key=lambda item: (list(ROWS).index(item[0][0]), item[0][1])):
+        metric = "val_loss" if ROWS[row].autoencoder else "val_acc"
+        scale, digits = (1, 4) if ROWS[row].autoencoder else (100, 2)
+        values = [r.get(metric) for r in recs]
+        shown = ", ".join("—" if v is None else f"{scale * v:.{digits}f}" for v in values)
+        body.append([ROWS[row].label, str(seed), str(recs[-1]["wake_epoch"]), f"{recs[-1]['epochs']}",
+                     recs[-1]["finished"], shown])
+    return ["Runs in progress (resumable; one record per wake epoch): validation accuracy (%) (autoencoder: "
+            "loss) after each wake epoch so far:", "",
+            markdown(["row", "seed", "wake epochs done", "of", "last record (UTC)", "validation after each wake "
+                      "epoch"], body), ""]
 
 
 def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
@@ -809,15 +1009,19 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
                 "in the epoch:", "",
                 markdown(["row", "steps", "non-converged", "excluded", "diverged", "clipped"], body), ""]
 
+    out += _progress_report(records)
+
     # notes
     used = [r for recs in ok_runs.values() for r in recs]
+    full = any(r.get("scale") == "full" for r in records)
     notes = []
     if used:
         sizes = sorted({(r["num_train"], r["num_val"], r["num_test"]) for r in used})
         epochs = sorted({r["epochs"] for r in used})
         notes.append(
             f"Ours: {', '.join(f'{a:,} train / {b:,} validation / {c:,} test images' for a, b, c in sizes)} "
-            f"(the offline MNIST subset, seeded split), {'/'.join(map(str, epochs))} wake epoch(s), mean ± std over "
+            f"({'the complete MNIST' if full else 'the offline MNIST subset'}, seeded split), "
+            f"{'/'.join(map(str, epochs))} wake epoch(s), mean ± std over "
             f"seeds {', '.join(map(str, seeds))}; best wake epoch = wake epochs trained at the checkpoint of best "
             "validation accuracy (autoencoder: loss), where the test value is taken."
         )
@@ -831,7 +1035,7 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
             notes.append("Extra CLI arguments: " + "; ".join(f"`{o}` ({', '.join(labels)})"
                                                             for o, labels in overrides.items()) + ".")
         shas = sorted({(r["config"], r["config_sha"]) for r in used})
-        notes.append("Configs (example + subset override, sha256 prefix): "
+        notes.append(f"Configs ({'the example as it is' if full else 'example + subset override'}, sha256 prefix): "
                      + ", ".join(f"`{c}` {s}" for c, s in shas) + ".")
         prenotes = sorted({r["pretrain_note"] for r in used if r.get("pretrain_note")})
         if prenotes:
@@ -846,8 +1050,10 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
     for rec in failures:
         notes.append(f"Failed: {rec['row']} / seed {rec['seed']}: {rec.get('reason', '?')[:300]}")
     notes.append(
-        "Published: full MNIST (55,000 training images), so not comparable in absolute terms with our "
-        "5,000-image, few-epoch runs; compare the ordering of the rows. DFC paper Table 1 (Meulemans et al. "
+        ("Published: full MNIST (55,000 training images), as ours; the papers train longer (below), so compare "
+         "at matched epochs where the curves allow. " if full else
+         "Published: full MNIST (55,000 training images), so not comparable in absolute terms with our "
+         "5,000-image, few-epoch runs; compare the ordering of the rows. ") + "DFC paper Table 1 (Meulemans et al. "
         "2021): 100 epochs (autoencoder 25), 5 seeds, BP/DFA/DFC/DFC (fixed). Strong-DFC paper (Meulemans et "
         "al. 2022, slides): 40 epochs; its 'Strong-DFC (noise)' is our single-phase row, 'Strong-DFC (no "
         "noise)' our two-phase row (noise-free wake dynamics), 'DFC (no noise)' our DFC row (the authors' DFC "
@@ -898,7 +1104,8 @@ def make_figure(args: argparse.Namespace, records: list[dict[str, Any]], path: P
     used = [r for recs in ok_runs.values() for r in recs]
     sizes = sorted({(r["num_train"], r["num_val"], r["num_test"]) for r in used})
     size_text = "; ".join(f"{a:,} train / {b:,} validation / {c:,} test images" for a, b, c in sizes)
-    fig.suptitle(f"MNIST subset: {size_text or 'no runs'}\nmean over seed{'s' if len(seeds) > 1 else ''} "
+    full = any(r.get("scale") == "full" for r in used)
+    fig.suptitle(f"{'MNIST' if full else 'MNIST subset'}: {size_text or 'no runs'}\nmean over seed{'s' if len(seeds) > 1 else ''} "
                  f"{', '.join(map(str, seeds))}" + (", band: min-max over seeds" if len(seeds) > 1 else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,70 @@ def test_learning_curves_end_to_end_resume_and_table_only(tmp_path: Path, capsys
     # resuming with other settings is refused
     with pytest.raises(SystemExit, match="was run with"):
         lc.main([*args, "--resume", "--epochs", "3"])
+
+
+class SteppingClock:
+    """``time`` for the benchmark module: ``time()`` advances by ``step`` per call, the rest real."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+        self.perf_counter, self.sleep = time.perf_counter, time.sleep
+
+    def time(self) -> float:
+        now, self.now = self.now, self.now + self.step
+        return now
+
+
+def test_learning_curves_full_scale_stops_and_resumes_at_wake_epochs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--scale full: the example configs as they are; each wake epoch appends a ``running`` record;
+    --stop-after stops a run at a wake-epoch end and starts no new ones; --resume continues it from
+    its checkpoint, and its curve and phase times span both processes."""
+    lc = load_learning_curves()
+    write_fake_mnist(tmp_path / "data", 48, 16)
+    examples = short_examples(tmp_path / "examples", ["mnist_bp", "mnist_dfc"])
+    results, keep = tmp_path / "full.jsonl", tmp_path / "runs"
+    common = ["--scale", "full", "--rows", "bp", "dfc", "--seeds", "1", "--epochs", "3", "--jobs", "0",
+              "--data-dir", str(tmp_path / "data"), "--examples", str(examples), "--keep-runs", str(keep),
+              "--results", str(results)]
+    override = ["--override", "--data.init_args.val_size=16"]
+    with pytest.raises(SystemExit):
+        lc.main(common[:-4] + ["--results", str(results)] + override)  # full scale without --keep-runs
+    assert "--keep-runs" in capsys.readouterr().err
+
+    # the clock reads 0 at the start (deadline 10), 6 before the first run, 12 after its first wake epoch
+    monkeypatch.setattr(lc, "time", SteppingClock(6.0))
+    report = lc.main([*common, "--stop-after", "10", *override])
+    monkeypatch.undo()
+    out = capsys.readouterr().out
+    assert "bp / seed 1: stopped after Lightning epoch 0" in out and "runs not started are left" in out
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["row"], r["status"], r["wake_epoch"], r["scale"]) for r in records] == [("bp", "running", 1, "full")]
+    assert 0 <= records[0]["val_acc"] <= 1 and records[0]["segment"] == 0
+    assert "Runs in progress" in report and "| BP | 1 | 1 | 3 |" in report
+    assert (keep / "bp_seed1" / "bp" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+    lc.main([*common, "--resume", *override])
+    out = capsys.readouterr().out
+    assert "bp / seed 1: resuming after Lightning epoch 0" in out
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    bp = [r for r in records if r["row"] == "bp"]
+    assert [r["status"] for r in bp] == ["running", "running", "running", "ok"]
+    assert [r["wake_epoch"] for r in bp[:3]] == [1, 2, 3] and [r["segment"] for r in bp[:3]] == [0, 1, 1]
+    final = bp[-1]
+    assert final["resumed_from_epoch"] == 0 and final["segments"] == 2 and final["scale"] == "full"
+    # the curve spans both processes: the wake-epoch records' validation is the curve's
+    assert final["curve_val_acc"][1:] == pytest.approx([r["val_acc"] for r in bp[:3]])
+    assert final["curve_val_loss"][1:] == pytest.approx([r["val_loss"] for r in bp[:3]])
+    assert (final["num_train"], final["num_val"]) == (32, 16)  # the example's own config, val_size overridden
+    # both processes' wake time: more than the first's alone
+    first = json.loads((keep / "bp_seed1" / "segment_0.json").read_text())
+    assert final["seconds"]["wake"] > first["wake"] > 0
+    dfc = [r for r in records if r["row"] == "dfc"]
+    assert [r["status"] for r in dfc] == ["running"] * 3 + ["ok"] and "resumed_from_epoch" not in dfc[-1]
+    assert dfc[-1]["pretrain_epochs"] == 1 and "pretrain_note" not in dfc[-1]  # the example's as it is
+    again = lc.main([*common, "--resume", *override])
+    assert capsys.readouterr().out.count("skipped") == 2 and "Runs in progress" not in again
 
 
 def test_learning_curves_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

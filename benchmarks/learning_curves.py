@@ -815,10 +815,11 @@ def _published(value: Any, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _cell(values: list[float], ok: list, recs: list, seeds: Sequence[int], digits: int = 2) -> str:
+def _cell(values: list[float], ok: list, recs: list, seeds: Sequence[int], digits: int = 2,
+          running: bool = False) -> str:
     failed = [r for r in recs if r["status"] != "ok"]
     if not ok:
-        return f"failed ({len(failed)}/{len(seeds)} seeds)" if failed else "not run"
+        return f"failed ({len(failed)}/{len(seeds)} seeds)" if failed else "in progress" if running else "not run"
     cell = fmt_mean_std(values, digits)
     if len(ok) < len(seeds):
         cell += f" ({len(ok)}/{len(seeds)} seeds" + (f", {len(failed)} failed" if failed else "") + ")"
@@ -878,6 +879,7 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
     rows = args.rows or [k for k in ROWS if any(r.get("row") == k for r in records)]
     runs = latest_runs(records, rows, seeds)
     ok_runs = {row: [r for r in recs if r["status"] == "ok"] for row, recs in runs.items()}
+    running = {row for row, _seed in runs_in_progress(records)}
     out: list[str] = []
 
     classification = [r for r in rows if not ROWS[r].autoencoder]
@@ -890,8 +892,8 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
             readme = pub.get("readme")
             body.append([
                 ROWS[row].label, f"`{ROWS[row].stem(row)}`",
-                _cell([r["test_error"] for r in ok], ok, recs, seeds),
-                _cell([100 * r["best_val_acc"] for r in ok], ok, recs, seeds),
+                _cell([r["test_error"] for r in ok], ok, recs, seeds, running=row in running),
+                _cell([100 * r["best_val_acc"] for r in ok], ok, recs, seeds, running=row in running),
                 ", ".join(str(r["best_wake_epoch"]) for r in ok) or "—",
                 _published(pub.get("table1")), _published(pub.get("strong")),
                 f"{100 - readme:.2f} ({readme:.2f} % acc.)" if readme else "—",

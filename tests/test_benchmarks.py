@@ -304,6 +304,7 @@ def test_learning_curves_full_scale_stops_and_resumes_at_wake_epochs(
     assert [(r["row"], r["status"], r["wake_epoch"], r["scale"]) for r in records] == [("bp", "running", 1, "full")]
     assert 0 <= records[0]["val_acc"] <= 1 and records[0]["segment"] == 0
     assert "Runs in progress" in report and "| BP | 1 | 1 | 3 |" in report
+    assert "| BP | `mnist_bp` | in progress | in progress |" in report
     assert (keep / "bp_seed1" / "bp" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
     lc.main([*common, "--resume", *override])

@@ -20,8 +20,8 @@ from torch.func import jacfwd
 
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig
 from lightning_dfc.core.dynamics import feedforward, simulate
-from lightning_dfc.core.numerics import EXACT
-from lightning_dfc.core.rules import ConvergenceCriterion, forward_update, output_delta, strong_target
+from lightning_dfc.core.numerics import EXACT, FAST
+from lightning_dfc.core.rules import ConvergenceCriterion, dfc_update, forward_update, output_delta, strong_target
 from lightning_dfc.core.tail import Deviation, LinearizedMap, OutputError, controlled_sweep, fixed_point
 
 DT = torch.float64
@@ -187,6 +187,26 @@ def test_early_stop_waits_for_a_borderline_convergence_test():
     assert fast.stats["non_converged"] == exact.stats["non_converged"]
     easy = forward_update("dfc", params, x, y, "cross_entropy", 0.5, cfg, ConvergenceCriterion(exclude=True))
     assert easy.stats["steps"] < 1499 and easy.stats["non_converged"] == full.stats["non_converged"]
+
+
+@pytest.mark.parametrize("offset", [1e-22, 0.0], ids=["tiny", "zero"])
+def test_fast_early_stop_settles_with_samples_at_their_target(offset):
+    """Late in training a perfectly classified sample's target offset is 1e-20 or less (or 0). In
+    float32 the squares of such entries underflow: the early stop's ratios of norms became 0 / 0
+    and kept every such batch simulating to T (full MNIST, DFC, from wake epoch 18 on). The fast
+    numerics (float32) must still stop early, with the update of the full float64 simulation."""
+    params, x, y = make(seed=7, batch=5)
+    ff = feedforward(params, x)
+    delta = output_delta(ff.r[-1], y, "cross_entropy", 0.5)
+    delta[:2] *= offset
+    cfg = SimulationConfig(dt=0.02, steps=1500, alpha=0.02, tau_v=0.2)
+    criterion = ConvergenceCriterion(exclude=True)
+    exact = dfc_update(params, x, ff, None, EXACT.resolve(cfg), criterion, delta=delta)
+    fast = dfc_update(params, x, ff, None, FAST.resolve(cfg), criterion, delta=delta)
+    assert exact.stats["steps"] == 1499 and fast.stats["steps"] <= 16
+    assert fast.stats["excluded"] == 0
+    for a, b in zip(fast.tensors(), exact.tensors()):
+        assert float((a - b).norm()) <= 1e-3 * float(b.norm())
 
 
 def test_row_softmax_is_torchs_softmax():

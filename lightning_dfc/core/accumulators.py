@@ -167,10 +167,19 @@ class Trajectory:
         return {"u": torch.stack(self.u), "r_L": torch.stack(self.r_out)}
 
 
+def sample_norm(a: Tensor, dim: int | None = 1) -> Tensor:
+    """The Euclidean norm of each sample (row) of ``a`` (B, n) -> (B,) (``dim=None``: of the
+    whole tensor), in ``a``'s dtype with its squares summed in float64. In float32 the squares of
+    entries below about 1e-19 underflow to 0: a sample that sits at its target (a perfectly
+    classified one late in training: its target offset is 1e-20 or less) would get the norm 0,
+    and every ratio of such norms (the early stop's rates, its relative distances) 0 / 0."""
+    return torch.linalg.vector_norm(a, dim=dim, dtype=torch.float64).to(a.dtype)
+
+
 def residual(error: Tensor, alpha: float, u: Tensor, output_ff: Tensor) -> Tensor:
     """||e - alpha u|| / ||r_L^-|| per sample (0 at the controller's fixed point e = alpha u)."""
-    norm_ff = torch.linalg.vector_norm(output_ff, dim=1).clamp_min(torch.finfo(output_ff.dtype).tiny)
-    return torch.linalg.vector_norm(error - alpha * u, dim=1) / norm_ff
+    norm_ff = sample_norm(output_ff).clamp_min(torch.finfo(output_ff.dtype).tiny)
+    return sample_norm(error - alpha * u) / norm_ff
 
 
 def all_finite(t: Tensor, keep: Tensor | None = None) -> bool:

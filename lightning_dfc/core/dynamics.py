@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .accumulators import ControlTail, FeedbackSum, ForwardSums, Trajectory, all_finite, residual
+from .accumulators import ControlTail, FeedbackSum, ForwardSums, Trajectory, all_finite, residual, sample_norm
 from .config import RULES, SimulationConfig
 from .network import LayerParams
 from .noise import NoiseSource, standard_noise
@@ -182,7 +182,7 @@ def simulate(
     drive = _ApicalDrive(params, cfg, x, state, accumulate_feedback, generator)
     u, u_int = torch.zeros_like(ff.r[-1]), torch.zeros_like(ff.r[-1])
     error = error_of(state.output_deviation())
-    error_initial = torch.linalg.vector_norm(error, dim=1)
+    error_initial = sample_norm(error)
     classification = None if classify is None else (*classify, error_initial)
     acc = _Accumulators(cfg, params, ff, x, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
                         record, drive.width, rule, final_state, classification)
@@ -299,7 +299,7 @@ class _Accumulators:
         return SimulationResult(
             v=[a + d for a, d in zip(ff.v, dv)], r=[a + d for a, d in zip(ff.r, dr)], u=u,
             steps_simulated=steps_done, finite=finite, error_initial=error_initial,
-            error_final=torch.linalg.vector_norm(error, dim=1), residual=residual(error, alpha, u, ff.r[-1]),
+            error_final=sample_norm(error), residual=residual(error, alpha, u, ff.r[-1]),
             dv=dv, dr=dr, u_mean=u if self.tail is None else self.tail.mean(steps_done),
             signal_sum=None if self.sums is None else self.sums.signal_sum,
             outer_sum=None if self.sums is None else self.sums.outer_sums(ff.r, dr),

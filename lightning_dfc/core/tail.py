@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .accumulators import sample_norm
 from .config import SimulationConfig
 from .network import LayerParams
 from .state import teaching_signal
@@ -75,7 +76,7 @@ class OutputError:
     def scale(self) -> Tensor:
         """A per-sample size of the target offset, (B,): what a residual is measured against."""
         offset = self.delta if self.kind == "linear" else self.target - torch.softmax(self.output_ff, dim=1)
-        return torch.linalg.vector_norm(offset, dim=1)
+        return sample_norm(offset)
 
 
 def _row_softmax(z: Tensor) -> Tensor:
@@ -152,7 +153,7 @@ def fixed_point(params: LayerParams, ff, error: OutputError, alpha: float, u0: T
     has converged when its last step moved u by at most ``rtol`` of |u| (default: 50 machine
     epsilons, the rounding floor of e near the fixed point)."""
     rtol = 50 * torch.finfo(u0.dtype).eps if rtol is None else rtol
-    norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
+    norm = sample_norm
     u = u0.clone()
     dv, dr = controlled_sweep(params, ff, u)
     residual = error(dr[-1]) - alpha * u
@@ -399,7 +400,7 @@ class SettledTail:
         for _ in range(1 if self.sums is not None else 2):
             powers.append(linear.solve(powers[-1]))
         z, top = powers[0], powers[-1]
-        norm = lambda a: torch.linalg.vector_norm(a, dim=1)  # noqa: E731
+        norm = sample_norm
         first, second = norm(powers[-2].control), norm(top.control)
         rho = torch.where(second > 0, 1 - first / second.clamp_min(torch.finfo(u.dtype).tiny), torch.zeros_like(first))
         rho = self._masked(rho)
@@ -430,7 +431,7 @@ class SettledTail:
         previous_distance, self.distance = self.distance, distance
         if previous is None:
             return None
-        change = max(float(torch.linalg.vector_norm(p - q) / torch.linalg.vector_norm(p).clamp_min(1e-30))
+        change = max(float(sample_norm(p - q, dim=None) / sample_norm(p, dim=None).clamp_min(torch.finfo(p.dtype).tiny))
                      for p, q in zip(prediction, previous))
         # the prediction's error is second order in the distance d to x*: if it changed by `change`
         # while d^2 shrank by the factor q, what is left of it now is change * q / (1 - q)
@@ -458,9 +459,10 @@ class SettledTail:
         act, ff = self.params.activations[-1], self.ff
         error = self.error(act.rate_deviation(ff.v[-1], ff.r[-1], tail.final_soma[-1]))
         u_final = tail.final_control
-        reference = torch.linalg.vector_norm(ff.r[-1], dim=1).clamp_min(torch.finfo(u_final.dtype).tiny)
-        residual = torch.linalg.vector_norm(error - self.cfg.alpha * u_final, dim=1) / reference
-        reduction = torch.linalg.vector_norm(error, dim=1) / (epsilon**2 * error_initial).clamp_min(1e-300)
+        tiny = torch.finfo(u_final.dtype).tiny
+        reference = sample_norm(ff.r[-1]).clamp_min(tiny)
+        residual = sample_norm(error - self.cfg.alpha * u_final) / reference
+        reduction = sample_norm(error) / (epsilon**2 * error_initial).clamp_min(tiny)
         clear = ((residual * self.MARGIN < threshold) | (residual > self.MARGIN * threshold)) & (
             (reduction * self.MARGIN < 1) | (reduction > self.MARGIN))
         if self.keep is not None:

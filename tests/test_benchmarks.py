@@ -330,6 +330,39 @@ def test_learning_curves_full_scale_stops_and_resumes_at_wake_epochs(
     assert capsys.readouterr().out.count("skipped") == 2 and "Runs in progress" not in again
 
 
+def test_learning_curves_resumes_after_an_epoch_that_did_not_improve(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after a wake epoch whose validation did not improve continues from that epoch,
+    not from the last improvement: the example configs' ``last.ckpt`` is refreshed after every
+    epoch (Lightning's ``save_last`` alone writes it only with a new best checkpoint)."""
+    lc = load_learning_curves()
+    write_fake_mnist(tmp_path / "data", 48, 16)
+    examples = short_examples(tmp_path / "examples", ["mnist_bp"])
+    results, keep = tmp_path / "full.jsonl", tmp_path / "runs"
+    common = ["--scale", "full", "--rows", "bp", "--seeds", "1", "--epochs", "3", "--jobs", "0",
+              "--data-dir", str(tmp_path / "data"), "--examples", str(examples), "--keep-runs", str(keep),
+              "--results", str(results)]
+    # lr 0: the validation never improves after the first epoch
+    override = ["--override", "--data.init_args.val_size=16", "--model.init_args.forward_optimizer.init_args.lr=0"]
+    # the clock reads 0 at the start (deadline 15), 6 before the run, 12 and 18 after its wake epochs
+    monkeypatch.setattr(lc, "time", SteppingClock(6.0))
+    lc.main([*common, "--stop-after", "15", *override])
+    monkeypatch.undo()
+    assert "bp / seed 1: stopped after Lightning epoch 1" in capsys.readouterr().out
+    run = keep / "bp_seed1"
+    checkpoints = run / "bp" / "version_0" / "checkpoints"
+    assert lc.torch_load_epoch(str(checkpoints / "last.ckpt")) == 1
+    assert [p.name for p in checkpoints.glob("epoch=*.ckpt")] == ["epoch=0-step=2.ckpt"]  # the best: epoch 0
+    lc.main([*common, "--resume", *override])
+    assert "bp / seed 1: resuming after Lightning epoch 1" in capsys.readouterr().out
+    bp = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["status"], r.get("wake_epoch")) for r in bp] == [("running", 1), ("running", 2), ("running", 3), ("ok", None)]
+    final = bp[-1]
+    assert final["resumed_from_epoch"] == 1 and final["segments"] == 2
+    assert final["curve_val_acc"][1:] == pytest.approx([r["val_acc"] for r in bp[:3]])
+    assert final["best_wake_epoch"] == 1  # the config's best checkpoint is still the one tested
+
+
 def test_learning_curves_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--jobs 2: two runs at once in worker processes; a broken run is recorded as failed."""
     lc = load_learning_curves()

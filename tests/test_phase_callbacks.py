@@ -66,3 +66,28 @@ def test_model_checkpoint_on_val_keeps_the_best_wake_epoch(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "ckpt").glob("epoch=*.ckpt"))
     epochs = [int(name.split("epoch=")[1].split("-")[0]) for name in saved]
     assert [model.dfc_schedule(e).phase.value for e in epochs] == ["wake", "wake"], saved
+
+
+def test_last_checkpoint_follows_every_epoch_when_the_monitor_does_not_improve(tmp_path):
+    """``save_last``: ``last.ckpt`` holds the epoch just ended after every epoch, also after wake
+    epochs that did not improve the monitored value (Lightning alone writes it only with a new
+    best checkpoint: a resume from it would repeat the epochs since)."""
+    torch.manual_seed(0)
+    model = DFCModule(MLP([8, 10, 3]), target_stepsize=0.1, dynamics=SimulationConfig(steps=20),
+                      feedback=FeedbackConfig(pretrain_epochs=1, sleep_before=1, sleep_after=0, simulation=SLEEP))
+    last = tmp_path / "ckpt" / "last.ckpt"
+    seen = []
+
+    class LastAtEpochStart(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch > 0:
+                seen.append((trainer.current_epoch - 1, torch.load(last, weights_only=False)["epoch"]))
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="epoch", mode="min", save_last=True)  # 1st wake epoch best
+    trainer = _trainer(tmp_path, 3, [LastAtEpochStart(), ckpt])
+    trainer.fit(model, _loader(), _loader(1))
+    phases = [model.dfc_schedule(e).phase.value for e in range(trainer.current_epoch)]
+    assert phases == ["pretrain", "sleep", "wake", "sleep", "wake", "sleep", "wake"], phases
+    assert seen == [(e, e) for e in range(trainer.current_epoch - 1)]
+    assert torch.load(last, weights_only=False)["epoch"] == trainer.current_epoch - 1  # after the last wake epoch
+    assert model.dfc_schedule(int(ckpt.best_model_path.split("epoch=")[1].split("-")[0])).phase.value == "wake"

@@ -241,8 +241,9 @@ def wake_epochs_only(callback: Any) -> None:
     """Let a monitoring callback (``EarlyStopping``, ``ModelCheckpoint`` with a ``monitor``) act
     at the end of wake epochs only: during pre-training and sleep epochs the forward weights do
     not change, so their metrics are flat (``EarlyStopping`` would stop a run before its first
-    wake epoch) or absent (``train_*``). A monitoring ``ModelCheckpoint`` still refreshes
-    ``last.ckpt`` (``save_last``) after every epoch, so a run resumes where it stopped."""
+    wake epoch) or absent (``train_*``). A monitoring ``ModelCheckpoint`` with ``save_last``
+    refreshes ``last.ckpt`` after every epoch (:func:`refresh_last_checkpoint`), so a run
+    resumes where it stopped."""
     watched = isinstance(callback, EarlyStopping) or (
         isinstance(callback, ModelCheckpoint) and callback.monitor is not None)
     if not watched or getattr(callback, "_dfc_wake_only", False):
@@ -252,13 +253,22 @@ def wake_epochs_only(callback: Any) -> None:
 
         def wrapped(trainer, pl_module, _original=original, _hook=hook):
             phase = getattr(pl_module, "dfc_phase", None)  # the module being fit, not a remembered one
-            if phase is None or phase.phase is Phase.WAKE:
-                return _original(trainer, pl_module)
+            result = _original(trainer, pl_module) if phase is None or phase.phase is Phase.WAKE else None
             if isinstance(callback, ModelCheckpoint) and callback.save_last:
-                on_train_end = callback._should_save_on_train_epoch_end(trainer)
-                if (_hook == "on_train_epoch_end") == on_train_end and not callback._should_skip_saving_checkpoint(trainer):
-                    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-            return None
+                refresh_last_checkpoint(callback, trainer, _hook)
+            return result
 
         setattr(callback, hook, wrapped)
     callback._dfc_wake_only = True
+
+
+def refresh_last_checkpoint(callback: ModelCheckpoint, trainer: Any, hook: str) -> None:
+    """Write ``callback``'s ``last.ckpt`` at the end of this epoch (in ``hook``, the one in which
+    it saves) unless a checkpoint was saved at this step already. Lightning's ``save_last`` writes
+    it only together with a new top-k checkpoint, so after a wake epoch that did not improve the
+    monitored value, and after every pre-training or sleep epoch, ``last.ckpt`` would lag behind
+    the run, and a resume from it would repeat epochs. (Lightning has no public hook for this:
+    its private savers, here only.)"""
+    at_train_epoch_end = callback._should_save_on_train_epoch_end(trainer)
+    if (hook == "on_train_epoch_end") == at_train_epoch_end and not callback._should_skip_saving_checkpoint(trainer):
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))

@@ -53,13 +53,52 @@ def test_an_incompatible_resume_is_refused(checkpoint, changed, said, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_a_new_schedule_when_permitted_and_the_same_settings_always(checkpoint, tmp_path):
+def _fit(tmp_path, model, epochs, ckpt_path=None):
+    trainer = _trainer(tmp_path, epochs)
+    trainer.fit(model, _data(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_resume_with_the_same_settings_is_the_uninterrupted_run(checkpoint, tmp_path):
+    """Resumed after the first sleep epoch: bit for bit the run that was never stopped (the
+    checkpoint's weights and optimizer states, the noise seeded per epoch, the schedule's place)."""
+    resumed = _fit(tmp_path / "resumed", _model(), 2, checkpoint)
+    uninterrupted = _model()
+    whole = _fit(tmp_path / "whole", uninterrupted, 2)
+    assert resumed.current_epoch == whole.current_epoch == 9  # 1 pre-training + 2 x (1 + wake + 2)
+    assert _same(resumed.lightning_module, uninterrupted)
+    start = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert not torch.equal(start["network.0.weight"], uninterrupted.network[0].weight)  # it did train on
+
+
+def test_a_new_schedule_when_permitted(checkpoint, tmp_path):
+    """With resume_with_new_schedule the run continues under the new schedule: here (no sleep
+    epochs after a wake epoch) the epochs before the checkpoint are the same under both, so the
+    resumed run is the uninterrupted run of the new schedule."""
     permitted = _model(sleep_after=0, resume_with_new_schedule=True)
-    _trainer(tmp_path, 2).fit(permitted, _data(), ckpt_path=checkpoint)
-    same = _model()
-    _trainer(tmp_path, 2).fit(same, _data(), ckpt_path=checkpoint)
+    resumed = _fit(tmp_path / "resumed", permitted, 2, checkpoint)
+    assert [permitted.dfc_schedule(e).phase.value for e in range(resumed.current_epoch)] == [
+        "pretrain", "sleep", "wake", "sleep", "wake"]
+    fresh = _model(sleep_after=0)
+    _fit(tmp_path / "fresh", fresh, 2)
+    assert _same(permitted, fresh)
 
 
-def test_loading_weights_for_inference_is_not_a_resume(checkpoint):
-    loaded = DFCModule.load_from_checkpoint(checkpoint, network=MLP([8, 10, 3]), weights_only=False)
-    assert loaded.dfc_variant == "dfc"
+def test_loading_weights_for_inference_is_not_a_resume(checkpoint, tmp_path):
+    """load_from_checkpoint with other settings (here another variant) is not refused: it loads the
+    checkpoint's weights into the new module, which then predicts with them."""
+    loaded = DFCModule.load_from_checkpoint(checkpoint, network=MLP([8, 10, 3]), variant="dfc_ss",
+                                            weights_only=False)
+    assert loaded.dfc_variant == "dfc_ss"
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert state.keys() == loaded.state_dict().keys()
+    assert all(torch.equal(state[k].to(v.dtype), v) for k, v in loaded.state_dict().items())  # (saved in float64)
+    x = next(iter(_data()))[0]
+    layers = [v.float() for k, v in sorted(state.items()) if k.startswith("network.")]
+    w1, b1, w2, b2 = layers[1], layers[0], layers[3], layers[2]  # sorted: 0.bias, 0.weight, 2.bias, 2.weight
+    expected = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+    torch.testing.assert_close(loaded(x), expected)

@@ -9,6 +9,8 @@ subset override configs against the examples. ``benchmarks/first_hour.py``: its 
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import json
 import math
@@ -426,31 +428,94 @@ def load_script(name: str):
     return module
 
 
-def test_gpu_script_runs_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``benchmarks/gpu.py --device cpu``: the script itself (the device comparison of ``exact`` is
-    then CPU against CPU, so the updates must agree to rounding; ``fast`` against ``exact`` on the
-    noise-free wake pass must keep the fast numerics' bounds), and its refusal without CUDA."""
-    gpu = load_script("gpu")
+def _gpu_lines(gpu, tmp_path: Path, *args: str) -> list[str]:
     out = tmp_path / "gpu.md"
-    assert gpu.main(["--device", "cpu", "--repeats", "1", "--batch-size", "4", "--output", str(out),
-                     "--configs", "examples/mnist_dfc.yaml", "examples/mnist_strong_dfc.yaml"]) == 0
-    text = out.read_text()
-    equal = [line for line in text.splitlines() if "equal to the CPU" in line]
+    assert gpu.main(["--device", "cpu", "--repeats", "1", "--batch-size", "4", "--output", str(out), *args]) == 0
+    return out.read_text().splitlines()
+
+
+def _cosine_gap(line: str) -> float:
+    return float(line.split("1 - cos ")[1].split(",")[0])
+
+
+def test_gpu_script_runs_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/gpu.py --device cpu``: the script itself, its table, the fast numerics' bounds
+    on the noise-free wake pass against the CPU's exact, and its refusal without CUDA."""
+    gpu = load_script("gpu")
+    text = _gpu_lines(gpu, tmp_path, "--configs", "examples/mnist_dfc.yaml", "examples/mnist_strong_dfc.yaml")
+    equal = [line for line in text if "equal to the CPU" in line]
     assert len(equal) == 3  # exact: DFC wake and sleep, Strong-DFC single phase wake (no sleep pass)
-    for line in equal:
-        assert float(line.split("1 - cos ")[1].split(",")[0]) < 1e-12, line
-    fast = [line for line in text.splitlines() if "against the CPU's exact" in line]
+    fast = [line for line in text if "against the CPU's exact" in line]
     assert [line.split(" | ")[0] for line in fast] == ["| mnist_dfc"]  # the noise-free wake pass only
     cos, norm = fast[0].split("1 - cos ")[1].split(", norm error ")
     assert float(cos) <= 1e-5 and float(norm.split(" ")[0]) <= 1e-3, fast[0]
     for numerics in ("exact", "fast"):
-        assert f"| mnist_dfc | {numerics} | epoch | 430 x (wake + 3 sleep)" in text
-        assert f"| mnist_strong_dfc | {numerics} | epoch | 430 x (wake + 0 sleep)" in text
+        assert f"| mnist_dfc | {numerics} | epoch | 430 x (wake + 3 sleep)" in "\n".join(text)
+        assert f"| mnist_strong_dfc | {numerics} | epoch | 430 x (wake + 0 sleep)" in "\n".join(text)
     import torch
 
     if not torch.cuda.is_available():
         assert gpu.main([]) == 2
         assert "no CUDA device" in capsys.readouterr().out
+
+
+class _Device:
+    """A stand-in for the GPU on a CPU-only machine: the script's ``model.to(device)`` marks the
+    model as moved (and, with ``error``, perturbs its forward weights by that relative amount: a
+    device that computes wrongly); ``wake``/``sleep`` of a moved model seed their generator
+    differently from the CPU reference's, as another device's generator draws other numbers."""
+
+    def __init__(self, gpu, monkeypatch: pytest.MonkeyPatch, error: float = 0.0) -> None:
+        import torch
+
+        build, wake, sleep = gpu.build_model, gpu.wake, gpu.sleep
+
+        def build_model(config, numerics="exact"):
+            model = build(config, numerics)
+            original_to = model.to
+
+            def to(*args, **kwargs):
+                model._moved = True
+                if error:
+                    with torch.no_grad():
+                        for layer in model.dfc_net.layers:
+                            layer.weight.mul_(1 + error * torch.randn(layer.weight.shape, dtype=layer.weight.dtype,
+                                                                      generator=torch.Generator().manual_seed(5)))
+                return original_to(*args, **kwargs)
+
+            model.to = to
+            return model
+
+        def other_seed(fn):
+            return lambda model, x, y, seed=0: fn(model, x, y, seed + 1234 * getattr(model, "_moved", False))
+
+        monkeypatch.setattr(gpu, "build_model", build_model)
+        monkeypatch.setattr(gpu, "wake", other_seed(wake))
+        monkeypatch.setattr(gpu, "sleep", other_seed(sleep))
+
+
+def test_gpu_script_agreement_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a GPU the device comparison is CPU against CPU, so what it would catch is checked
+    with a stand-in device: another generator's draws are no difference (the script draws both
+    sides' noise from one CPU generator, ``same_noise``), but without that they are one in the
+    noisy sleep pass, and a device whose weights are off by 1e-3 is caught in both passes."""
+    gpu = load_script("gpu")
+    dfc = ("--configs", "examples/mnist_dfc.yaml")
+    _Device(gpu, monkeypatch)
+    equal = [line for line in _gpu_lines(gpu, tmp_path, *dfc) if "equal to the CPU" in line]
+    assert [line.split(" | ")[2] for line in equal] == ["wake", "sleep"]
+    assert all(_cosine_gap(line) < 1e-12 for line in equal), equal
+    monkeypatch.undo()
+
+    _Device(gpu, monkeypatch)
+    monkeypatch.setattr(gpu, "same_noise", lambda seed: contextlib.nullcontext())
+    wake, sleep = (line for line in _gpu_lines(gpu, tmp_path, *dfc) if "equal to the CPU" in line)
+    assert _cosine_gap(wake) < 1e-12 and _cosine_gap(sleep) > 1e-4, (wake, sleep)  # the wake pass is noise-free
+    monkeypatch.undo()
+
+    _Device(gpu, monkeypatch, error=1e-3)
+    equal = [line for line in _gpu_lines(gpu, tmp_path, *dfc) if "equal to the CPU" in line]
+    assert all(_cosine_gap(line) > 1e-8 for line in equal), equal
 
 
 def test_side_by_side_table() -> None:

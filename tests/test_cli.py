@@ -180,10 +180,18 @@ def test_validate_from_checkpoint(fitted: dict[str, Any]) -> None:
 
 
 def test_test_from_checkpoint(fitted: dict[str, Any]) -> None:
+    """``test --ckpt_path``: the accuracy and cross-entropy of the checkpoint's weights on the test
+    set, recomputed here from the network's outputs (last.ckpt holds the fit's final weights)."""
     cli = run_from_checkpoint("test", fitted)
     metrics = cli.trainer.callback_metrics
-    assert math.isfinite(float(metrics["test_loss"]))
-    assert 0.0 <= float(metrics["test_acc"]) <= 1.0
+    batches = list(cli.datamodule.test_dataloader())
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    assert len(y) == 32
+    outputs = trained_outputs(fitted, x)
+    expected_acc = float((outputs.argmax(1) == y).double().mean())
+    expected_loss = float(torch.nn.functional.cross_entropy(outputs, y))
+    assert float(metrics["test_acc"]) == pytest.approx(expected_acc, abs=1e-7)
+    assert float(metrics["test_loss"]) == pytest.approx(expected_loss, rel=1e-6)
 
 
 def trained_outputs(fitted: dict[str, Any], x: torch.Tensor) -> torch.Tensor:

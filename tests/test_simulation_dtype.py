@@ -95,11 +95,26 @@ def test_float32_noise_gives_the_same_mean_sleep_update() -> None:
 
 
 def test_float32_model_can_simulate_in_float64() -> None:
+    """A float32 model with ``dtype: float64`` gets the float64 simulation's update rounded to
+    float32: that of the same weights in a float64 model, to float32's rounding, with the same
+    noise; a float32 simulation of them is 1e-4 off (so the bound tells the two apart)."""
     record = load("dfc_sleep")
     model = build_module(record).float()
     x, y = batch(record, load_excerpt(), model)
-    grads = update(with_dtype(model, "sleep", "float64"), "sleep", x.float(), y)
-    assert all(g.dtype == torch.float32 for g in grads)
+    x = x.float()
+    with same_noise(3):
+        grads = update(with_dtype(model, "sleep", "float64"), "sleep", x, y)
+    with same_noise(3):
+        wide = update(with_dtype(copy.deepcopy(model).double(), "sleep", "float64"), "sleep", x.double(), y)
+    with same_noise(3):
+        narrow = update(with_dtype(model, "sleep", "float32"), "sleep", x, y)
+
+    def off(a, b):
+        return float((a.double() - b).abs().max() / b.abs().max())
+
+    assert len(grads) == len(wide) == 3 and all(g.dtype == torch.float32 for g in grads)
+    assert all(off(g, w) < 3e-7 for g, w in zip(grads, wide)), [off(g, w) for g, w in zip(grads, wide)]
+    assert all(off(n, w) > 1e-5 for n, w in zip(narrow, wide)), [off(n, w) for n, w in zip(narrow, wide)]
 
 
 def test_unknown_simulation_dtype_is_refused() -> None:

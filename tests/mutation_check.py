@@ -109,6 +109,22 @@ MUTATIONS = [
              "    result = simulate(params_in, x_in, feedforward(params_in, x_in), cast(target),",
              "    result = simulate(params_in, x_in, type(ff)(*[tuple(cast(t) for t in part) for part in ff]), cast(target),",
              ("tests/test_dynamics.py::test_float32_feedback_update",)),
+    Mutation("monitor-c2ss-at-feedforward", "the monitor's steady-state Condition 2 is taken at the feedforward point",
+             "lightning_dfc/shell/callbacks.py",
+             "C.condition_2_at_steady_state(params, steady.v).mean()",
+             "C.condition_2_at_steady_state(params, feedforward(params, x).v).mean()",
+             ("tests/test_strong.py::test_condition_monitor_logs_the_control_loss_angle",)),
+    Mutation("monitor-h-angle-to-bp", "the monitor's H angle is taken against the BP update",
+             "lightning_dfc/shell/callbacks.py",
+             "            references[\"h\"] = self._control_loss_reference(pl_module, params, x, y, loss)\n",
+             "            self._control_loss_reference(pl_module, params, x, y, loss)\n"
+             "            references[\"h\"] = bp_update(params, x, y, loss).tensors()\n",
+             ("tests/test_strong.py::test_condition_monitor_logs_the_control_loss_angle",)),
+    Mutation("monitor-steady-alpha", "the monitor solves the steady state with twice the leak alpha",
+             "lightning_dfc/shell/callbacks.py",
+             "        alpha = pl_module.dfc_dynamics.alpha\n        steady = C.controlled_steady_state",
+             "        alpha = 2 * pl_module.dfc_dynamics.alpha\n        steady = C.controlled_steady_state",
+             ("tests/test_strong.py::test_condition_monitor_logs_the_control_loss_angle",)),
 ]
 
 

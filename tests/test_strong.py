@@ -309,21 +309,50 @@ def test_dfc_noise_config_is_the_dfc_config_plus_noise():
 
 
 def test_condition_monitor_logs_the_control_loss_angle(tmp_path):
-    """``ConditionMonitor(metrics=["h"])``: the angle between the applied update and dH/dW, H and
-    Condition 2 at the controlled steady state, logged every wake epoch."""
+    """``ConditionMonitor(metrics=["h", "condition_2"])`` logs, for the last wake batch of the
+    epoch: the angle between the applied update and dH/dW, H and Condition 2 at the controlled
+    steady state, and Condition 2 at the feedforward point; each recomputed here on that batch
+    (the steady state from the functional core, whose own tests check it against long
+    simulations; H, the angle and Condition 2 from their definitions)."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_dfc.callbacks import ConditionMonitor
+    from lightning_dfc.control import control_loss_gradient, controlled_steady_state
+    from lightning_dfc.diagnostics import jacobian_at
+
+    class LastWake(L.Callback):
+        record = None
+
+        def on_train_epoch_end(self, trainer, pl_module):  # before the monitor's (callback order)
+            if pl_module.dfc_phase.phase.value == "wake":
+                self.record = pl_module.dfc_last_wake
 
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(TensorDataset(torch.randn(32, 6, dtype=DT, generator=g),
                                       torch.randint(0, 4, (32,), generator=g)), batch_size=16)
+    torch.manual_seed(0)
     model = strong_module("strong_dfc_ss", dynamics=dict(dt=0.01, steps=300, k_p=1.5, alpha=0.01, tau_v=0.05))
+    spy = LastWake()
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[ConditionMonitor(metrics=["h", "condition_2"])])
+                        callbacks=[spy, ConditionMonitor(metrics=["h", "condition_2"])])
     trainer.fit(model, loader)
     m = trainer.callback_metrics
-    assert 0.0 <= float(m["diag/angle_h"]) < 90.0  # the update descends H
-    assert float(m["diag/control_loss"]) > 0 and 0 < float(m["diag/condition_2_ss"]) <= 1
+    record = spy.record
+    params, x, y = record.params, record.x, record.y
+    ff = feedforward(params, x)
+    target, error = model.dfc_target().output_target(ff.r[-1], y, model.dfc_loss, model.dfc_target_stepsize)
+    steady = controlled_steady_state(params, x, target, 0.01, error)
+    qbar = torch.cat(params.feedback)
+    h = float((steady.u @ qbar.T).pow(2).sum(1).mean())  # H = ||Qbar u_ss||^2, batch mean
+    assert float(m["diag/control_loss"]) == pytest.approx(h, rel=1e-6)
+    c2_ss = float(condition_2(output_jacobian(params, steady.v), qbar).mean())
+    assert float(m["diag/condition_2_ss"]) == pytest.approx(c2_ss, rel=1e-6)
+    c2_ff = float(condition_2(jacobian_at(params, x), qbar).mean())
+    assert float(m["diag/condition_2"]) == pytest.approx(c2_ff, rel=1e-6)
+    grad = control_loss_gradient(params, x, steady, 0.01, error)
+    a, b = flat(record.update), flat(grad.tensors())
+    angle = math.degrees(math.acos(float(a @ b / (a.norm() * b.norm()))))
+    assert float(m["diag/angle_h"]) == pytest.approx(angle, abs=1e-3)
+    assert angle < 90.0  # the update descends H

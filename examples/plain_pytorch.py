@@ -36,14 +36,16 @@ def batches(data_dir: str, batch_size: int):
         yield x, x[:, :10].argmax(1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    """Runs the example; returns what it printed: ``condition_2`` (before and after the
+    pre-training) and ``loss`` (the training loss of every wake batch, before its update)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--batches", type=int, default=200, help="wake batches")
     parser.add_argument("--pretrain", type=int, default=2000, help="feedback pre-training batches, at most")
     parser.add_argument("--pretrain-until", type=float, default=0.95, help="Condition 2 that ends the pre-training")
     parser.add_argument("--batch-size", type=int, default=128)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(42)
     model = MLP([784, 256, 256, 256, 10]).double()
@@ -59,7 +61,7 @@ def main() -> None:
     probe, _ = next(data)
     pre_opt = torch.optim.Adam(dfc.feedback_parameters(), lr=3.170e-4, betas=(0.99, 0.99), eps=1.561e-6,
                                weight_decay=1e-3)
-    aligned = dfc.condition_2(probe)
+    aligned = initial = dfc.condition_2(probe)
     for done in range(1, args.pretrain + 1):  # feedback pre-training: sleep batches until aligned
         x, _ = next(data)
         pre_opt.zero_grad()
@@ -69,12 +71,14 @@ def main() -> None:
             aligned = dfc.condition_2(probe)
             if aligned >= args.pretrain_until:
                 break
-    print(f"pre-training: {done} batches, Condition 2 = {aligned:.3f}")
+    print(f"pre-training: {done} batches, Condition 2 = {aligned:.3f} (from {initial:.3f})")
+    history = {"condition_2": [initial, aligned], "loss": []}
     for step in range(1, args.batches + 1):
         x, y = next(data)
         opt.zero_grad()
         loss = dfc.backward(x, y)  # the DFC update in .grad of W_i, b_i
         wake_steps = dfc.last_stats.get("steps", 0)
+        history["loss"].append(float(loss))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         fb_opt.zero_grad()
@@ -82,6 +86,7 @@ def main() -> None:
         fb_opt.step()
         if step % 20 == 0 or step == args.batches:
             print(f"batch {step}: loss {float(loss):.4f}, wake simulation {wake_steps:.0f} steps")
+    return history
 
 
 if __name__ == "__main__":

@@ -125,6 +125,16 @@ MUTATIONS = [
              "        alpha = pl_module.dfc_dynamics.alpha\n        steady = C.controlled_steady_state",
              "        alpha = 2 * pl_module.dfc_dynamics.alpha\n        steady = C.controlled_steady_state",
              ("tests/test_strong.py::test_condition_monitor_logs_the_control_loss_angle",)),
+    Mutation("sleep-sign-fast", "the sleep rule's sum has its sign flipped (the fast numerics' split sum)",
+             "lightning_dfc/core/accumulators.py",
+             "        return torch.addmm(self.noise_sum.T, self.feedback, self.control_sum.T)\n",
+             "        return -torch.addmm(self.noise_sum.T, self.feedback, self.control_sum.T)\n",
+             ("tests/test_plain_api.py::test_the_example_runs",)),
+    Mutation("wake-zeroes-first-layer", "the wake update of the first layer's W_1, b_1 is zeroed",
+             "lightning_dfc/shell/steps.py",
+             "        for p, g in zip(params_list, tensors):\n            p.grad = g.to(p.dtype)\n",
+             "        for k, (p, g) in enumerate(zip(params_list, tensors)):\n            p.grad = g.to(p.dtype) * (k >= 2)\n",
+             ("tests/test_mixin.py::test_example_script_runs",)),
 ]
 
 

@@ -46,9 +46,23 @@ def test_wrapped_model_trains_with_dfc_and_keeps_its_own_hooks(example, tmp_path
 
 
 def test_example_script_runs(example, tmp_path):
+    """``main`` trains the user's own network through the example's schedule: 1 pre-training epoch,
+    then sleep, wake, sleep, sleep; every forward and feedback weight moves from where the same
+    seed puts it, and the user's validation metric is logged."""
     write_fake_mnist(tmp_path, 40, 8)
     model = example.main(["--data-dir", str(tmp_path), "--hidden", "8", "--steps", "20", "--val-size", "8"])
-    assert isinstance(model, DFCMixin)
+    assert isinstance(model, DFCMixin) and model.dfc_variant == "dfc"
+    pl.seed_everything(42)
+    untrained = example.build(8, 20).double()
+    pl.seed_everything(42)
+    again = example.build(8, 20).double()
+    assert all(torch.equal(a, b) for a, b in zip(untrained.parameters(), again.parameters()))  # seeded init
+    assert model.trainer.current_epoch == 1 + 4
+    phases = [model.dfc_schedule(e).phase.value for e in range(model.trainer.current_epoch)]
+    assert phases == ["pretrain", "sleep", "wake", "sleep", "sleep"]
+    for (name, after), before in zip(model.named_parameters(), untrained.parameters(), strict=True):
+        assert not torch.equal(after, before), f"{name} did not train"
+    assert "my_val_accuracy" in model.trainer.callback_metrics
 
 
 def test_missing_network_attribute_is_a_clear_error(example):

@@ -85,10 +85,17 @@ def test_strong_sleep_needs_labels():
 
 
 def test_the_example_runs(monkeypatch, capsys):
+    """examples/plain_pytorch.py on its random data: its 20 pre-training batches raise Condition 2
+    (a sleep rule of the wrong sign lowers it), and what it prints is what it computed."""
     monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--pretrain", "20", "--data-dir", "/nonexistent"])
-    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    example = runpy.run_path(str(EXAMPLE))
+    history = example["main"]()
+    before, after = history["condition_2"]
+    assert after > before + 0.005, (before, after)
     out = capsys.readouterr().out
-    assert "loss" in out and "pre-training: 20 batches, Condition 2 = " in out
+    assert f"pre-training: 20 batches, Condition 2 = {after:.3f} (from {before:.3f})" in out
+    assert len(history["loss"]) == 3 and f"batch 3: loss {history['loss'][-1]:.4f}" in out
+    assert all(0 < loss < 10 for loss in history["loss"])  # cross-entropy of 10 classes, near log 10 here
 
 
 def test_condition_2_is_the_module_measure_and_rises_with_pretraining():

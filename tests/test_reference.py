@@ -116,12 +116,14 @@ def test_whole_run_equals_the_authors(case: str, excerpt: dict, tmp_path: Path) 
     trainer.fit(model, train_dataloaders=loader)
     assert sampler.passes == len(record["orders"]), "our schedule made another number of passes over the data"
     after = record["after"]
+    assert set(after) == set(record["before"]) == {"W", "b", "Q"}, f"{case}: the record lacks a parameter group"
     for name, ours, theirs in (
         ("W", [lin.weight for lin in model.dfc_net.layers], after["W"]),
         ("b", [lin.bias for lin in model.dfc_net.layers], after["b"]),
-        ("Q", list(model.dfc_net.feedback), after.get("Q", [])),
+        ("Q", list(model.dfc_net.feedback), after["Q"]),
     ):
-        for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert len(ours) == len(theirs) == len(record["before"][name]), f"{case}: {name} has another number of layers"
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
             moved = float((b - record["before"][name][i]).abs().max())
             error = float((a.detach() - b).abs().max())
             assert error <= 1e-8 and error <= 1e-6 * moved, (

@@ -45,11 +45,14 @@ def build_module(record: dict, **overrides) -> DFCModule:
     weights = record["before"]["W"]
     network["sizes"] = [weights[0].shape[1]] + [w.shape[0] for w in weights]  # the reduced inputs
     model = DFCModule(MLP(**network), **settings).double()
+    feedback = record["before"].get("Q")
+    if feedback is None and settings.get("variant") != "bp":  # only BP has no feedback weights to record
+        raise KeyError(f"the reference record of variant {settings.get('variant')!r} has no feedback weights Q")
     with torch.no_grad():
-        for lin, w, b in zip(model.dfc_net.layers, weights, record["before"]["b"]):
+        for lin, w, b in zip(model.dfc_net.layers, weights, record["before"]["b"], strict=True):
             lin.weight.copy_(w)
             lin.bias.copy_(b)
-        for q, ref in zip(model.dfc_net.feedback, record["before"].get("Q", [])):
+        for q, ref in zip(model.dfc_net.feedback, feedback or [], strict=feedback is not None):
             q.copy_(ref)
     return model
 

@@ -129,27 +129,30 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]
     sides = {"old": old_simulate(args.old), "new": new_dynamics.simulate}
     results = []
     gen = torch.Generator()
-    with torch.no_grad():
-        for case, call in ((c, f) for c, f in calls(x, y, gen).items() if c in args.cases):
-            updates = {}
-            for side, simulate in sides.items():  # the same noise on both sides: is it the same update?
-                rules.simulate = simulate
-                gen.manual_seed(0)
-                updates[side] = _tensors(call())
-            times = {"old": [], "new": []}
-            for repeat in range(args.repeats + 1):
-                for side, simulate in sides.items():
-                    rules.simulate = simulate  # the rules call the module-level name
-                    t0 = time.perf_counter()
-                    call()
-                    if repeat:  # the first round warms up
-                        times[side].append(time.perf_counter() - t0)
-            rules.simulate = new_dynamics.simulate
-            old, new = statistics.median(times["old"]), statistics.median(times["new"])
-            differ = disagreement(updates["old"], updates["new"])
-            results.append((case, old, new, differ))
-            print(f"{case:28s} old {old:.4f} s  new {new:.4f} s  old/new {old / new:.3f}  "
-                  f"update 1 - cos {differ:.1e} (same noise seed)", flush=True)
+    try:
+        with torch.no_grad():
+            for case, call in ((c, f) for c, f in calls(x, y, gen).items() if c in args.cases):
+                updates = {}
+                for side, simulate in sides.items():  # the same noise on both sides: is it the same update?
+                    rules.simulate = simulate
+                    gen.manual_seed(0)
+                    updates[side] = _tensors(call())
+                times = {"old": [], "new": []}
+                for repeat in range(args.repeats + 1):
+                    for side, simulate in sides.items():
+                        rules.simulate = simulate  # the rules call the module-level name
+                        t0 = time.perf_counter()
+                        call()
+                        if repeat:  # the first round warms up
+                            times[side].append(time.perf_counter() - t0)
+                rules.simulate = new_dynamics.simulate
+                old, new = statistics.median(times["old"]), statistics.median(times["new"])
+                differ = disagreement(updates["old"], updates["new"])
+                results.append((case, old, new, differ))
+                print(f"{case:28s} old {old:.4f} s  new {new:.4f} s  old/new {old / new:.3f}  "
+                      f"update 1 - cos {differ:.1e} (same noise seed)", flush=True)
+    finally:  # even when a case fails: the rules' simulate is today's again
+        rules.simulate = new_dynamics.simulate
     return results
 
 

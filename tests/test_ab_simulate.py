@@ -49,3 +49,7 @@ def test_a_case_the_old_revision_cannot_run_is_named():
     ab_simulate = _old_revision_or_skip()
     with pytest.raises(ValueError, match="has no classify"):
         ab_simulate.main(["--old", OLD, "--cases", "dfc_wake", "--repeats", "1"])
+    import lightning_dfc.core.rules as rules
+    from lightning_dfc.core import dynamics
+
+    assert rules.simulate is dynamics.simulate  # the old one does not stay behind for later tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,7 +13,23 @@ from torch import nn
 
 from lightning_dfc.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the offline data: ../shared/data beside the checkout, or the folder LIGHTNING_DFC_DATA names
+SHARED_DATA = Path(os.environ.get("LIGHTNING_DFC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def offline_data(kind: str, *parts: str) -> Path:
+    """``SHARED_DATA/<parts>`` (``kind``: ``subset`` or ``full``). Where it is missing the test is
+    skipped, unless LIGHTNING_DFC_REQUIRE_DATA (comma-separated kinds; ``.ci/run`` sets it for the
+    folders it finds beside the clone) names the kind: then the test fails, so a CI run whose data
+    went missing cannot pass by skipping."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not (path / "raw").is_dir():
+        required = {k.strip() for k in os.environ.get("LIGHTNING_DFC_REQUIRE_DATA", "").split(",") if k.strip()}
+        message = f"no offline data at {path}/raw (set LIGHTNING_DFC_DATA to the folder holding it)"
+        if kind in required:
+            pytest.fail(f"{message}, but LIGHTNING_DFC_REQUIRE_DATA requires the {kind!r} data")
+        pytest.skip(message)
+    return path.parent if parts[-1] in ("MNIST", "FashionMNIST") else path
 
 
 def flat_index(pixel: tuple[int, int]) -> int:
@@ -194,15 +211,32 @@ def test_fit_without_validation(mnist_root: Path) -> None:
     assert dm.val_dataloader() == []
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="no offline MNIST subset")
 def test_offline_mnist_subset() -> None:
-    dm = MNISTDataModule(data_dir=str(SHARED_DATA), val_size=500)
+    root = offline_data("subset", "MNIST")
+    dm = MNISTDataModule(data_dir=str(root), val_size=500)
     dm.prepare_data()
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (5500, 500, 10000)
     x, y = dm.test_set[0]
     assert x.shape == (784,) and y == 7  # the first official MNIST test digit is a 7
     assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+
+
+@pytest.mark.parametrize("module, folder, first_train, first_test", [
+    (MNISTDataModule, "MNIST", 5, 7), (FashionMNISTDataModule, "FashionMNIST", 9, 9)])
+def test_offline_full_data(module, folder: str, first_train: int, first_test: int) -> None:
+    """The complete official sets (../shared/data/full): the papers' 55,000 / 5,000 split and all
+    10,000 test images; the first official training and test labels (MNIST 5 and 7, Fashion-MNIST
+    9 and 9: ankle boots)."""
+    root = offline_data("full", "full", folder)
+    dm = module(data_dir=str(root), val_size=5000, download=False)
+    assert dm.missing_files() == []
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
+    labels = dm.train_set.dataset.tensors[1]  # the split's subsets index the official training set
+    assert len(labels) == 60000 and int(labels[0]) == first_train
+    x, y = dm.test_set[0]
+    assert x.shape == (784,) and int(y) == first_test
 
 
 # ----------------------------------------------------------------------------- student-teacher

@@ -702,3 +702,23 @@ def test_compile_step_eager_runs() -> None:
     new_dv, new_dr = step(dv, dr, 0.1)
     assert [t.shape for t in new_dv] == [(4, k) for k in compile_step.SIZES] and float(new_dv[0].abs().sum()) > 0
     assert compile_step.main(["--steps", "2", "--repeats", "1", "--no-compile"])["eager"] > 0
+
+
+def test_late_training_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/late_training.py``: fast against exact wake updates on a checkpoint's training
+    batches. With untrained forward weights and feedback near the weight product (as after
+    pre-training) the fast pass stops early and stays within the fast numerics' bounds."""
+    import torch
+
+    late = load_script("late_training")
+    gpu = load_script("gpu")
+    write_fake_mnist(tmp_path / "data", 32, 8)
+    module = gpu.build_model(REPO / "examples" / "mnist_dfc.yaml", "exact")
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save({"state_dict": module.state_dict()}, checkpoint)
+    worst = late.main(["--checkpoint", str(checkpoint), "--data-dir", str(tmp_path / "data"),
+                       "--config", str(REPO / "examples" / "mnist_dfc.yaml"), "--batches", "1", "--batch-size", "16"])
+    out = capsys.readouterr().out
+    steps = out.split("steps fast ")[1].split(",")[0]
+    assert int(steps) < 100 and "exact 999" in out
+    assert worst["one_minus_cos"] <= 1e-5 and worst["norm"] <= 1e-3

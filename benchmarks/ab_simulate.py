@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 
-from harness import build_module, load, load_excerpt, settings_of  # noqa: E402
+from harness import agreement, build_module, load, load_excerpt, settings_of  # noqa: E402
 from make_reference import inputs, near_weight_product  # noqa: E402
 
 import lightning_dfc.core.rules as rules  # noqa: E402
@@ -112,8 +112,7 @@ def disagreement(old: list[torch.Tensor], new: list[torch.Tensor]) -> float:
     """The largest 1 - cos over the update tensors of the two sides."""
     if len(old) != len(new):
         raise ValueError(f"the two sides' updates have {len(old)} and {len(new)} tensors")
-    return max(1.0 - float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
-               for a, b in zip(old, new))
+    return max(agreement(a.double(), b.double())[0] for a, b in zip(old, new))
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]:

@@ -124,19 +124,32 @@ class Recorder(pl.Callback):
         self.probe, self.labels = probe, labels
         self.curve: list[float] = []
         self.alignment: dict[str, dict[str, float]] = {}
+        self.pretrain_curve: list[float] = []  # the module's own Condition 2 after each pre-training epoch
+        self._after_pretrain_epoch = False
 
     def _is_wake(self, pl_module) -> bool:
         return not hasattr(pl_module, "dfc_phase") or pl_module.dfc_phase.phase.value == "wake"
 
+    def _note_pretrain_epoch(self, pl_module) -> None:
+        """The module measures Condition 2 in its own on_train_epoch_end, after the callbacks'."""
+        if self._after_pretrain_epoch:
+            self.pretrain_curve.append(float(pl_module._dfc_pretrain_condition_2))
+            self._after_pretrain_epoch = False
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._note_pretrain_epoch(pl_module)
         if hasattr(pl_module, "dfc_phase") and self._is_wake(pl_module) and not self.alignment:
             self.alignment["first_wake"] = self.measure(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._after_pretrain_epoch = hasattr(pl_module, "dfc_phase") and pl_module.dfc_phase.phase.name == "PRETRAIN"
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and self._is_wake(pl_module):
             self.curve.append(float(trainer.callback_metrics["val_acc"]))
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._note_pretrain_epoch(pl_module)
         if hasattr(pl_module, "dfc_net"):
             self.alignment["end"] = self.measure(pl_module)
 
@@ -195,6 +208,7 @@ def run(row: str, activation: str, seed: int, epochs: int, data_dir: str, hidden
     pretrain = model.dfc_schedule.pretrain if hasattr(model, "dfc_schedule") else None  # the epochs that ran
     return {"row": row, "activation": activation, "seed": seed, "epochs": epochs, "hidden": hidden,
             "curve_val_acc": recorder.curve, "alignment": recorder.alignment, "pretrain_epochs": pretrain,
+            "pretrain_condition_2": recorder.pretrain_curve or None,
             "seconds": round(seconds, 1), "torch": torch.__version__}
 
 

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from helpers import write_fake_mnist
 
+from lightning_dfc import FeedbackConfig
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread", "cli_isolation")
 
@@ -562,7 +564,16 @@ def test_first_hour_records_resume_and_table(tmp_path: Path, capsys: pytest.Capt
     bp, dfc = records
     assert len(bp["curve_val_acc"]) == len(dfc["curve_val_acc"]) == 2
     assert bp["alignment"] == {} and bp["pretrain_epochs"] is None
-    assert 1 <= dfc["pretrain_epochs"] <= 200
+    # the pre-training stopped where its rule says: Condition 2 (the module's own measure, after
+    # each pre-training epoch) reached 0.95, or gained less than pretrain_min_gain, or 200 epochs
+    # ran out, and at no earlier epoch
+    curve, cfg = dfc["pretrain_condition_2"], FeedbackConfig()
+    assert len(curve) == dfc["pretrain_epochs"] and 1 <= dfc["pretrain_epochs"] <= 200
+
+    def stops(k: int) -> bool:
+        return curve[k] >= 0.95 or (k > 0 and curve[k] - curve[k - 1] < cfg.pretrain_min_gain) or k == 199
+
+    assert stops(len(curve) - 1) and not any(stops(k) for k in range(len(curve) - 1)), curve
     for when in ("first_wake", "end"):
         a = dfc["alignment"][when]
         assert 0 < a["condition_2"] <= 1 and 0 <= a["angle_q_jt"] <= 180 and 0 <= a["angle_update_bp"] <= 180

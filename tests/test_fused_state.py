@@ -111,6 +111,34 @@ def test_fused_state_other_networks(net, monkeypatch):
         assert relative(f, t) < 1e-4
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_hidden_tanh_layers_run_in_sigmoid_coordinates(bias):
+    """The hidden tanh layers' state is u = 2 v with sigmoid(u) in the next layer's input buffer
+    (tanh(v) = 2 sigmoid(2 v) - 1 folded into the next weights); the output layer is left as it
+    is. Read back, the state gives the deviations it was set to, and one noise-free step from
+    the feedforward state with zero control stays there (the folded bias row is right)."""
+    params, x, _ = network(bias=bias)
+    p32 = as_float32(params)
+    ff = feedforward(p32, x.float())
+    state = FusedState(p32, ff, STRONG, "nonlinear_difference")
+    assert state.scaled == [True, True, False]
+    for i in range(2):
+        torch.testing.assert_close(state.rates[i], torch.sigmoid(2 * ff.v[i]))
+    state.step((torch.zeros(9, 5), None), want_signal=False)
+    for dv in state.voltage_deviations():
+        assert float(dv.abs().max()) < 1e-5
+    for dr in state.rate_deviations():
+        assert float(dr.abs().max()) < 1e-5
+    gen = torch.Generator().manual_seed(5)
+    dv = [0.1 * torch.randn(v.shape, generator=gen) for v in ff.v]
+    dr = [torch.tanh(v + d) - r for v, d, r in zip(ff.v, dv, ff.r)]
+    state.set_final(dv, dr)
+    for got, want in zip(state.voltage_deviations(), dv):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    for got, want in zip(state.rate_deviations()[:-1], dr[:-1]):  # the linear output's rate is its voltage
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
 def test_fused_state_rejects_teaching_signals():
     params, x, _ = network()
     p32 = as_float32(params)

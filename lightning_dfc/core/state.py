@@ -202,7 +202,13 @@ class FusedState:
     ``addmm_`` (and one add of the noise eta_i), and phi(v_i) is written straight into X_{i+1}.
     Layer 1's basal input W_1 x + b_1 is constant: v_1 <- (1 - b) v_1 + b (c Q_1^T + v^B_1 + eta_1).
     ``step`` takes the apical drive split (:class:`Apical`: c and the noise eta (B, S) or
-    ``None``); deviations are formed on request."""
+    ``None``); deviations are formed on request.
+
+    Hidden tanh layers run in sigmoid coordinates, because float32 ``torch.tanh`` costs about
+    three sigmoids: the state holds u_i = 2 v_i and X_{i+1} holds s_i = sigmoid(u_i), so that
+    tanh(v_i) = 2 s_i - 1 is folded into the next layer's weights (rows 2 W_{i+1}^T, bias row
+    b_{i+1} - W_{i+1} 1). Its rounding, about 1e-7 absolute in r_i, is that of the absolute
+    float32 state itself."""
 
     fresh_deviations = True
 
@@ -211,21 +217,29 @@ class FusedState:
         self.soma_rate = b = cfg.dt / cfg.tau_v
         self.sizes = [w.shape[0] for w in params.weights]
         batch, n_out, n_layers = ff.v[0].shape[0], self.sizes[-1], params.num_layers
-        self.v = [t.clone() for t in ff.v]
+        # the hidden tanh layers held in sigmoid coordinates: u_i = 2 v_i, s_i = sigmoid(u_i)
+        self.scaled = [i < n_layers - 1 and act.name == "tanh" for i, act in enumerate(params.activations)]
+        self.v = [t * 2.0 if scaled else t.clone() for t, scaled in zip(ff.v, self.scaled)]
         self.maps: list[Tensor] = [params.feedback[0].T.contiguous()]  # (K_i, n_i)
         self.inputs: list[Tensor | None] = [None]
         self.controls: list[Tensor] = []  # the c columns of every X_i
         for i in range(1, n_layers):
-            parts = [params.weights[i], params.feedback[i]]
-            if params.biases[i] is not None:
-                parts.append(params.biases[i].unsqueeze(1))
+            weights, bias = params.weights[i], params.biases[i]
+            if self.scaled[i - 1]:  # W r + b = (2 W) s + (b - W 1)
+                bias = -weights.sum(1) if bias is None else bias - weights.sum(1)
+                weights = weights * 2.0
+            parts = [weights, params.feedback[i]] + ([] if bias is None else [bias.unsqueeze(1)])
             self.maps.append(torch.cat(parts, 1).T.contiguous())
             n_pre = self.sizes[i - 1]
             inputs = ff.r[i - 1].new_ones(batch, self.maps[i].shape[0])
-            inputs[:, :n_pre] = ff.r[i - 1]
+            if self.scaled[i - 1]:
+                torch.sigmoid(self.v[i - 1], out=inputs[:, :n_pre])
+            else:
+                inputs[:, :n_pre] = ff.r[i - 1]
             self.inputs.append(inputs)
             self.controls.append(inputs[:, n_pre:n_pre + n_out])
-        self.basal_first = ff.v[0] * b  # b (W_1 x + b_1)
+        self.step_gain = [2.0 * b if scaled else b for scaled in self.scaled]
+        self.basal_first = ff.v[0] * self.step_gain[0]  # b (W_1 x + b_1), in layer 1's coordinates
         last = params.activations[-1]
         self.rates = [self.inputs[i + 1][:, :self.sizes[i]] for i in range(n_layers - 1)]
         self.rates.append(self.v[-1] if last.name == "linear" else ff.r[-1].clone())
@@ -242,22 +256,28 @@ class FusedState:
             view.copy_(control)
         if noise is not None and noise is not self._noise:
             self._noise, self._noise_views = noise, torch.split(noise, self.sizes, dim=1)
-        b = self.soma_rate
+        beta = 1 - self.soma_rate
         for i in self.order:
-            v = self.v[i]
+            v, gain = self.v[i], self.step_gain[i]
             if i == 0:
-                v.addmm_(control, self.maps[0], beta=1 - b, alpha=b).add_(self.basal_first)
+                v.addmm_(control, self.maps[0], beta=beta, alpha=gain).add_(self.basal_first)
             else:
-                v.addmm_(self.inputs[i], self.maps[i], beta=1 - b, alpha=b)
+                v.addmm_(self.inputs[i], self.maps[i], beta=beta, alpha=gain)
             if noise is not None:
-                v.add_(self._noise_views[i], alpha=b)
-            _write_rate(self.params.activations[i], v, self.rates[i])
+                v.add_(self._noise_views[i], alpha=gain)
+            if self.scaled[i]:
+                torch.sigmoid(v, out=self.rates[i])
+            else:
+                _write_rate(self.params.activations[i], v, self.rates[i])
         return [None] * len(self.v)
 
     def set_final(self, dv: list[Tensor], dr: list[Tensor]) -> None:
         for i in range(len(self.v)):
             torch.add(self.ff.v[i], dv[i], out=self.v[i])
-            if self.rates[i] is not self.v[i]:
+            if self.scaled[i]:
+                self.v[i].mul_(2.0)
+                torch.add(self.ff.r[i], dr[i], out=self.rates[i]).add_(1.0).mul_(0.5)
+            elif self.rates[i] is not self.v[i]:
                 torch.add(self.ff.r[i], dr[i], out=self.rates[i])
 
     def output_deviation(self) -> Tensor:
@@ -267,10 +287,12 @@ class FusedState:
         return self.rates[-1]
 
     def voltage_deviations(self) -> list[Tensor]:
-        return [v - v_ff for v, v_ff in zip(self.v, self.ff.v)]
+        return [torch.sub(v * 0.5, v_ff) if scaled else v - v_ff
+                for v, v_ff, scaled in zip(self.v, self.ff.v, self.scaled)]
 
     def rate_deviations(self) -> list[Tensor]:
-        return [r - r_ff for r, r_ff in zip(self.rates, self.ff.r)]
+        return [torch.sub(r * 2.0 - 1.0, r_ff) if scaled else r - r_ff
+                for r, r_ff, scaled in zip(self.rates, self.ff.r, self.scaled)]
 
 
 def _write_rate(act, v: Tensor, out: Tensor) -> None:

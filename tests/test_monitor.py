@@ -110,3 +110,39 @@ def test_monitor_under_ddp(tmp_path):
     t.fit(model("dfc_ssa", clip=None), data())
     m = t.callback_metrics
     assert 0 <= m["diag/condition_2"] <= 1 + 1e-9 and m["diag/angle_ssa"] < 1e-5
+
+
+def test_logged_condition_2_is_the_recomputed_one(tmp_path):
+    """The epoch-end ``diag/condition_2`` is Condition 2 on the epoch's last wake batch,
+    recomputed here from its definition: J by ``torch.func.jacrev`` of the output with respect
+    to a perturbation of every layer's voltage, then ||J^T (J J^T)^{-1} J Qbar||_F / ||Qbar||_F
+    per sample, averaged."""
+
+    class LastWake(pl.Callback):
+        record = None
+
+        def on_train_epoch_end(self, trainer, pl_module):  # before the monitor's (callback order)
+            if pl_module.dfc_phase.phase.value == "wake":
+                self.record = pl_module.dfc_last_wake
+
+    spy = LastWake()
+    m = model("dfc")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, precision="64-true", logger=False,
+                         callbacks=[spy, ConditionMonitor(metrics=["condition_2"], max_samples=None)],
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(m, data())
+    params, x = spy.record.params, spy.record.x
+
+    def output(x1, deltas):
+        r = x1
+        for i, (w, b, act) in enumerate(zip(params.weights, params.biases, params.activations)):
+            r = act(w @ r + b + deltas[i])
+        return r
+
+    deltas = [torch.zeros(w.shape[0], dtype=x.dtype) for w in params.weights]
+    jac = torch.func.vmap(lambda x1: torch.cat(torch.func.jacrev(output, argnums=1)(x1, deltas), dim=1))(x)
+    qbar = torch.cat(params.feedback)  # (S, n_L)
+    projection = jac.transpose(1, 2) @ torch.linalg.solve(jac @ jac.transpose(1, 2), jac)  # (B, S, S)
+    c2 = torch.linalg.matrix_norm(projection @ qbar) / torch.linalg.matrix_norm(qbar)
+    assert float(trainer.callback_metrics["diag/condition_2"]) == pytest.approx(float(c2.mean()), rel=1e-6)  # logged as float32
+    assert 0.05 < float(c2.mean()) < 0.999  # a non-trivial value: random feedback, one pre-training epoch

@@ -272,8 +272,9 @@ def test_the_cli_switch(tmp_path, cli_isolation) -> None:
 def test_direct_rate_deviation_is_the_identity_to_float32_rounding(name: str) -> None:
     """Noisy float32 simulations form phi(v + dv) - phi(v) as a plain difference: at the noise's
     scale (here |dv| ~ sigma = 2.8e-5, the smallest published level) it equals the float64 value to
-    float32's rounding of the rates (a few 1e-8 absolute), as the cancellation-free identity does to
-    its own precision."""
+    float32's rounding of the rates (a few 1e-8 absolute; tanh, which goes through the sigmoid,
+    up to about 2.4e-7), as the cancellation-free identity does to its own precision. Each
+    reference pair is served its own cached 2 v_ref and 1 + r_ref."""
     from lightning_dfc.core.activations import Activation, DirectDeviation
     from lightning_dfc.core.config import SimulationConfig
     from lightning_dfc.core.dynamics import feedforward
@@ -290,6 +291,11 @@ def test_direct_rate_deviation_is_the_identity_to_float32_rounding(name: str) ->
     assert float((direct.double() - truth).abs().max()) < 3e-7
     if name != "linear":
         assert float((direct.double() - truth).abs().mean()) < 1e-7  # vs |dr| ~ 2e-5
+    shared = DirectDeviation(act)
+    for scale in (1.0, 0.5, 1.0):  # two references through one object, the first one twice
+        v_ref = (scale * v).float()
+        got = shared.rate_deviation(v_ref, act(v_ref), dv32)
+        assert float((got.double() - (act(scale * v + dv) - act(scale * v))).abs().max()) < 3e-7
     # a noisy float32 deviation state uses it, a noise-free one the identity
     net = MLP([4, 3, 2], activation=name if name != "linear" else "tanh")
     params = DFCModule(net, variant="dfc").dfc_net.params()

@@ -162,6 +162,7 @@ def test_excluded_samples_give_no_update(tmp_path: Path) -> None:
     """As published (non-converged samples excluded), 20 steps converge nothing: W stays."""
     config = REPO / "examples" / "mnist_dfc_fixed.yaml"
     args = [a for a in fast_args(config, tmp_path) if "exclude_non_converged" not in a]
+    args.append("--model.init_args.dynamics.steps=20")
     cli = build_cli(args, run=False)
     before = snapshot(cli.model)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -252,10 +252,15 @@ def test_strong_variants_train_and_log_the_control_loss(variant, tmp_path):
     assert not model.dfc_normalize_lr  # no target stepsize to normalise by
     q0 = [q.detach().clone() for q in model.dfc_feedback_weights]
     w0 = [p.detach().clone() for p in model.dfc_net.forward_parameters()]
+    with torch.no_grad():
+        loss_before = float(torch.nn.functional.cross_entropy(model.dfc_net(x), y))
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, loader, loader)
     metrics = trainer.callback_metrics
+    with torch.no_grad():  # the direction: the training loss fell (a flipped update raises it)
+        loss_after = float(torch.nn.functional.cross_entropy(model.dfc_net(x), y))
+    assert loss_after < loss_before, (loss_before, loss_after)
     assert math.isfinite(float(metrics["dfc/control_loss_epoch"])) and float(metrics["dfc/control_loss_epoch"]) > 0
     assert all(not torch.equal(a, b) for a, b in zip(w0, model.dfc_net.forward_parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(q0, model.dfc_feedback_weights))

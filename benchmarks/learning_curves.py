@@ -1078,24 +1078,36 @@ def make_figure(args: argparse.Namespace, records: list[dict[str, Any]], path: P
     rows = args.rows or [k for k in ROWS if any(r.get("row") == k for r in records)]
     runs = latest_runs(records, rows, seeds)
     ok_runs = {row: [r for r in recs if r["status"] == "ok"] for row, recs in runs.items()}
-    panels = [(g, key, label, scale) for g, key, label, scale in (
-        ([r for r in rows if not ROWS[r].autoencoder], "curve_val_acc", "validation accuracy (%)", 100.0),
-        ([r for r in rows if ROWS[r].autoencoder], "curve_val_loss", "validation loss (MSE)", 1.0),
+    accuracy = [r for r in rows if not ROWS[r].autoencoder]
+    panels = [(g, key, label, scale, zoom) for g, key, label, scale, zoom in (
+        (accuracy, "curve_val_acc", "validation accuracy (%)", 100.0, False),
+        # the same from wake epoch 1, its y-range the top rows' (they lie within a few points)
+        (accuracy, "curve_val_acc", "validation accuracy (%), from wake epoch 1", 100.0, True),
+        ([r for r in rows if ROWS[r].autoencoder], "curve_val_loss", "validation loss (MSE)", 1.0, False),
     ) if any(ok_runs[r] for r in g)]
     fig = Figure(figsize=(7.5 * max(len(panels), 1), 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
-    for ax, (group, key, ylabel, scale) in zip(axes, panels):
+    for ax, (group, key, ylabel, scale, zoom) in zip(axes, panels):
+        finals = []
         for row in group:
             curves = _mean_curve(ok_runs[row], key)
             if not curves or not curves[0]:
                 continue
             data = scale * np.asarray(curves, dtype=float)
             x = np.arange(data.shape[1])
-            line, = ax.plot(x, np.nanmean(data, 0), marker="o", markersize=3,
+            start = 1 if zoom and data.shape[1] > 1 else 0
+            mean = np.nanmean(data, 0)
+            line, = ax.plot(x[start:], mean[start:], marker="o", markersize=3,
                             label=f"{ROWS[row].label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
             if len(curves) > 1:
-                ax.fill_between(x, np.nanmin(data, 0), np.nanmax(data, 0), color=line.get_color(), alpha=0.2)
+                ax.fill_between(x[start:], np.nanmin(data, 0)[start:], np.nanmax(data, 0)[start:],
+                                color=line.get_color(), alpha=0.2)
+            finals.append((float(np.nanmax(mean[start:])), float(np.nanmin(mean[start:]))))
+        if zoom and finals:
+            top = max(high for high, _ in finals)
+            low = max(min(lowest for _, lowest in finals), top - 6.0)  # rows further down leave the panel
+            ax.set_ylim(low - 0.2, top + 0.2)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("wake (forward-weight) epoch (0: untrained)")
         ax.set_ylabel(ylabel)

@@ -1089,7 +1089,7 @@ def make_figure(args: argparse.Namespace, records: list[dict[str, Any]], path: P
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
     for ax, (group, key, ylabel, scale, zoom) in zip(axes, panels):
-        finals = []
+        ranges = []  # (highest, lowest) of each plotted mean curve
         for row in group:
             curves = _mean_curve(ok_runs[row], key)
             if not curves or not curves[0]:
@@ -1103,10 +1103,10 @@ def make_figure(args: argparse.Namespace, records: list[dict[str, Any]], path: P
             if len(curves) > 1:
                 ax.fill_between(x[start:], np.nanmin(data, 0)[start:], np.nanmax(data, 0)[start:],
                                 color=line.get_color(), alpha=0.2)
-            finals.append((float(np.nanmax(mean[start:])), float(np.nanmin(mean[start:]))))
-        if zoom and finals:
-            top = max(high for high, _ in finals)
-            low = max(min(lowest for _, lowest in finals), top - 6.0)  # rows further down leave the panel
+            ranges.append((float(np.nanmax(mean[start:])), float(np.nanmin(mean[start:]))))
+        if zoom and ranges:
+            top = max(high for high, _ in ranges)
+            low = max(min(lowest for _, lowest in ranges), top - 6.0)  # rows further down leave the panel
             ax.set_ylim(low - 0.2, top + 0.2)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("wake (forward-weight) epoch (0: untrained)")

@@ -67,3 +67,19 @@ def tiny_loader():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 8, generator=g)
     return DataLoader(TensorDataset(x, x[:, :3].argmax(1)), batch_size=16)
+
+
+def last_wake_spy():
+    """A Lightning callback keeping the module's last wake record (``dfc_last_wake``) at the end
+    of each wake epoch; listed before a ``ConditionMonitor``, it sees the batch the monitor
+    measures (callbacks run in list order)."""
+    import lightning.pytorch as pl
+
+    class LastWake(pl.Callback):
+        record = None
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if pl_module.dfc_phase.phase.value == "wake":
+                self.record = pl_module.dfc_last_wake
+
+    return LastWake()

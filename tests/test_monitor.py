@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import last_wake_spy
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -117,15 +118,7 @@ def test_logged_condition_2_is_the_recomputed_one(tmp_path):
     recomputed here from its definition: J by ``torch.func.jacrev`` of the output with respect
     to a perturbation of every layer's voltage, then ||J^T (J J^T)^{-1} J Qbar||_F / ||Qbar||_F
     per sample, averaged."""
-
-    class LastWake(pl.Callback):
-        record = None
-
-        def on_train_epoch_end(self, trainer, pl_module):  # before the monitor's (callback order)
-            if pl_module.dfc_phase.phase.value == "wake":
-                self.record = pl_module.dfc_last_wake
-
-    spy = LastWake()
+    spy = last_wake_spy()
     m = model("dfc")
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, precision="64-true", logger=False,
                          callbacks=[spy, ConditionMonitor(metrics=["condition_2"], max_samples=None)],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import last_wake_spy
 
 from lightning_dfc import MLP, DFCModule
 from lightning_dfc.config import SimulationConfig
@@ -326,19 +327,12 @@ def test_condition_monitor_logs_the_control_loss_angle(tmp_path):
     from lightning_dfc.control import control_loss_gradient, controlled_steady_state
     from lightning_dfc.diagnostics import jacobian_at
 
-    class LastWake(L.Callback):
-        record = None
-
-        def on_train_epoch_end(self, trainer, pl_module):  # before the monitor's (callback order)
-            if pl_module.dfc_phase.phase.value == "wake":
-                self.record = pl_module.dfc_last_wake
-
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(TensorDataset(torch.randn(32, 6, dtype=DT, generator=g),
                                       torch.randint(0, 4, (32,), generator=g)), batch_size=16)
     torch.manual_seed(0)
     model = strong_module("strong_dfc_ss", dynamics=dict(dt=0.01, steps=300, k_p=1.5, alpha=0.01, tau_v=0.05))
-    spy = LastWake()
+    spy = last_wake_spy()
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=[spy, ConditionMonitor(metrics=["h", "condition_2"])])

@@ -217,6 +217,11 @@ MUTATIONS = [
              "value - previous < cfg.pretrain_min_gain\n",
              "value - previous < -1.0\n",
              ("tests/test_benchmarks.py::test_first_hour_records_resume_and_table",)),
+    Mutation("ddp-local-divergence", "each rank decides alone whether to skip a diverged batch",
+             "lightning_dfc/shell/distributed.py",
+             "    return bool(flat[0] > 0)\n",
+             "    return flag\n",
+             ("tests/test_ddp.py::test_a_batch_diverged_on_one_rank_is_skipped_on_every_rank",)),
 ]
 
 

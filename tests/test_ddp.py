@@ -26,14 +26,14 @@ def dataset() -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def make_model(variant: str, numerics: str = "exact", **feedback) -> DFCModule:
+def make_model(variant: str, numerics: str = "exact", module: type = DFCModule, **feedback) -> DFCModule:
     """``numerics: exact`` by default: the 1- and 2-process runs then agree to rounding (the fast
     numerics stop each half batch's simulation on its own: test_fast_numerics_two_processes...)."""
     torch.manual_seed(1)
     sleep = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
                              proactive=False, sigma=0.02, early_stop=False)
     feedback = {"pretrain_epochs": 1, "sleep_before": 1, "sleep_after": 0, "simulation": sleep, **feedback}
-    return DFCModule(
+    return module(
         MLP([FEATURES, 12, 12, CLASSES]),
         variant=variant,
         target_stepsize=0.1,
@@ -60,6 +60,9 @@ class RankChecksum(Callback):
         total = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(pl_module.parameters()))
         pl_module.log("checksum_min", total, reduce_fx="min", sync_dist=True)
         pl_module.log("checksum_max", total, reduce_fx="max", sync_dist=True)
+        skipped = torch.tensor(float(sum(pl_module._dfc_skipped_total.values())), dtype=torch.float64)
+        pl_module.log("skipped_min", skipped, reduce_fx="min", sync_dist=True)
+        pl_module.log("skipped_max", skipped, reduce_fx="max", sync_dist=True)
 
 
 def fit(model: DFCModule, devices: int, strategy: str, tmp_path) -> pl.Trainer:
@@ -157,3 +160,51 @@ def test_pretraining_until_aligned_ends_on_every_rank_at_once(tmp_path):
     assert trainer.callback_metrics["forward_epoch"] == 1
     assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
     assert 0 < trainer.callback_metrics["c2_min"] == trainer.callback_metrics["c2_max"] < 1
+
+
+class DivergesOnLastRank(DFCModule):
+    """Returns a NaN update on the last rank (of however many) for the global batch 1 of every
+    phase, as a diverged simulation would: the divergence check must skip that batch on every
+    rank, or the ranks would part."""
+
+    def training_step(self, batch, batch_idx):
+        self.batch_now = batch_idx
+        return super().training_step(batch, batch_idx)
+
+    def _poisoned(self) -> bool:
+        return self.trainer.global_rank == self.trainer.world_size - 1 and self.batch_now == 1
+
+    def dfc_wake_update(self, x, y, generator=None, world_size=1):
+        update = super().dfc_wake_update(x, y, generator, world_size)
+        if self._poisoned():
+            update.weights[0] = torch.full_like(update.weights[0], float("nan"))
+        return update
+
+    def dfc_sleep_update(self, x, y, pretraining, generator=None):
+        grads, stats = super().dfc_sleep_update(x, y, pretraining, generator)
+        if self._poisoned():
+            grads = [torch.full_like(grads[0], float("nan")), *grads[1:]]
+        return grads, stats
+
+
+def test_a_batch_diverged_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    """One all-reduce per step carries the updates and the divergence flag (``sync_step``): when
+    only the last rank's simulation diverges, both ranks skip the batch, count it and stay
+    identical (with sleep phases: pre-training, then 2 x (sleep, wake), batch 1 of each skipped),
+    and a wake-only run equals a 1-process run that skips the same global batches."""
+    trainer = fit(make_model("dfc", module=DivergesOnLastRank), 2, "ddp_fork", tmp_path)
+    assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
+    assert trainer.callback_metrics["skipped_min"] == trainer.callback_metrics["skipped_max"] == 5
+
+    single = make_model("dfc_fixed", module=DivergesOnLastRank)
+    fit(single, 1, "auto", tmp_path)
+    assert single._dfc_skipped_total == {"wake": 2, "sleep": 0}
+    double = make_model("dfc_fixed", module=DivergesOnLastRank)
+    trainer = fit(double, 2, "ddp_fork", tmp_path)
+    assert trainer.callback_metrics["skipped_min"] == trainer.callback_metrics["skipped_max"] == 2
+    for a, b in zip(single.network.parameters(), double.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    unpoisoned = make_model("dfc_fixed")
+    fit(unpoisoned, 1, "auto", tmp_path)
+    assert any(not torch.equal(a, b) for a, b in zip(single.network.parameters(), unpoisoned.network.parameters()))
+    assert all(torch.isfinite(p).all() for p in double.parameters())

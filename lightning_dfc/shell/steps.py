@@ -17,7 +17,7 @@ from ..core.dynamics import feedforward
 from ..core.network import LayerParams
 from ..core.rules import Update, loss_value
 from ..core.schedule import Phase
-from .distributed import sync_tensors, sync_updates
+from .distributed import sync_step
 
 __all__ = ["DFCSteps", "WakeRecord", "DivergenceError"]
 
@@ -96,13 +96,6 @@ class DFCSteps:
                 raise ValueError(f"batch {batch_idx}: the targets contain NaN or inf values; clean the data")
         return x
 
-    def _dfc_any_rank(self, flag: bool) -> bool:
-        """True if ``flag`` is True on any rank (keeps all ranks on the same code path)."""
-        if self.trainer.world_size <= 1:
-            return flag
-        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
-        return bool(total > 0)
-
     def dfc_wake_update(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
                         world_size: int = 1) -> Update:
         """The forward-weight update of one wake batch, as the training step computes it (no
@@ -147,15 +140,17 @@ class DFCSteps:
             on_epoch=True,
         )
         self.log("dfc/error_ratio", _loggable(stats.get("error_ratio", 0.0)), on_step=True, on_epoch=True)
-        if self._dfc_skip_if_diverged(cause, "wake", stats):
-            return
-        self._dfc_diverged_in_a_row = 0
         forward_opt = self._dfc_opts()[0]
         forward_opt.zero_grad()
         params_list = net.forward_parameters()
         for p, g in zip(params_list, tensors):
             p.grad = g.to(p.dtype)
-        sync_updates(self.trainer.strategy, params_list)
+        feedback = None if feedback_grads is None else self._dfc_set_feedback_grads(feedback_grads, self._dfc_opts()[1])
+        diverged = sync_step(self.trainer.strategy, cause is not None, [p.grad for p in params_list] + (feedback or []))
+        if self._dfc_skip_if_diverged(diverged, cause, "wake", stats):
+            self._dfc_clear_grads()
+            return
+        self._dfc_diverged_in_a_row = 0
         clipped = self._dfc_clip(self._dfc_forward_clip_groups(), self.dfc_updates.clip_norm)
         if self.dfc_record_steps:
             self.dfc_last_wake = WakeRecord(
@@ -171,8 +166,8 @@ class DFCSteps:
             )
         forward_opt.step()
         self.log("dfc/clipped", float(clipped), on_step=True, on_epoch=True, reduce_fx="sum")
-        if feedback_grads is not None:  # single-phase: Q learns from the same simulation
-            self._dfc_step_feedback(feedback_grads, self._dfc_opts()[1], "dfc/feedback_clipped")
+        if feedback is not None:  # single-phase: Q learns from the same simulation
+            self._dfc_apply_feedback(feedback, self._dfc_opts()[1], "dfc/feedback_clipped")
         # the output before the step, the one the update came from
         output = update.output if update.output is not None else feedforward(params, x).r[-1]
         self.dfc_train_loss(loss_value(output, y, self.dfc_loss))
@@ -188,31 +183,43 @@ class DFCSteps:
         grads, stats = self.dfc_sleep_update(x, y, pretraining, self._dfc_generator)
         cause = self._dfc_divergence.cause(stats, True, grads, self.dfc_net.trainable_feedback())
         self.log("sleep/error_ratio", _loggable(stats.get("error_ratio", 0.0)), on_step=False, on_epoch=True)
-        if self._dfc_skip_if_diverged(cause, "sleep", stats):
+        opt = self._dfc_opts()[2 if pretraining else 1]
+        feedback = self._dfc_set_feedback_grads(grads, opt)
+        diverged = sync_step(self.trainer.strategy, cause is not None, feedback)
+        if self._dfc_skip_if_diverged(diverged, cause, "sleep", stats):
+            self._dfc_clear_grads()
             return
-        self._dfc_step_feedback(grads, self._dfc_opts()[2 if pretraining else 1], "sleep/clipped")
+        self._dfc_apply_feedback(feedback, opt, "sleep/clipped")
         self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
 
-    def _dfc_step_feedback(self, grads: list[Tensor], opt, clip_log: str) -> None:
-        """Apply feedback-weight updates (one per Q_i; Q_L's dropped when frozen) with ``opt``.
-
-        With ``clip_grouping='all'`` a frozen Q_L's update still counts in the clipping norm, as in
-        the DFC paper's code (it computes Q_L's update and clips all Q updates together)."""
-        cfg = self.dfc_feedback_config
+    def _dfc_set_feedback_grads(self, grads: list[Tensor], opt) -> list[Tensor]:
+        """Write feedback-weight updates (one per Q_i) into the trainable Q_i's ``.grad`` for
+        ``opt``; returns them with a frozen Q_L's update appended, cast like the others: with
+        ``clip_grouping='all'`` it still counts in the clipping norm, as in the DFC paper's code
+        (it computes Q_L's update and clips all Q updates together)."""
         qs = self.dfc_net.trainable_feedback()
         opt.zero_grad()
         for q, g in zip(qs, grads):  # Q_L last: dropped when frozen
             q.grad = g.to(q.dtype)
-        frozen = [g.to(qs[0].dtype) for g in grads[len(qs):]]
-        sync_tensors(self.trainer.strategy, [q.grad for q in qs] + frozen)
+        return [q.grad for q in qs] + [g.to(qs[0].dtype) for g in grads[len(qs):]]
+
+    def _dfc_apply_feedback(self, feedback: list[Tensor], opt, clip_log: str) -> None:
+        """Clip the feedback updates (from :meth:`_dfc_set_feedback_grads`, averaged over ranks)
+        and step ``opt``."""
+        cfg = self.dfc_feedback_config
         if self.dfc_feedback_clip_grouping == "all":
-            groups = [[q.grad for q in qs] + frozen]
+            groups = [feedback]
         else:
-            groups = [[q.grad] for q in qs]
+            groups = [[q.grad] for q in self.dfc_net.trainable_feedback()]
         clipped = self._dfc_clip(groups, cfg.clip_norm)
         if cfg.clip_norm is not None:
             self.log(clip_log, float(clipped), on_step=False, on_epoch=True, reduce_fx="sum")
         opt.step()
+
+    def _dfc_clear_grads(self) -> None:
+        """Drop a skipped batch's updates from every parameter's ``.grad``."""
+        for p in self.dfc_net.forward_parameters() + self.dfc_net.trainable_feedback():
+            p.grad = None
 
     def _dfc_forward_clip_groups(self) -> list[list[Tensor]]:
         """The forward updates (``.grad``) grouped for clipping: per tensor or per layer."""
@@ -241,11 +248,11 @@ class DFCSteps:
         opts = self.optimizers()
         return opts if isinstance(opts, list) else [opts]
 
-    def _dfc_skip_if_diverged(self, cause: str | None, phase: str, stats: dict[str, float]) -> bool:
-        """Count the batch; if ``cause`` (on any rank), skip it: count, log, warn, maybe stop."""
+    def _dfc_skip_if_diverged(self, diverged: bool, cause: str | None, phase: str, stats: dict[str, float]) -> bool:
+        """Count the batch; if ``diverged`` (this rank's ``cause``, or another rank's: :func:`sync_step`),
+        skip it: count, log, warn, maybe stop."""
         prefix = "dfc" if phase == "wake" else "sleep"
         self._dfc_epoch_batches += 1
-        diverged = self._dfc_any_rank(cause is not None)
         self.log(f"{prefix}/diverged", float(diverged), on_step=False, on_epoch=True, reduce_fx="sum")
         if not diverged:
             self._dfc_diverged_in_a_row = 0

@@ -5,7 +5,10 @@ the numbers behind ``docs/performance.md``'s section on the new VM.
 * float32 ``tanh`` and ``sigmoid`` on 128 x 256;
 * the same GEMM in two processes at once (each should keep its speed on two real cores);
 * the fast DFC sleep and wake passes on half a batch against a whole one (what one DDP process
-  of half a batch should cost), the papers' network and published settings.
+  of half a batch should cost), the papers' network and published settings;
+* gloo's collectives between two processes on this machine (what a DDP step pays per
+  reduction): a barrier, an all-reduce of one number, and one of a DFC step's 7,690 feedback
+  updates.
 
     python benchmarks/kernels.py [--repeats 3000]
 """
@@ -47,6 +50,45 @@ def gemm_pair_us(repeats: int) -> list[float]:
     return [float(p.communicate()[0].strip()) for p in procs]
 
 
+def _gloo_rank(rank: int, port: int, repeats: int) -> None:
+    """One of the two processes of :func:`gloo_us`: prints its median microseconds per call."""
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    tiny, updates = torch.zeros(1, dtype=torch.float64), torch.zeros(7690, dtype=torch.float64)
+    calls = {"barrier": dist.barrier, "all_reduce_1": lambda: dist.all_reduce(tiny),
+             "all_reduce_7690": lambda: dist.all_reduce(updates)}
+    out = {}
+    for name, fn in calls.items():
+        dist.barrier()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times) * 1e6
+    dist.destroy_process_group()
+    print(json.dumps(out))
+
+
+def gloo_us(repeats: int) -> dict[str, float]:
+    """gloo's barrier and all-reduces between two processes (this script with ``--gloo-rank``),
+    median microseconds per call, the slower rank's."""
+    import json
+    import socket
+
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--gloo-port", str(port), "--repeats", str(repeats)]
+    procs = [subprocess.Popen([*cmd, "--gloo-rank", str(r)], stdout=subprocess.PIPE, text=True) for r in range(2)]
+    ranks = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    return {name: max(r[name] for r in ranks) for name in ranks[0]}
+
+
 def half_batch_ms(repeats: int) -> dict[str, tuple[float, float]]:
     """Median ms of the fast DFC sleep and wake passes at B = 128 and B = 64."""
     from numerics_equivalence import inputs, load_excerpt, module
@@ -82,9 +124,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3000, help="calls per kernel timing")
     parser.add_argument("--pass-repeats", type=int, default=15, help="calls per pass timing")
     parser.add_argument("--gemm-only", action="store_true", help=argparse.SUPPRESS)  # one side of the pair
+    parser.add_argument("--gloo-rank", type=int, help=argparse.SUPPRESS)  # one side of the gloo pair
+    parser.add_argument("--gloo-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.gemm_only:
         print(gemm_us(args.repeats))
+        return {}
+    if args.gloo_rank is not None:
+        _gloo_rank(args.gloo_rank, args.gloo_port, min(args.repeats, 500))
         return {}
     torch.set_num_threads(1)
     v = torch.randn(128, 256) * 1.5
@@ -96,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sigmoid_us": per_call_us(lambda: torch.sigmoid(v, out=out), args.repeats),
         "gemm_pair_us": gemm_pair_us(args.repeats),
         "half_batch_ms": half_batch_ms(args.pass_repeats),
+        "gloo_us": gloo_us(args.repeats),
     }
     print(f"CPU capability: {report['cpu_capability']}")
     print(f"GEMM 128x267 @ 267x256 (addmm_, float32): {report['gemm_us']:.0f} us alone, "
@@ -103,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"float32 128x256: tanh {report['tanh_us']:.0f} us, sigmoid {report['sigmoid_us']:.0f} us")
     for name, (full, half) in report["half_batch_ms"].items():
         print(f"{name} (fast): B = 128 {full:.1f} ms, B = 64 {half:.1f} ms ({half / full:.2f})")
+    gloo = report["gloo_us"]
+    print(f"gloo, 2 processes: barrier {gloo['barrier']:.0f} us, all-reduce of 1 number {gloo['all_reduce_1']:.0f} us, "
+          f"of 7,690 {gloo['all_reduce_7690']:.0f} us")
     return report
 
 

@@ -757,3 +757,5 @@ def test_kernels_reports_every_timing() -> None:
     assert len(report["gemm_pair_us"]) == 2 and min(report["gemm_pair_us"]) > 0
     assert set(report["half_batch_ms"]) == {"DFC sleep", "DFC wake"}
     assert all(full > 0 and half > 0 for full, half in report["half_batch_ms"].values())
+    assert set(report["gloo_us"]) == {"barrier", "all_reduce_1", "all_reduce_7690"}
+    assert all(t > 0 for t in report["gloo_us"].values())

@@ -85,9 +85,10 @@ def sync_step(strategy: Strategy, flag: bool, tensors: Sequence[torch.Tensor]) -
     (the step's updates) averaged in place. On one process: ``flag``, tensors untouched.
 
     One ``torch.distributed.all_reduce`` of ``[flag, *tensors]`` flattened, without the barrier
-    that Lightning's ``strategy.reduce`` puts before each reduction: on a CPU (gloo) a barrier
-    and a small all-reduce cost about 0.7 and 0.4 ms, and a step needed three such reductions
-    (the flag, the forward and the feedback updates). The tensors must have the same shapes in
+    that Lightning's ``strategy.reduce`` puts before each reduction: between two CPU processes
+    (gloo) a barrier or a small all-reduce costs 0.2-0.7 ms (``benchmarks/kernels.py``), and
+    each wait at one also absorbs the ranks' difference in compute time; a step used to make
+    three such reductions (the flag, the forward and the feedback updates) with a barrier each. The tensors must have the same shapes in
     the same order on every rank; they are averaged in the first one's dtype.
     """
     if strategy.world_size <= 1:

@@ -405,18 +405,20 @@ def test_subset_configs_match_the_examples() -> None:
     lc = load_learning_curves()
     assert lc.PAPER_BATCHES == 430 and lc.subset_pretrain_epochs(10, 40) == 108
     assert lc.subset_pretrain_epochs(1, 40) == 11 and lc.subset_pretrain_epochs(15, 40) == 161
+    assert lc.subset_pretrain_epochs(20, 157, batch_size=32) == 219  # 20 epochs of 1,719 batches
     for row, spec in lc.ROWS.items():
         example = yaml.safe_load((REPO / "examples" / f"{spec.stem(row)}.yaml").read_text())
         subset = yaml.safe_load((REPO / "benchmarks" / "subset" / f"{spec.stem(row)}.yaml").read_text())
         assert subset["data"] == {"init_args": {"val_size": 1000}}, row
-        batches = math.ceil((6000 - 1000) / example["data"]["init_args"]["batch_size"])
+        batch_size = example["data"]["init_args"]["batch_size"]
+        batches = math.ceil((6000 - 1000) / batch_size)
         paper = lc.paper_pretrain_epochs(REPO / "examples" / f"{spec.stem(row)}.yaml")
         if paper is None:
             assert set(subset) == {"data"}, row
         else:
             assert set(subset) == {"data", "model"}, row
             assert subset["model"] == {"init_args": {"feedback": {
-                "pretrain_epochs": lc.subset_pretrain_epochs(paper, batches)}}}, row
+                "pretrain_epochs": lc.subset_pretrain_epochs(paper, batches, batch_size)}}}, row
 
 
 @pytest.mark.parametrize("bad, message", [

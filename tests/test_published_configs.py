@@ -252,6 +252,8 @@ def test_example_is_the_published_run(config: Path) -> None:
         assert "reconstruction" in text.lower()
     elif source["file"].endswith("EXPERIMENTS.rst"):
         assert "EXPERIMENTS.rst" in text and source["section"].split(" / ")[1] in text
+        for flag in source.get("added_flags", []):  # a published command with a switch changed
+            assert "not a published run" in text.lower() and flag in text
     else:
         assert source["file"].removeprefix("configs/") in text, f"{config.name}: name {source['file']}"
     if any("gn_damping_hpsearch" in note for note in published["notes"]):

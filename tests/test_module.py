@@ -64,14 +64,32 @@ def test_max_epochs_counts_wake_epochs_and_phases_are_logged(tmp_path):
     assert any(r.get("train_loss_epoch") for r in rows) and any(r.get("sleep/control_norm_epoch") for r in rows)
 
 
+def _loss_and_condition_2(m: DFCModule, loader) -> tuple[float, float]:
+    """Cross-entropy of the network on all of ``loader``'s data, and the feedback's Condition 2
+    there (``diagnostics.feedback_condition_2``, checked against theory in test_diagnostics)."""
+    from lightning_dfc.core.diagnostics import feedback_condition_2
+
+    x, y = (torch.cat(t) for t in zip(*loader))
+    x = x.double()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(m.network(x), y)
+    return float(loss), float(feedback_condition_2(m.dfc_net.params(), x))
+
+
 def test_sleep_trains_feedback_and_wake_trains_forward(tmp_path):
+    """Every weight moves, in the right direction: the sleep phases raise Condition 2 (Q turns
+    towards the row space of J), the wake phases lower the training loss."""
     m = model()
+    loss0, c2_0 = _loss_and_condition_2(m.double(), data())
     q0 = [q.detach().clone() for q in m.dfc_feedback_weights]
     w0 = [p.detach().clone() for p in m.network.parameters()]
-    trainer(tmp_path, 1).fit(m, data())
+    trainer(tmp_path, 2).fit(m, data())
     assert not torch.equal(q0[0], m.dfc_feedback_weights[0])
     assert not torch.equal(q0[-1].double(), m.dfc_feedback_weights[-1])  # Q_L is trained too
     assert all(not torch.equal(a.double(), b) for a, b in zip(w0, m.network.parameters()))
+    loss, c2 = _loss_and_condition_2(m, data())
+    assert loss < loss0 - 0.003, (loss0, loss)  # -0.009 here; +0.008 with the wake update flipped
+    assert c2 > c2_0 + 0.003, (c2_0, c2)  # seeded: +0.007 here; -0.004 with the sleep update flipped
     frozen = model(feedback=FeedbackConfig(pretrain_epochs=1, simulation=SLEEP, freeze_output=True))
     trainer(tmp_path, 1).fit(frozen, data())
     torch.testing.assert_close(frozen.dfc_feedback_weights[-1], torch.eye(3, dtype=torch.float64))

@@ -227,6 +227,11 @@ MUTATIONS = [
              "        for p, g in zip(params_list, tensors):\n            p.grad = g.to(p.dtype)\n",
              "        for p, g in zip(params_list, tensors):\n            p.grad = -g.to(p.dtype)\n",
              ("tests/test_mixin.py::test_wrapped_model_trains_with_dfc_and_keeps_its_own_hooks",)),
+    Mutation("mixin-script-wake-step-sign", "the training step writes the negated wake update, seen by the "
+             "wrapping example script's test", "lightning_dfc/shell/steps.py",
+             "        for p, g in zip(params_list, tensors):\n            p.grad = g.to(p.dtype)\n",
+             "        for p, g in zip(params_list, tensors):\n            p.grad = -g.to(p.dtype)\n",
+             ("tests/test_mixin.py::test_example_script_runs",)),
     Mutation("module-sleep-step-sign", "the training step writes the negated sleep update into Q's .grad",
              "lightning_dfc/shell/steps.py",
              "            q.grad = g.to(q.dtype)\n",

@@ -55,12 +55,26 @@ def test_wrapped_model_trains_with_dfc_and_keeps_its_own_hooks(example, tmp_path
     assert model.hparams.hidden == 12
 
 
-def test_example_script_runs(example, tmp_path):
+def test_example_script_runs(example, tmp_path, monkeypatch):
     """``main`` trains the user's own network through the example's schedule: 1 pre-training epoch,
     then sleep, wake, sleep, sleep; every forward and feedback weight moves from where the same
-    seed puts it, and the user's validation metric is logged."""
+    seed puts it, the last wake step descends the loss in the output layer, and the user's
+    validation metric is logged."""
     write_fake_mnist(tmp_path, 40, 8)
+    build = example.build
+
+    def recording_build(*args, **kwargs):  # keep main's last wake step (batch, weights, applied update)
+        model = build(*args, **kwargs)
+        model.dfc_record_steps = True
+        return model
+
+    monkeypatch.setattr(example, "build", recording_build)
     model = example.main(["--data-dir", str(tmp_path), "--hidden", "8", "--steps", "20", "--val-size", "8"])
+    monkeypatch.undo()
+    step = model.dfc_last_wake
+    bp = bp_update(step.params, step.x, step.y, "cross_entropy").tensors()
+    for applied, gradient in zip(step.update[-2:], bp[-2:], strict=True):  # W_L, b_L: 25-26 degrees; flipped 154
+        assert float(angle([applied], [gradient])) < 60.0
     assert isinstance(model, DFCMixin) and model.dfc_variant == "dfc"
     pl.seed_everything(42)
     untrained = example.build(8, 20).double()

@@ -38,7 +38,8 @@ def batches(data_dir: str, batch_size: int):
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     """Runs the example; returns what it printed: ``condition_2`` (before and after the
-    pre-training) and ``loss`` (the training loss of every wake batch, before its update)."""
+    pre-training), ``loss`` (the training loss of every wake batch, before its update) and
+    ``loss_after`` (the same batch's loss after the update: a DFC step descends it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--batches", type=int, default=200, help="wake batches")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             if aligned >= args.pretrain_until:
                 break
     print(f"pre-training: {done} batches, Condition 2 = {aligned:.3f} (from {initial:.3f})")
-    history = {"condition_2": [initial, aligned], "loss": []}
+    history = {"condition_2": [initial, aligned], "loss": [], "loss_after": []}
     for step in range(1, args.batches + 1):
         x, y = next(data)
         opt.zero_grad()
@@ -81,11 +82,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         history["loss"].append(float(loss))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        with torch.no_grad():
+            history["loss_after"].append(float(torch.nn.functional.cross_entropy(model(x), y)))
         fb_opt.zero_grad()
         dfc.sleep(x)  # one sleep batch: the feedback weights' update in their .grad
         fb_opt.step()
         if step % 20 == 0 or step == args.batches:
-            print(f"batch {step}: loss {float(loss):.4f}, wake simulation {wake_steps:.0f} steps")
+            print(f"batch {step}: loss {float(loss):.4f} -> {history['loss_after'][-1]:.4f} after its update, "
+                  f"wake simulation {wake_steps:.0f} steps")
     return history
 
 

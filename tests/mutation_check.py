@@ -232,6 +232,11 @@ MUTATIONS = [
              "        for p, g in zip(params_list, tensors):\n            p.grad = g.to(p.dtype)\n",
              "        for p, g in zip(params_list, tensors):\n            p.grad = -g.to(p.dtype)\n",
              ("tests/test_mixin.py::test_example_script_runs",)),
+    Mutation("plain-wake-step-sign", "the plain API's backward writes the negated wake update into .grad, "
+             "seen by the plain-PyTorch example's test", "lightning_dfc/core/plain.py",
+             "            p.grad = g.to(p.dtype)\n",
+             "            p.grad = -g.to(p.dtype)\n",
+             ("tests/test_plain_api.py::test_the_example_runs",)),
     Mutation("module-sleep-step-sign", "the training step writes the negated sleep update into Q's .grad",
              "lightning_dfc/shell/steps.py",
              "            q.grad = g.to(q.dtype)\n",

@@ -86,7 +86,8 @@ def test_strong_sleep_needs_labels():
 
 def test_the_example_runs(monkeypatch, capsys):
     """examples/plain_pytorch.py on its random data: its 20 pre-training batches raise Condition 2
-    (a sleep rule of the wrong sign lowers it), and what it prints is what it computed."""
+    (a sleep rule of the wrong sign lowers it), every wake step lowers its own batch's loss (a
+    wake update of the wrong sign raises it), and what it prints is what it computed."""
     monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--pretrain", "20", "--data-dir", "/nonexistent"])
     example = runpy.run_path(str(EXAMPLE))
     history = example["main"]()
@@ -94,7 +95,8 @@ def test_the_example_runs(monkeypatch, capsys):
     assert after > before + 0.005, (before, after)
     out = capsys.readouterr().out
     assert f"pre-training: 20 batches, Condition 2 = {after:.3f} (from {before:.3f})" in out
-    assert len(history["loss"]) == 3 and f"batch 3: loss {history['loss'][-1]:.4f}" in out
+    assert len(history["loss"]) == 3 and f"batch 3: loss {history['loss'][-1]:.4f} -> {history['loss_after'][-1]:.4f}" in out
+    assert all(after < before for before, after in zip(history["loss"], history["loss_after"], strict=True))
     assert all(0 < loss < 10 for loss in history["loss"])  # cross-entropy of 10 classes, near log 10 here
 
 

@@ -368,6 +368,13 @@ def last_checkpoint(root: Path, row: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def paper_batch_size(example: Path) -> int:
+    """The example's batch size: that of the published run, whose epochs its pre-training counts."""
+    import yaml
+
+    return int(yaml.safe_load(example.read_text())["data"]["init_args"].get("batch_size", 128))
+
+
 def paper_pretrain_epochs(example: Path) -> int | None:
     """The example's feedback pre-training epochs (None: no trained feedback)."""
     import yaml
@@ -396,6 +403,7 @@ def run_spec(args: argparse.Namespace, row: str, seed: int, root: Path) -> dict[
         "diagnostics": settings(args, row)["diagnostic_metrics"] and list(args.diagnostic_metrics),
         "diagnostic_samples": args.diagnostic_samples,
         "paper_pretrain_epochs": paper_pretrain_epochs(configs[0]),
+        "paper_batch_size": paper_batch_size(configs[0]),
         "result": str(root / "record.json"),
     }
 
@@ -587,10 +595,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         )
         paper = spec["paper_pretrain_epochs"]
         subset = spec["settings"].get("scale") != "full"  # at full scale the example's epochs are the paper's
-        expected = None if paper is None else subset_pretrain_epochs(paper, batches, datamodule.batch_size)
+        paper_batch = spec.get("paper_batch_size", 128)
+        expected = None if paper is None else subset_pretrain_epochs(paper, batches, paper_batch)
         if subset and paper is not None and schedule.pretrain != expected:
             note = (f"{schedule.pretrain} pre-training epochs of {batches} batches, but the paper's {paper} "
-                    f"epochs of {math.ceil(55_000 / datamodule.batch_size)} batches are {expected} here")
+                    f"epochs of {math.ceil(55_000 / paper_batch)} batches are {expected} here")
             record["pretrain_note"] = note
             print(f"{PREFIX} {spec['row']} / seed {spec['seed']}: note: {note}", flush=True)
         timer = _phase_timer()

@@ -232,7 +232,8 @@ def test_learning_curves_end_to_end_resume_and_table_only(tmp_path: Path, capsys
     # DFC: 1 pre-training epoch + 2 x (1 sleep, wake, 2 sleep); the paper's updates would need more
     assert (dfc["pretrain_epochs"], dfc["sleep_before"], dfc["sleep_after"]) == (1, 1, 2)
     assert dfc["lightning_epochs_run"] == 1 + 2 * 4
-    assert dfc["paper_pretrain_epochs"] == 1 and "215" in dfc["pretrain_note"]  # round(430 / 2)
+    # the copy's batch size, 16: a paper epoch of 55,000 images is 3,438 batches, round(3438 / 2) here
+    assert dfc["paper_pretrain_epochs"] == 1 and "3438 batches are 1719" in dfc["pretrain_note"]
     assert dfc["seconds"]["pretrain"] > 0 and dfc["seconds"]["sleep"] > 0
     assert {"condition_2", "angle_bp", "angle_h", "control_loss", "condition_2_ss"} <= set(dfc["diagnostics"])
     assert all(len(v) == 3 and v[0] is None and v[2] is not None for v in dfc["diagnostics"].values())

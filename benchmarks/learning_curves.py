@@ -1076,7 +1076,8 @@ def make_report(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
         "al. 2022, slides): 40 epochs; its 'Strong-DFC (noise)' is our single-phase row, 'Strong-DFC (no "
         "noise)' our two-phase row (noise-free wake dynamics), 'DFC (no noise)' our DFC row (the authors' DFC "
         "run uses batch 32, dt 0.02, alpha 1.77e-3; ours the DFC paper's config), 'DFC (noise)' our DFC (noise) "
-        "row (its command is not published; ours adds Strong-DFC's noise to the DFC config); which command "
+        "rows (its command is not published: `dfc_noise` adds Strong-DFC's noise to the DFC config, "
+        "`dfc_noisy_dynamics` is the authors' DFC command with --noisy_dynamics); which command "
         "made each slide row is our reading, the slides do not say. README: one run of the authors' code "
         "(mariacer/strong_dfc dfc/EXPERIMENTS.rst), shown as test error 100 - accuracy. — = not published."
     )

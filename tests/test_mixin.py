@@ -1,6 +1,7 @@
 """Wrapping an existing LightningModule with DFCMixin (examples/wrap_existing_model.py)."""
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -92,3 +93,31 @@ def test_example_script_runs(example, tmp_path, monkeypatch):
 def test_missing_network_attribute_is_a_clear_error(example):
     with pytest.raises(ValueError, match="dfc_network_attribute"):
         example.DFCLitClassifier(hidden=4, dfc_network_attribute="net")
+
+
+class TwoPartAutoEncoder(pl.LightningModule):
+    """Lightning's own ``LitAutoEncoder`` layout: the network in two attributes."""
+
+    def __init__(self, freeze_decoder: bool = False):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 8))
+        self.decoder.requires_grad_(not freeze_decoder)
+
+
+class DFCTwoPart(DFCMixin, TwoPartAutoEncoder):
+    pass
+
+
+def test_parameters_dfc_would_not_train_are_refused_by_name():
+    """A host whose trainable parameters are not all in the DFC network is refused, naming them
+    and the fix; with ``dfc_allow_untrained`` it is a warning that names them; frozen ones are fine."""
+    with pytest.raises(ValueError, match=r"4 other trainable parameter\(s\): decoder\.0\.weight, decoder\.0\.bias, "
+                                         r"decoder\.2\.weight, decoder\.2\.bias.*nn\.Sequential"):
+        DFCTwoPart(dfc_network_attribute="encoder")
+    with pytest.warns(UserWarning, match=r"decoder\.0\.weight.*stay untrained"):
+        model = DFCTwoPart(dfc_network_attribute="encoder", dfc_allow_untrained=True)
+    assert model.dfc_net.sizes == [8, 4, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a frozen decoder: neither an error nor a warning
+        DFCTwoPart(freeze_decoder=True, dfc_network_attribute="encoder")

@@ -12,6 +12,7 @@ everything else of the host module: its validation/test steps, metrics, logging 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import OptimizerCallable
@@ -23,7 +24,7 @@ from .configuration import ADAM_BETAS, DFCConfiguration, default_optimizer
 from .phases import DFCPhases
 from .steps import DFCSteps, DivergenceError, WakeRecord
 
-__all__ = ["DFCMixin", "WakeRecord", "DivergenceError", "default_optimizer", "ADAM_BETAS"]
+__all__ = ["DFCMixin", "WakeRecord", "DivergenceError", "default_optimizer", "ADAM_BETAS", "check_untrained"]
 
 
 class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
@@ -34,6 +35,10 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
             as attribute ``dfc_network_attribute``.
         dfc_network_attribute: name of the attribute holding the network (an ``nn.Sequential``
             of ``nn.Linear`` + elementwise activations, or a list of such modules).
+        dfc_allow_untrained: DFC trains only that network (and its feedback weights). A host
+            module with other trainable parameters (a second attribute, e.g. an encoder and a
+            decoder) is refused, naming them, unless this is set: then they are left untrained,
+            and a warning names them.
         dfc_variant, dfc_loss, dfc_target_stepsize, dfc_dynamics, dfc_feedback, dfc_updates,
         dfc_forward_optimizer, dfc_feedback_optimizer, dfc_pretrain_optimizer, dfc_numerics: as the
             arguments of :class:`~lightning_dfc.DFCModule` without the prefix.
@@ -60,6 +65,7 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
         dfc_feedback_optimizer: OptimizerCallable | None = None,
         dfc_pretrain_optimizer: OptimizerCallable | None = None,
         dfc_numerics: str | Numerics = "fast",
+        dfc_allow_untrained: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -84,3 +90,29 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
             pretrain_optimizer=dfc_pretrain_optimizer,
             numerics=dfc_numerics,
         )
+        check_untrained(self, dfc_network_attribute, dfc_allow_untrained)
+
+
+def check_untrained(module: nn.Module, attribute: str, allowed: bool) -> None:
+    """Refuse (or, when ``allowed``, warn about) trainable parameters of ``module`` that DFC does
+    not train: those outside its network ``attribute`` and its feedback weights.
+
+    Raises:
+        ValueError: naming the parameters and the fix.
+    """
+    trained = {id(p) for p in module.dfc_net.forward_parameters()} | {id(q) for q in module.dfc_feedback_weights}
+    left = [name for name, p in module.named_parameters() if p.requires_grad and id(p) not in trained]
+    if not left:
+        return
+    shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
+    what = (f"DFCMixin trains only the network in {attribute!r} (and its feedback weights), but the module has "
+            f"{len(left)} other trainable parameter(s): {shown}")
+    if allowed:
+        warnings.warn(f"{what}. They stay untrained (dfc_allow_untrained=True).", UserWarning, stacklevel=3)
+        return
+    raise ValueError(
+        f"{what}; they would never train. Put every layer DFC should train into one nn.Sequential held by "
+        f"{attribute!r} (e.g. nn.Sequential(self.encoder, self.decoder) flattened into one stack of "
+        "nn.Linear + activations), freeze the others (requires_grad_(False)), or pass dfc_allow_untrained=True "
+        "to leave them untrained on purpose."
+    )

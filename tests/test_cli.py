@@ -164,6 +164,30 @@ def test_fit_writes_checkpoints(fitted: dict[str, Any]) -> None:
     assert math.isfinite(float(trainer.callback_metrics["val_loss"]))
 
 
+def test_ckpt_path_last_resumes_the_newest_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``fit --ckpt_path last`` continues from the newest run's last.ckpt under the logger's
+    save_dir/name (Lightning alone looks in the new run's folder, finds none and starts over);
+    the continuation logs into a new version. With no run there it is one error line."""
+    write_fake_mnist(tmp_path / "data", 64, 32)
+    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
+    monkeypatch.chdir(tmp_path)
+    logs = f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"
+    fit = ["fit", "--config", CONFIG, *data_args(tmp_path / "data"), *SHORT, logs]
+    with pytest.raises(SystemExit) as info:
+        build_cli([*fit, "--trainer.max_epochs=1", "--ckpt_path=last"])
+    assert info.value.code == 2
+    assert "no run under" in capsys.readouterr().err
+    first = build_cli([*fit, "--trainer.max_epochs=1"])
+    last = Path(first.trainer.checkpoint_callback.last_model_path)
+    assert last.parent.parent.name == "version_0"
+    resumed = build_cli([*fit, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert resumed.trainer.ckpt_path == str(last)
+    assert f"resuming from {last}" in capsys.readouterr().err
+    assert Path(resumed.trainer.log_dir).name == "version_1"
+    assert resumed.trainer.current_epoch == 4 and resumed.trainer.global_step == 12  # 2 forward epochs in all
+
+
 def run_from_checkpoint(subcommand: str, fitted: dict[str, Any]) -> DFCLightningCLI:
     ckpt = fitted["cli"].trainer.checkpoint_callback.last_model_path
     return build_cli([subcommand, "--config", CONFIG, *data_args(fitted["data"]), *SHORT,

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
@@ -18,7 +20,7 @@ from . import data as _data  # noqa: F401  (short class names in configs)
 from .data import DataNotFoundError
 from .module import DFCModule  # noqa: F401
 
-__all__ = ["DFCLightningCLI", "build_cli", "main"]
+__all__ = ["DFCLightningCLI", "build_cli", "main", "resolve_last_checkpoint"]
 
 
 TRACEBACK_ENV = "LIGHTNING_DFC_TRACEBACK"
@@ -34,6 +36,22 @@ class DFCLightningCLI(LightningCLI):
     the refusing class's own message and exits with status 2, like a key typo; set
     ``LIGHTNING_DFC_TRACEBACK=1`` for the full traceback."""
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then resolve ``--ckpt_path last`` to the newest run's ``last.ckpt`` (see
+        :func:`resolve_last_checkpoint`): Lightning looks for it in the new run's own folder,
+        where there is none, and would start from scratch with a warning."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand or self.config[subcommand].get("ckpt_path") != "last":
+            return
+        try:
+            path = resolve_last_checkpoint(self.config[subcommand]["trainer"])
+        except FileNotFoundError as error:
+            self.parser.exit(2, f"{self.parser.prog}: error: {error}\n")
+        if path is not None:
+            self.config[subcommand]["ckpt_path"] = path
+            sys.stderr.write(f"{self.parser.prog}: --ckpt_path last: resuming from {path}\n")
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -42,6 +60,37 @@ class DFCLightningCLI(LightningCLI):
                 raise
             self.parser.exit(2, f"{self.parser.prog}: error: {root_cause(error)}\n"
                                 f"(set {TRACEBACK_ENV}=1 for the full traceback)\n")
+
+
+def resolve_last_checkpoint(trainer) -> str | None:
+    """The ``last.ckpt`` that ``--ckpt_path last`` means: that of the newest run (highest
+    ``version_N``) under the logger's ``save_dir/name`` (the example configs' CSV logger puts each
+    run's checkpoints in ``save_dir/name/version_N/checkpoints``). ``None`` where the trainer has
+    no logger with a ``save_dir`` (its checkpoints then share one folder, where Lightning finds
+    ``last`` itself). The resumed run logs into a new version, so the earlier run's logs are kept.
+
+    Raises:
+        FileNotFoundError: no run there has a ``last.ckpt``.
+    """
+    logger = trainer.get("logger")
+    init = getattr(logger, "init_args", None) or (logger.get("init_args") if isinstance(logger, dict) else None)
+    if not init or not init.get("save_dir"):
+        return None
+    root = Path(init["save_dir"]) / (init.get("name") or "lightning_logs")
+    version = init.get("version")
+    if version is not None:
+        folders = [root / (version if isinstance(version, str) else f"version_{version}")]
+    else:
+        numbered = [(int(m.group(1)), d) for d in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))]
+        folders = [d for _, d in sorted(numbered, reverse=True)]
+    for folder in folders:
+        last = folder / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+    raise FileNotFoundError(
+        f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt (the config's logger: save_dir "
+        f"{init['save_dir']!r}, name {init.get('name')!r}). Give the checkpoint's path (--ckpt_path PATH), or "
+        "drop --ckpt_path to start a new run.")
 
 
 def root_cause(error: BaseException) -> str:

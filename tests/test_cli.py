@@ -168,7 +168,8 @@ def test_ckpt_path_last_resumes_the_newest_run(tmp_path: Path, monkeypatch: pyte
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """``fit --ckpt_path last`` continues from the newest run's last.ckpt under the logger's
     save_dir/name (Lightning alone looks in the new run's folder, finds none and starts over);
-    the continuation logs into a new version. With no run there it is one error line."""
+    the continuation logs into a new version and ends equal to the uninterrupted run. With no run
+    there it is one error line."""
     write_fake_mnist(tmp_path / "data", 64, 32)
     monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
     monkeypatch.chdir(tmp_path)
@@ -186,6 +187,10 @@ def test_ckpt_path_last_resumes_the_newest_run(tmp_path: Path, monkeypatch: pyte
     assert f"resuming from {last}" in capsys.readouterr().err
     assert Path(resumed.trainer.log_dir).name == "version_1"
     assert resumed.trainer.current_epoch == 4 and resumed.trainer.global_step == 12  # 2 forward epochs in all
+    # and it ends where the uninterrupted run ends (every epoch is seeded from the run's seed and its index)
+    whole = build_cli([*fit[:-1], f"--trainer.logger.init_args.save_dir={tmp_path / 'whole'}", "--trainer.max_epochs=2"])
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def run_from_checkpoint(subcommand: str, fitted: dict[str, Any]) -> DFCLightningCLI:

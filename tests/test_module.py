@@ -62,6 +62,11 @@ def test_max_epochs_counts_wake_epochs_and_phases_are_logged(tmp_path):
     phases = [float(r["phase"]) for r in rows if r.get("phase")]
     assert phases == [0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0]
     assert any(r.get("train_loss_epoch") for r in rows) and any(r.get("sleep/control_norm_epoch") for r in rows)
+    # the skip counts are logged in every epoch, 0 included (documented keys that a user can plot)
+    epoch_rows = [r for r in rows if r.get("phase")]
+    wake = [r for r in epoch_rows if float(r["phase"]) == 2.0]
+    assert [r["dfc/skipped_batches"] for r in wake] == ["0.0", "0.0"]
+    assert all(r["sleep/skipped_batches"] == "0.0" for r in epoch_rows if float(r["phase"]) != 2.0)
 
 
 def _loss_and_condition_2(m: DFCModule, loader) -> tuple[float, float]:

@@ -262,7 +262,6 @@ class DFCSteps:
         self._dfc_skipped_total[phase] += 1
         self._dfc_last_cause = (cause, phase)
         self._dfc_diverged_in_a_row += 1
-        self.log(f"{prefix}/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
         if self._dfc_diverged_in_a_row == 1 and self._dfc_warned_epoch != self.current_epoch:
             self._dfc_warned_epoch = self.current_epoch  # the first skip of a burst, once per epoch
             _console.warning(
@@ -284,9 +283,12 @@ class DFCSteps:
         return advice(cause, self.dfc_feedback_config.simulation, "feedback.simulation")
 
     def _dfc_check_skipped_fraction(self) -> None:
-        """At the end of an epoch: stop if more than ``updates.max_skipped_fraction`` of its
-        batches were skipped."""
+        """At the end of an epoch: log how many of its batches were skipped (``dfc/skipped_batches``
+        in wake epochs, ``sleep/skipped_batches`` in sleep and pre-training epochs; 0 too, so that
+        the column is always there), and stop if more than ``updates.max_skipped_fraction`` were."""
         batches, skipped = self._dfc_epoch_batches, self._dfc_epoch_skipped
+        prefix = "dfc" if self.dfc_phase.phase is Phase.WAKE else "sleep"
+        self.log(f"{prefix}/skipped_batches", float(skipped), on_step=False, on_epoch=True)
         if batches and skipped / batches > self.dfc_updates.max_skipped_fraction:
             cause, phase = self._dfc_last_cause
             raise DivergenceError(

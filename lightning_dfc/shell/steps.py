@@ -148,7 +148,7 @@ class DFCSteps:
         feedback = None if feedback_grads is None else self._dfc_set_feedback_grads(feedback_grads, self._dfc_opts()[1])
         diverged = sync_step(self.trainer.strategy, cause is not None, [p.grad for p in params_list] + (feedback or []))
         if self._dfc_skip_if_diverged(diverged, cause, "wake", stats):
-            self._dfc_clear_grads()
+            _clear_grads(self.dfc_net.forward_parameters() + self.dfc_net.trainable_feedback())
             return
         self._dfc_diverged_in_a_row = 0
         clipped = self._dfc_clip(self._dfc_forward_clip_groups(), self.dfc_updates.clip_norm)
@@ -187,7 +187,7 @@ class DFCSteps:
         feedback = self._dfc_set_feedback_grads(grads, opt)
         diverged = sync_step(self.trainer.strategy, cause is not None, feedback)
         if self._dfc_skip_if_diverged(diverged, cause, "sleep", stats):
-            self._dfc_clear_grads()
+            _clear_grads(self.dfc_net.forward_parameters() + self.dfc_net.trainable_feedback())
             return
         self._dfc_apply_feedback(feedback, opt, "sleep/clipped")
         self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
@@ -215,11 +215,6 @@ class DFCSteps:
         if cfg.clip_norm is not None:
             self.log(clip_log, float(clipped), on_step=False, on_epoch=True, reduce_fx="sum")
         opt.step()
-
-    def _dfc_clear_grads(self) -> None:
-        """Drop a skipped batch's updates from every parameter's ``.grad``."""
-        for p in self.dfc_net.forward_parameters() + self.dfc_net.trainable_feedback():
-            p.grad = None
 
     def _dfc_forward_clip_groups(self) -> list[list[Tensor]]:
         """The forward updates (``.grad``) grouped for clipping: per tensor or per layer."""
@@ -306,6 +301,12 @@ _CAUSE_WORDS = {
     "error_growth": "the controller made the output error grow",
     "update_norm": "a finite but huge update",
 }
+
+
+def _clear_grads(params: list[Tensor]) -> None:
+    """Drop a skipped batch's updates from the parameters' ``.grad``."""
+    for p in params:
+        p.grad = None
 
 
 def _loggable(value: float) -> float:

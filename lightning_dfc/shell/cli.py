@@ -73,7 +73,7 @@ def resolve_last_checkpoint(trainer) -> str | None:
         FileNotFoundError: no run there has a ``last.ckpt``.
     """
     logger = trainer.get("logger")
-    init = getattr(logger, "init_args", None) or (logger.get("init_args") if isinstance(logger, dict) else None)
+    init = getattr(logger, "init_args", None)  # a parsed logger (Namespace); None for logger: false
     if not init or not init.get("save_dir"):
         return None
     root = Path(init["save_dir"]) / (init.get("name") or "lightning_logs")

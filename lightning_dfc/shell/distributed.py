@@ -59,23 +59,12 @@ def check_precision(precision: str) -> None:
     )
 
 
-@torch.no_grad()
 def sync_tensors(strategy: Strategy, tensors: Sequence[torch.Tensor]) -> None:
     """Average tensors over all ranks, in place, with a single all-reduce (no-op on one process).
 
-    The list must have the same shapes in the same order on every rank.
-    """
-    if strategy.world_size <= 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    flat = strategy.reduce(flat, reduce_op="mean")
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-
-
+    The list must have the same shapes in the same order on every rank (:func:`sync_step`
+    without a flag)."""
+    sync_step(strategy, False, tensors)
 
 
 @torch.no_grad()
@@ -88,8 +77,9 @@ def sync_step(strategy: Strategy, flag: bool, tensors: Sequence[torch.Tensor]) -
     that Lightning's ``strategy.reduce`` puts before each reduction: between two CPU processes
     (gloo) a barrier or a small all-reduce costs 0.2-0.7 ms (``benchmarks/kernels.py``), and
     each wait at one also absorbs the ranks' difference in compute time; a step used to make
-    three such reductions (the flag, the forward and the feedback updates) with a barrier each. The tensors must have the same shapes in
-    the same order on every rank; they are averaged in the first one's dtype.
+    three such reductions (the flag, the forward and the feedback updates) with a barrier each.
+    The tensors must have the same shapes in the same order on every rank; they are averaged in
+    the first one's dtype.
     """
     if strategy.world_size <= 1:
         return flag

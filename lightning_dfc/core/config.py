@@ -82,6 +82,11 @@ class SimulationConfig:
             step as the authors do) or ``two_point`` (+-1 with equal probability, the simplified
             weak Euler scheme: the same mean, variance and odd moments, so the same weak order;
             drawn from random bits, about 8x cheaper than Gaussian draws on a CPU).
+        linear_sleep: simulate DFC's sleep phase (the controller holding the output at its
+            feedforward value, white apical noise) linearised around the feedforward state and
+            reduced to the output's dimensions (:mod:`~lightning_dfc.core.linear_sleep`): the
+            same feedback-rule sum to first order in the noise, its part that never reaches
+            the output drawn once per batch. Other phases always simulate the full network.
         compile: run each layer's element-wise step of a float32 (deviation-form) simulation
             through ``torch.compile`` (off in both presets: on this project's CPUs it did not
             pay, ``docs/performance.md``).
@@ -104,6 +109,7 @@ class SimulationConfig:
     outer_every: int | None = None
     dtype: str | None = None
     noise: str | None = None
+    linear_sleep: bool | None = None
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -131,6 +137,8 @@ class SimulationConfig:
         )
         need(self.noise in NOISES,
              f"noise must be one of {sorted(n for n in NOISES if n)} or None (the numerics preset's), got {self.noise!r}")
+        need(self.linear_sleep in (None, True, False),
+             f"linear_sleep must be true, false or None (the numerics preset's), got {self.linear_sleep!r}")
         for name in ("k_p", "alpha", "sigma"):
             value = getattr(self, name)
             need(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value!r}")

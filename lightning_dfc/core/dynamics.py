@@ -38,6 +38,7 @@ __all__ = [
     "SteadyState",
     "feedforward",
     "simulate",
+    "resolve_levers",
     "output_jacobian",
     "linearized_steady_state",
     "teaching_signal",
@@ -129,6 +130,11 @@ def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tens
 OUTPUT_ERRORS = OutputError.KINDS
 
 
+def resolve_levers(cfg: SimulationConfig) -> SimulationConfig:
+    """``cfg`` with its unset numerics levers from the default preset (``fast``)."""
+    return DEFAULT_NUMERICS.resolve(cfg)
+
+
 def simulate(
     params: LayerParams, x: Tensor, ff: Feedforward, target: Tensor | None, cfg: SimulationConfig, *,
     delta: Tensor | None = None, output_error: str = "linear", accumulate_forward: bool = False,
@@ -167,7 +173,7 @@ def simulate(
     """
     if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}; choose one of {RULES}")
-    cfg = DEFAULT_NUMERICS.resolve(cfg)
+    cfg = resolve_levers(cfg)
     if getattr(torch, cfg.dtype) != x.dtype:
         return _simulate_in(getattr(torch, cfg.dtype), params, x, ff, target, cfg, delta=delta,
                             output_error=output_error, accumulate_forward=accumulate_forward,

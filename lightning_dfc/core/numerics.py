@@ -10,8 +10,10 @@ lever a config leaves unset (``None``); one setting switches all of them for a w
   the authors' code (``tests/test_reference.py``).
 * ``fast`` (the default): float32 (cancellation-free deviation form), an early stop that adds
   the rest of the trajectory in closed form (:mod:`~lightning_dfc.core.tail`), the O(lambda^2)
-  outer products every 10th step, two-point noise increments (the simplified weak Euler scheme).
-  Proven to learn like ``exact``: ``tests/test_numerics.py`` and ``docs/benchmarks.md``.
+  outer products every 10th step, two-point noise increments (the simplified weak Euler scheme),
+  DFC's sleep phase linearised and reduced to the output's dimensions (``linear_sleep``).
+  Proven to learn like ``exact``: ``tests/test_numerics.py``, ``tests/test_linear_sleep.py`` and
+  ``docs/benchmarks.md``.
 
     DFCModule(net, numerics="exact")           # Python
     --model.init_args.numerics=exact            # the CLI
@@ -26,7 +28,7 @@ from .config import FeedbackConfig, SimulationConfig
 
 __all__ = ["Numerics", "EXACT", "FAST", "NUMERICS", "DEFAULT_NUMERICS", "resolve_numerics", "LEVERS"]
 
-LEVERS = ("dtype", "noise", "early_stop", "tolerance", "check_every", "outer_every")
+LEVERS = ("dtype", "noise", "early_stop", "tolerance", "check_every", "outer_every", "linear_sleep")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Numerics:
     tolerance: float
     check_every: int
     outer_every: int
+    linear_sleep: bool = False  # a field after the others: the presets saved in older checkpoints lack it
 
     def __post_init__(self) -> None:
         SimulationConfig(**{lever: getattr(self, lever) for lever in LEVERS})  # validates the values
@@ -63,7 +66,7 @@ class Numerics:
 EXACT = Numerics("exact", dtype="float64", noise="gaussian", early_stop=False, tolerance=1e-3, check_every=20,
                  outer_every=1)
 FAST = Numerics("fast", dtype="float32", noise="two_point", early_stop=True, tolerance=1e-4, check_every=4,
-                outer_every=10)
+                outer_every=10, linear_sleep=True)
 NUMERICS: dict[str, Numerics] = {"fast": FAST, "exact": EXACT}
 DEFAULT_NUMERICS = FAST
 

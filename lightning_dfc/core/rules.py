@@ -31,9 +31,11 @@ from .dynamics import (
     SimulationResult,
     feedforward,
     linearized_steady_state,
+    resolve_levers,
     simulate,
     teaching_signal,
 )
+from .linear_sleep import linear_sleep_applies, simulate_sleep_linear
 from .network import LayerParams
 
 __all__ = [
@@ -559,6 +561,11 @@ def feedback_update(
         if output_error not in (None, "linear"):
             raise ValueError("DFC's sleep phase holds the output at the feedforward output: its error is linear")
         target = HoldOutput()
+    levers = resolve_levers(cfg)
+    holds_output, width = isinstance(target, HoldOutput), params.weights[-1].shape[0]
+    if levers.linear_sleep and linear_sleep_applies(levers, rule.highpass_rate(cfg), holds_output, width) is None:
+        feedback_sum, stats = simulate_sleep_linear(params, x, levers, generator)
+        return feedback_gradients(params, feedback_sum, x.shape[0], cfg, rule), stats
     ff = feedforward(params, x)
     control = target.control(ff.r[-1], y, loss, 0.0)
     target, delta, output_error = control

@@ -11,8 +11,8 @@ of the reference excerpt, and each pass's published settings (``tests/reference`
 
 Rows: ``exact``; ``fast``; ``fast, <lever> as exact`` for each lever of
 :data:`lightning_dfc.core.numerics.LEVERS` that matters for the pass (``dtype`` float64, ``noise``
-gaussian, ``early_stop`` off, ``outer_every`` 1). The median of ``--repeats`` calls each; the
-columns give the time and its ratio to ``fast`` (what turning that lever off costs). Two
+gaussian, ``early_stop`` off, ``outer_every`` 1, ``linear_sleep`` off). The median of
+``--repeats`` calls each; the columns give the time and its ratio to ``fast`` (what turning that lever off costs). Two
 processes of half a batch each (DDP) are measured by ``benchmarks/side_by_side.py
 --ours-processes 2`` and ``benchmarks/full_epoch.py --devices 2``, not here.
 
@@ -35,7 +35,7 @@ from numerics_equivalence import inputs, load_excerpt, module, set_back  # noqa:
 
 PASSES = {  # label: (reference case, phase, levers that act on it)
     "DFC wake": ("dfc", "wake", ("dtype", "early_stop", "outer_every")),
-    "DFC sleep": ("dfc_sleep", "sleep", ("dtype", "noise")),
+    "DFC sleep": ("dfc_sleep", "sleep", ("dtype", "noise", "linear_sleep")),
     "Strong-DFC single phase wake": ("strong_dfc_wake", "wake", ("dtype", "noise", "outer_every")),
     "Strong-DFC two phases wake": ("strong_dfc_ss_wake", "wake", ("dtype", "early_stop")),
     "Strong-DFC two phases sleep": ("strong_dfc_ss_sleep", "sleep", ("dtype", "noise")),

@@ -705,7 +705,8 @@ def test_levers_rows(tmp_path: Path) -> None:
     levers = load_script("levers")
     text = levers.main(["--passes", "DFC sleep", "--repeats", "1", "--output", str(tmp_path / "levers.md")])
     rows = [line for line in text.splitlines() if line.startswith("| DFC sleep")]
-    assert [r.split(" | ")[1] for r in rows] == ["exact", "fast", "fast, dtype as exact", "fast, noise as exact"]
+    assert [r.split(" | ")[1] for r in rows] == ["exact", "fast", "fast, dtype as exact", "fast, noise as exact",
+                                                 "fast, linear_sleep as exact"]
     assert rows[1].endswith("| 1.00 |")
     model = levers.set_back(levers.module("dfc_sleep", "fast"), ["noise"])
     assert model.dfc_feedback_config.simulation.noise == "gaussian" and model.dfc_dynamics.noise == "gaussian"

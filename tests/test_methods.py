@@ -99,3 +99,22 @@ def test_methods_carry_what_they_need():
     assert resolve_method("dfc").default_forward_clip_grouping == "tensor"
     assert resolve_method("dfc").default_normalize_lr and not resolve_method("strong_dfc_ss").default_normalize_lr
     assert issubclass(readout_method.Readout, Method)
+
+
+def test_target_loss_sum_nudges_each_sample_by_its_own_gradient():
+    """``updates.target_loss: sum`` (strong_dfc's nudge, ``tests/reference`` case dfc_noisy_wake):
+    lambda times each sample's own loss gradient, the batch size times the mean's nudge, and the
+    same per DDP rank whatever the number of ranks (``mean`` divides lambda by it)."""
+    from lightning_dfc import UpdateConfig
+
+    output, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    mean, total = NudgedTarget("mean"), NudgedTarget("sum")
+    d_mean = mean.control(output, y, "cross_entropy", 0.1).delta
+    d_sum = total.control(output, y, "cross_entropy", 0.1).delta
+    torch.testing.assert_close(d_sum, 6 * d_mean)
+    torch.testing.assert_close(d_sum, -0.1 * (torch.softmax(output, 1) - torch.nn.functional.one_hot(y, 4)))
+    assert mean.rank_stepsize(0.1, 2) == 0.05 and total.rank_stepsize(0.1, 2) == 0.1
+    target = resolve_method("dfc").wake_target(UpdateConfig(target_loss="sum"))
+    assert target == NudgedTarget("sum")
+    with pytest.raises(ValueError, match="target_loss must be one of"):
+        UpdateConfig(target_loss="batch")

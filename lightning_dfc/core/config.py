@@ -210,6 +210,7 @@ ALIGNED_PRETRAIN_EPOCHS = 100
 FIXED_PRETRAIN_EPOCHS = 10
 
 FORWARD_CLIP_GROUPINGS = ("tensor", "layer")
+TARGET_LOSSES = ("mean", "sum")
 FEEDBACK_CLIP_GROUPINGS = ("all", "layer")
 PRETRAIN_MODES = ("published", "clean")
 
@@ -341,6 +342,12 @@ class UpdateConfig:
         normalize_lr: divide the forward optimizer's learning rate by ``target_stepsize``
             (the reference's ``normalize_lr``, on in all its DFC configs). ``None``: on for the
             nudged variants, off for the strong ones (they have no target stepsize).
+        target_loss: the loss whose gradient lambda scales in DFC's nudged target
+            r_L* = r_L^- - lambda dL/dr_L: ``mean``, the batch-mean loss (the DFC paper's code,
+            deep_feedback_control); ``sum``, the batch-summed loss, i.e. each sample's own loss,
+            a nudge independent of the batch size (strong_dfc's code, ``dfc_network.py``
+            ``compute_output_target``: batch size times the mean). Under DDP ``mean`` is the
+            global batch's mean, as on one device.
         target_class_value: Strong-DFC with cross-entropy: the correct class's value in the soft
             label the controller drives the output to (the authors' 0.99).
         clip_norm: clip the forward updates to this norm, per ``clip_grouping`` (``None``: no
@@ -361,6 +368,7 @@ class UpdateConfig:
 
     learning_rule: str = "nonlinear_difference"
     normalize_lr: bool | None = None
+    target_loss: str = "mean"
     target_class_value: float = 0.99
     clip_norm: float | None = 1.0
     clip_grouping: str | None = None
@@ -379,6 +387,9 @@ class UpdateConfig:
             raise ValueError(
                 f"UpdateConfig: clip_grouping must be one of {FORWARD_CLIP_GROUPINGS} or None, got {self.clip_grouping!r}"
             )
+        if self.target_loss not in TARGET_LOSSES:
+            raise ValueError(f"UpdateConfig: target_loss must be one of {TARGET_LOSSES} (mean: the DFC paper's "
+                             f"batch-mean loss; sum: strong_dfc's batch-summed loss), got {self.target_loss!r}")
         if not 0.0 < self.target_class_value < 1.0:  # (NaN fails too)
             raise ValueError(f"UpdateConfig: target_class_value must lie in (0, 1), got {self.target_class_value!r}")
         if isinstance(self.max_diverged_batches, bool) or not isinstance(self.max_diverged_batches, int) \

@@ -237,12 +237,12 @@ def _control_loop(apical_t: Tensor, noise_drive: Tensor, cfg, num_layers: int) -
     u, u_int, c = (torch.zeros(batch, n_out, **kw) for _ in range(3))
     noise_drive = noise_drive.unsqueeze(2)
     for t in range(steps):
-        error = p[:, -1].neg().view(batch, n_out)
+        deviation = p[:, -1].view(batch, n_out)  # the output's, r_L - r^-_L: the error is its negative
         if cfg.k_p > 0:  # as simulate: the leak on the total u
-            u_int.add_(error, alpha=dt).add_(u, alpha=-cfg.alpha * dt)
-            u_new = torch.add(u_int, error, alpha=cfg.k_p, out=controls[t])
+            u_int.sub_(deviation, alpha=dt).add_(u, alpha=-cfg.alpha * dt)
+            u_new = torch.sub(u_int, deviation, alpha=cfg.k_p, out=controls[t])
         else:
-            u_new = torch.add(u, error - cfg.alpha * u, alpha=dt, out=controls[t])
+            u_new = torch.sub(u, deviation + cfg.alpha * u, alpha=dt, out=controls[t])
         c = torch.lerp(c, u_new if cfg.proactive else u, a, out=filtered[t])
         drive = torch.baddbmm(noise_drive[t], c.unsqueeze(1), apical_t).view(batch * n_out, num_layers)
         if cfg.inst_transmission:
@@ -271,16 +271,15 @@ def _noise_sum(bases, rho_sum, backward, scales, cfg, generator, xis) -> Tensor:
     for i, basis in enumerate(bases):
         n_i, width = basis.shape[1], basis.shape[2]
         basis_t = basis.transpose(1, 2)
-        if xis is None:  # Z_b, drawn as (n_i, B, n_L): sum_b Z_b F_b^T is one GEMM
-            draws = standard_noise((n_i, batch, n_out), cfg.noise, rho_sum.dtype, rho_sum.device, generator)
-            total = draws.view(n_i, -1) @ factor_t.reshape(-1, n_out)
-            projected = torch.bmm(torch.bmm(basis_t, draws.transpose(0, 1)), factor_t)  # V_b^T X_b
+        if xis is None:
+            draws = standard_noise((batch, n_i, n_out), cfg.noise, rho_sum.dtype, rho_sum.device, generator)  # Z_b
+            projected = torch.bmm(torch.bmm(basis_t, draws), factor_t)  # V_b^T X_b
         else:
             x_b = torch.einsum("jbn,jbm->bnm", xis[i], backward)
-            total, projected = x_b.sum(0), torch.bmm(basis_t, x_b)
-        inside = rho_sum[:, start:start + width] - projected  # (B, k, n_L)
-        lifted = basis.transpose(0, 1).reshape(n_i, -1) @ inside.reshape(-1, n_out)  # sum_b V_b inside_b
-        blocks.append((total + lifted) * scales[i])
+            projected = torch.bmm(basis_t, x_b)
+        lifted = torch.bmm(basis, rho_sum[:, start:start + width] - projected)  # V_b (rho_sum_b - V_b^T X_b)
+        per_sample = torch.baddbmm(lifted, draws, factor_t) if xis is None else lifted.add_(x_b)
+        blocks.append(per_sample.sum(0) * scales[i])
         start += width
     return torch.cat(blocks, 0)
 

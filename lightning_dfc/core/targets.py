@@ -39,8 +39,13 @@ class Target:
 
     def control(self, output: Tensor, y: Tensor | None, loss: Loss, target_stepsize: float) -> ControlTarget:
         """The simulation's target for the feedforward output (B, n_L) and labels/targets ``y``.
-        ``target_stepsize`` is lambda divided by the number of DDP ranks."""
+        ``target_stepsize``: lambda per DDP rank, :meth:`rank_stepsize`."""
         raise NotImplementedError
+
+    def rank_stepsize(self, target_stepsize: float, world_size: int) -> float:
+        """The lambda each of ``world_size`` DDP ranks passes to :meth:`control`: lambda / world_size,
+        so that a rank's batch-mean gradient is the global batch's."""
+        return target_stepsize / max(world_size, 1)
 
     def output_target(self, output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> tuple[Tensor, str]:
         """(r_L* (B, n_L), ``output_error``) for the diagnostics (Conditions, H)."""
@@ -51,10 +56,18 @@ class Target:
 
 @dataclass(frozen=True)
 class NudgedTarget(Target):
-    """DFC: r_L* = r_L^- - lambda dL/dr_L (batch-mean loss), delta formed without cancellation."""
+    """DFC: r_L* = r_L^- - lambda dL/dr_L, delta formed without cancellation. ``loss``: L is the
+    batch-mean loss (``mean``, the DFC paper's code) or the batch-summed one (``sum``, strong_dfc's
+    code: each sample nudged by lambda times its own loss gradient, whatever the batch size)."""
+
+    loss: str = "mean"
 
     def control(self, output, y, loss, target_stepsize):
-        return ControlTarget(None, output_delta(output, y, loss, target_stepsize), "linear")
+        delta = output_delta(output, y, loss, target_stepsize)
+        return ControlTarget(None, delta * output.shape[0] if self.loss == "sum" else delta, "linear")
+
+    def rank_stepsize(self, target_stepsize: float, world_size: int) -> float:
+        return target_stepsize if self.loss == "sum" else super().rank_stepsize(target_stepsize, world_size)
 
 
 @dataclass(frozen=True)

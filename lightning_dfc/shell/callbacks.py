@@ -194,7 +194,8 @@ class ConditionMonitor(Callback):
     def _update_alignments(self, pl_module, record) -> None:
         from ..core import diagnostics as D
         from ..core.dynamics import feedforward
-        from ..core.rules import bp_update, dfc_ssa_update, output_delta
+        from ..core.rules import bp_update, dfc_ssa_update
+        from ..core.targets import NudgedTarget
 
         refs = [m for m in self.metrics if m in WAKE_ONLY]
         if not refs:
@@ -209,10 +210,11 @@ class ConditionMonitor(Callback):
             references["mn"] = D.damped_minimum_norm_update(params, x, y, loss, self.damping)
         if "ssa" in refs:
             ff = feedforward(params, x)
-            lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
+            lam = pl_module.dfc_rank_stepsize(pl_module.trainer.world_size)
             ssa = dfc_ssa_update(params, x, ff, None, pl_module.dfc_dynamics.alpha,
                                  pl_module.dfc_updates.learning_rule,
-                                 delta=output_delta(ff.r[-1], y, loss, lam)).tensors()
+                                 delta=NudgedTarget(pl_module.dfc_updates.target_loss).control(ff.r[-1], y, loss,
+                                                                                                lam).delta).tensors()
             clip = pl_module.dfc_updates.clip_norm
             if clip is not None:  # clipped like a real update, as the reference does
                 ssa = [t * min(1.0, clip / max(float(t.norm()), 1e-300)) for t in ssa]
@@ -238,7 +240,7 @@ class ConditionMonitor(Callback):
         from ..core.dynamics import feedforward
 
         out = feedforward(params, x).r[-1]
-        lam = pl_module.dfc_target_stepsize / max(pl_module.trainer.world_size, 1)
+        lam = pl_module.dfc_rank_stepsize(pl_module.trainer.world_size)
         target, error = pl_module.dfc_target().output_target(out, y, loss, lam)
         alpha = pl_module.dfc_dynamics.alpha
         steady = C.controlled_steady_state(params, x, target, alpha, error)

@@ -181,5 +181,9 @@ class DFCConfiguration:
 
     def dfc_update_settings(self, generator: torch.Generator | None = None, world_size: int = 1) -> UpdateSettings:
         """What the method's forward update needs besides the batch; lambda per DDP rank."""
-        return self.dfc_method.update_settings(self.dfc_loss, self.dfc_target_stepsize / max(world_size, 1),
-                                               self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates, generator)
+        return self.dfc_method.update_settings(self.dfc_loss, self.dfc_rank_stepsize(world_size), self.dfc_dynamics,
+                                               self.dfc_feedback_config, self.dfc_updates, generator)
+
+    def dfc_rank_stepsize(self, world_size: int = 1) -> float:
+        """lambda as each of ``world_size`` DDP ranks passes it to the target (``Target.rank_stepsize``)."""
+        return self.dfc_target().rank_stepsize(self.dfc_target_stepsize, world_size)

@@ -106,7 +106,7 @@ class DFCSteps:
             x: flattened input (B, n_0); y: labels (B,) or regression targets (B, n_L).
             generator: the noise's random generator (noisy dynamics).
             world_size: number of DDP ranks: lambda multiplies the gradient of the *global*
-                batch-mean loss, and each rank sees 1/world_size of the batch.
+                batch's loss, and each rank sees 1/world_size of the batch (``dfc_rank_stepsize``).
         """
         return self.dfc_method.forward_update(self.dfc_net.params(), x, y, self.dfc_update_settings(generator, world_size),
                                               self.dfc_target())

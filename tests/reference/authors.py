@@ -239,6 +239,8 @@ def strong_dfc_settings(c: dict[str, Any], network_type: str) -> dict[str, Any]:
     }
     if strong:
         settings["updates"]["target_class_value"] = float(c["target_class_value"])
+    else:  # dfc_network.py compute_output_target: the gradient of batch_size x the mean loss
+        settings["updates"]["target_loss"] = "sum"
     settings["forward_optimizer"] = _adam_or_sgd(*forward_args)
     if fixed:
         return settings

@@ -136,8 +136,26 @@ STRONG_COMMANDS = {
         "--k_p_fb=0.0691564739128701 --apical_time_constant_fb=0.12961120842685991 --strong_feedback",
     ),
 }
+# the printed DFC command of strong_dfc's MNIST table ("DFC (no noise)", run_dfc.py)
+STRONG_COMMANDS["dfc"] = (
+    "DFC",
+    "--double_precision --epochs=40 --batch_size=32 --clip_grad_norm=1.0 --lr=0.0010924329072635147 "
+    "--optimizer=Adam --adam_beta1=0.9 --adam_epsilon=5.83238643406511e-07 --dataset=mnist "
+    "--hidden_activation=tanh --initialization=xavier_normal --lr_fb=4.348352883654314e-05 --optimizer_fb=Adam "
+    "--weight_decay_fb=0.1 --adam_epsilon_fb=3.355535527361205e-05 --target_stepsize=0.013812748252649061 "
+    "--initialization_fb=xavier_normal --learning_rule=nonlinear_difference --init_fb_epochs=20 "
+    "--lr_fb_init=0.0001524121535306385 --proactive_controller --dt_di=0.02 --tmax_di=500 --inst_transmission "
+    "--time_constant_ratio=0.2 --sigma=0.035483751742735006 --alpha_di=0.0017723664900917734 --k_p=2.0 "
+    "--apical_time_constant=-1 --dt_di_fb=0.0011421804343878519 --tmax_di_fb=44 --inst_transmission_fb "
+    "--time_constant_ratio_fb=0.005870467170683501 --alpha_di_fb=0.39857902933813705 "
+    "--k_p_fb=0.0713515876863314 --apical_time_constant_fb=0.1404664564483908 --size_hidden=256,256,256",
+)
 # strong_dfc: (case name, command, extra arguments, kind)
 STRONG_CASES = [
+    # its DFC command with --noisy_dynamics (examples/mnist_dfc_noisy_dynamics.yaml): the wake
+    # update averaged over a noisy trajectory, and its sleep phase at the same sigma
+    ("dfc_noisy_wake", "dfc", ["--noisy_dynamics"], "forward"),
+    ("dfc_noisy_sleep", "dfc", ["--noisy_dynamics"], "feedback"),
     ("strong_dfc_wake", "strong_dfc", [], "forward"),  # W, b and Q from one noisy simulation
     ("strong_dfc_pretrain", "strong_dfc", [], "pretrain"),
     ("strong_dfc_ss_wake", "strong_dfc_ss", [], "forward"),
@@ -449,8 +467,9 @@ def run_strong(repo: Path, out: Path, only: set[str] | None) -> None:
         record.update(indices=idx, noise_seed=11)
         noise = torch.Generator().manual_seed(11)
         loss_fn = importlib.import_module("utils.math_utils").cross_entropy_fn()
-        # what train() sets before the forward epochs (pre-training ran with the default 'mse')
-        net.loss_function_name = "mse" if kind == "pretrain" else "cross_entropy"
+        # what train() sets before the forward epochs, with --error_as_loss_grad only (pre-training,
+        # and every phase of a run without that flag, use the default 'mse': e = r_L* - r_L)
+        net.loss_function_name = "cross_entropy" if kind != "pretrain" and config.error_as_loss_grad else "mse"
         for p in [*net.forward_params, *net.feedback_params]:
             for t in p:
                 t.grad = torch.zeros_like(t)

@@ -130,9 +130,12 @@ class Method:
 
     # ------------------------------------------------------------------ configured pieces
     def wake_target(self, updates: UpdateConfig) -> Target:
-        """The wake simulation's target with the settings' class value (strong targets)."""
+        """The wake simulation's target with the settings' class value (strong targets) or
+        target loss (nudged targets)."""
         if isinstance(self.target, StrongTarget):
             return dataclasses.replace(self.target, class_value=updates.target_class_value)
+        if isinstance(self.target, NudgedTarget):
+            return dataclasses.replace(self.target, loss=updates.target_loss)
         return self.target
 
     def sleep_target(self, updates: UpdateConfig, feedback: FeedbackConfig, pretraining: bool) -> Target:

@@ -32,6 +32,21 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation("linear-sleep-double-projection", "the linearised sleep's orthogonal draw keeps its part along V (counted twice)",
+             "lightning_dfc/core/linear_sleep.py",
+             "lifted = torch.bmm(basis, rho_sum[:, start:start + width] - projected)",
+             "lifted = torch.bmm(basis, rho_sum[:, start:start + width])",
+             ("tests/test_linear_sleep.py::test_equals_the_full_simulation_to_first_order_in_sigma",)),
+    Mutation("linear-sleep-no-orthogonal", "the linearised sleep leaves out the noise that never reaches the output",
+             "lightning_dfc/core/linear_sleep.py",
+             "per_sample = torch.baddbmm(lifted, draws, factor_t) if xis is None else lifted.add_(x_b)",
+             "per_sample = lifted",
+             ("tests/test_numerics.py::test_fast_noisy_update_has_the_exact_mean_and_spread[dfc_sleep-sleep]",)),
+    Mutation("target-loss-ignored", "updates.target_loss: sum is ignored (strong_dfc's nudge made B times smaller)",
+             "lightning_dfc/core/methods/base.py",
+             "return dataclasses.replace(self.target, loss=updates.target_loss)",
+             "return self.target",
+             ("tests/test_reference.py::test_update_equals_the_authors[dfc_noisy_wake]",)),
     Mutation("resume-seed", "a resumed run seeds each epoch's noise from the resume point, not the run's start",
              "lightning_dfc/shell/phases.py",
              "self._dfc_epoch_seed(self.current_epoch)",

@@ -56,17 +56,22 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-SETTINGS = {
-    "published": {},
-    "delayed transmission": {"inst_transmission": False},
-    "proactive": {"proactive": True},
-    "integral control": {"k_p": 0.0, "alpha": 0.5},
-    "output noise": {"sigma_output": 5e-3},
+# strong_dfc's DFC command (examples/mnist_dfc_noisy_dynamics.yaml): sigma 0.035, 23x DFC's
+STRONG_DFC_SLEEP = {"dt": 0.0011421804343878519, "steps": 44, "k_p": 0.0713515876863314, "alpha": 0.39857902933813705,
+                    "tau_v": 0.005870467170683501, "tau_apical": 0.1404664564483908, "proactive": True,
+                    "sigma": 0.035483751742735006}
+SETTINGS = {  # name: (change of the DFC paper's sleep phase, bound on the relative error at its sigma)
+    "published": ({}, 2e-3),
+    "delayed transmission": ({"inst_transmission": False}, 2e-3),
+    "proactive": ({"proactive": True}, 2e-3),
+    "integral control": ({"k_p": 0.0, "alpha": 0.5}, 2e-3),
+    "output noise": ({"sigma_output": 5e-3}, 2e-3),
+    "strong_dfc's DFC sleep": (STRONG_DFC_SLEEP, 4e-2),  # measured 2.7e-2
 }
 
 
-@pytest.mark.parametrize("change", list(SETTINGS.values()), ids=list(SETTINGS))
-def test_equals_the_full_simulation_to_first_order_in_sigma(change):
+@pytest.mark.parametrize(("change", "bound"), list(SETTINGS.values()), ids=list(SETTINGS))
+def test_equals_the_full_simulation_to_first_order_in_sigma(change, bound):
     net = network([784, 256, 256, 256, 10])
     x = torch.rand(16, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     errors = {}
@@ -77,8 +82,8 @@ def test_equals_the_full_simulation_to_first_order_in_sigma(change):
         full, lin = full_and_linear(net, x, cfg)
         errors[scale] = rel(lin.feedback_sum, full.feedback_sum)
         assert lin.finite
-        assert rel(lin.u, full.u) < 3e-3 * scale
-    assert errors[1.0] < 2e-3, errors
+        assert rel(lin.u, full.u) < 1.5 * bound * scale
+    assert errors[1.0] < bound, errors
     # second-order neglected terms: the relative error is proportional to sigma
     assert 7 < errors[1.0] / errors[0.1] < 13, errors
 

@@ -162,6 +162,8 @@ NOISY = [
     ("strong_dfc_ss_sleep", "sleep"),
     ("strong_dfc_wake", "wake"),
     ("dfc", "noisy wake"),  # DFC with the Strong-DFC runs' wake noise (examples/mnist_dfc_noise.yaml)
+    ("dfc_noisy_wake", "wake"),  # strong_dfc's DFC command with --noisy_dynamics (sigma 0.035)
+    ("dfc_noisy_sleep", "sleep"),  # its sleep phase at sigma 0.035: the linearised sleep at 23x DFC's sigma
 ]
 WAKE_NOISE = {"sigma": 4.278964325349612e-3, "sigma_output": 2.9713880264874388e-2, "tau_noise": 0.07}
 

@@ -43,3 +43,16 @@ def test_summary_names_the_numerics_and_the_levers_set_by_hand():
     # outer_every 10 is the preset's own value: not an override
     assert numerics_line(tuned) == ("  numerics: fast (set by hand: dynamics.tolerance=1e-06, "
                                     "feedback.simulation.dtype=float64)")
+
+
+def test_summary_says_how_the_sleep_phase_simulates():
+    from lightning_dfc import MLP, DFCModule
+    from lightning_dfc.shell.summary import sleep_simulation_line
+
+    assert sleep_simulation_line(DFCModule(MLP([20, 12, 4]), variant="dfc")) == (
+        "  sleep phase: linearised, reduced to the output's dimensions (linear_sleep, docs/numerics.md)")
+    assert sleep_simulation_line(DFCModule(MLP([20, 12, 4]), variant="dfc", numerics="exact")) == (
+        "  sleep phase: the whole network simulated (linear_sleep off)")
+    assert "wide output" in sleep_simulation_line(DFCModule(MLP([20, 12, 20]), variant="dfc"))
+    assert "Strong-DFC" in sleep_simulation_line(DFCModule(MLP([20, 12, 4]), variant="strong_dfc_ss"))
+    assert sleep_simulation_line(DFCModule(MLP([20, 12, 4]), variant="dfc_fixed")) is None

@@ -182,6 +182,10 @@ def linear_sleep(params, ff, cfg, generator: torch.Generator | None = None,
     rho = (_filter_matrix(steps, decay, dtype, device) @ increments.view(steps, -1)).view(steps, batch, -1)
     noise_drive = torch.bmm(rho.transpose(0, 1), reduced.noise_t).transpose(0, 1).contiguous()
     controls, filtered, p = _control_loop(reduced.apical_t, noise_drive, cfg, params.num_layers)
+    if not bool(torch.isfinite(controls).all()):  # the loop ran away (an unstable controller): no sum to form
+        width = sum(w.shape[0] for w in params.weights)
+        nan = torch.full((width, n_out), float("nan"), dtype=dtype, device=device)
+        return LinearSleep(nan, controls[-1], p[:, -1].reshape(batch, n_out).clone(), False)
     # the rule's pairs (v^A[t], u[t + 1]): v^A before step t's update, i.e. the values after step t - 1
     control_sum = filtered[:-1].reshape(-1, n_out).T @ controls[1:].reshape(-1, n_out)
     rho_sum = torch.bmm(rho[:-1].permute(1, 2, 0), controls[1:].transpose(0, 1))  # (B, K, n_L)
@@ -288,7 +292,8 @@ def _control_factor(backward: Tensor) -> Tensor:
     """F_b with F_b F_b^T = H_b = sum_j h_b[j] h_b[j]^T (B, n_L, n_L), so that Z_b F_b^T with
     standard Z_b has the conditional covariance of sum_j xi_b[j] h_b[j]^T: Cholesky, or the
     symmetric square root where H_b is singular."""
-    gram = torch.bmm(backward.permute(1, 2, 0), backward.transpose(0, 1)).double()
+    wide = backward.double()  # (float32 squares of a runaway control overflow)
+    gram = torch.bmm(wide.permute(1, 2, 0), wide.transpose(0, 1))
     factor, info = torch.linalg.cholesky_ex(gram)
     bad = info != 0
     if bool(bad.any()):

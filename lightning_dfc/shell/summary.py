@@ -67,6 +67,27 @@ def numerics_line(module: Any) -> str:
     return f"  numerics: {module.dfc_numerics.name}" + (f" (set by hand: {by_hand})" if by_hand else "")
 
 
+def sleep_simulation_line(module: Any) -> str | None:
+    """How the sleep epochs simulate (``None`` without them): linearised and reduced to the
+    output's dimensions (the fast numerics' ``linear_sleep``), or the whole network, and why."""
+    from ..core.dynamics import resolve_levers
+    from ..core.linear_sleep import linear_sleep_applies
+    from ..core.targets import HoldOutput
+
+    method, feedback = module.dfc_method, module.dfc_feedback_config
+    if not (method.simulates and method.train_feedback) or method.single_phase:
+        return None
+    cfg = resolve_levers(feedback.simulation)
+    if not cfg.linear_sleep:
+        return "  sleep phase: the whole network simulated (linear_sleep off)"
+    target = method.sleep_target(module.dfc_updates, feedback, pretraining=False)
+    rate = method.feedback_rule(feedback, module.dfc_dynamics, pretraining=False).highpass_rate(cfg)
+    why = linear_sleep_applies(cfg, rate, isinstance(target, HoldOutput), module.dfc_net.sizes[-1])
+    if why is None:
+        return "  sleep phase: linearised, reduced to the output's dimensions (linear_sleep, docs/numerics.md)"
+    return f"  sleep phase: the whole network simulated ({why})"
+
+
 def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str, int]) -> list[str]:
     """The summary's lines (printed by the module at the end of ``fit``)."""
     lines = ["lightning-dfc: fit finished."]
@@ -89,6 +110,9 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
         lines.append(pretraining)
     lines.append(f"  skipped batches (diverged): wake {skipped.get('wake', 0)}, sleep {skipped.get('sleep', 0)}")
     lines.append(numerics_line(module))
+    sleep = sleep_simulation_line(module)
+    if sleep:
+        lines.append(sleep)
     log_dir = getattr(trainer, "log_dir", None) if trainer.loggers else None
     if best or log_dir:
         config = f" --config {Path(log_dir) / 'config.yaml'}" if log_dir and (Path(log_dir) / "config.yaml").is_file() else ""

@@ -156,6 +156,8 @@ STRONG_CASES = [
     # update averaged over a noisy trajectory, and its sleep phase at the same sigma
     ("dfc_noisy_wake", "dfc", ["--noisy_dynamics"], "forward"),
     ("dfc_noisy_sleep", "dfc", ["--noisy_dynamics"], "feedback"),
+    # and its whole training loop (1 pre-training epoch instead of 20, 2 wake epochs)
+    ("run_dfc_noisy_dynamics", "dfc", ["--noisy_dynamics", "--epochs=2", "--init_fb_epochs=1"], "run"),
     ("strong_dfc_wake", "strong_dfc", [], "forward"),  # W, b and Q from one noisy simulation
     ("strong_dfc_pretrain", "strong_dfc", [], "pretrain"),
     ("strong_dfc_ss_wake", "strong_dfc_ss", [], "forward"),

@@ -147,8 +147,9 @@ def test_feedback_update_dispatches_on_the_lever():
 
 
 def test_where_it_applies():
-    cfg = sleep_defaults()
+    cfg = FAST.resolve(sleep_defaults())
     assert linear_sleep_applies(cfg, None, True, 10) is None
+    assert linear_sleep_applies(EXACT.resolve(sleep_defaults()), None, True, 10) == "linear_sleep off"
     assert "Strong-DFC" in linear_sleep_applies(cfg, None, False, 10)
     assert "tau_noise" in linear_sleep_applies(dataclasses.replace(cfg, tau_noise=0.05), None, True, 10)
     assert "tau_f" in linear_sleep_applies(cfg, 0.1, True, 10)

@@ -117,14 +117,19 @@ class SimulationResult:
     tail: Tail | None = None
 
 
+def noise_scales(cfg: SimulationConfig, num_layers: int) -> list[float]:
+    """Each layer's std of the apical noise increment: white noise enters as
+    sigma_i sqrt(dt) / tau_A xi, filtered noise as sigma_i n (n carries its own scale)."""
+    tau_a = cfg.tau_apical if cfg.tau_apical is not None else cfg.dt
+    factor = 1.0 if cfg.tau_noise is not None else cfg.dt**0.5 / tau_a
+    return [(cfg.output_sigma if i == num_layers - 1 else cfg.sigma) * factor for i in range(num_layers)]
+
+
 def _noise_std(params: LayerParams, cfg: SimulationConfig, like: Tensor) -> Tensor:
     """Per-column std of the apical noise increment, (S,)."""
     sizes = [w.shape[0] for w in params.weights]
-    tau_a = cfg.tau_apical if cfg.tau_apical is not None else cfg.dt
-    std = torch.full((sum(sizes),), cfg.sigma, dtype=like.dtype, device=like.device)
-    std[-sizes[-1]:] = cfg.output_sigma
-    # white noise enters as sigma sqrt(dt) / tau_A xi; filtered noise as sigma n (n carries its scale)
-    return std if cfg.tau_noise is not None else std * (cfg.dt**0.5 / tau_a)
+    scales = noise_scales(cfg, len(sizes))
+    return torch.cat([torch.full((n,), s, dtype=like.dtype, device=like.device) for n, s in zip(sizes, scales)])
 
 
 OUTPUT_ERRORS = OutputError.KINDS
@@ -447,11 +452,7 @@ def _simulate_in(dtype: torch.dtype, params: LayerParams, x: Tensor, ff: Feedfor
     def cast(t):
         return None if t is None else t.to(dtype)
 
-    params_in = params._replace(
-        weights=tuple(cast(w) for w in params.weights),
-        biases=tuple(cast(b) for b in params.biases),
-        feedback=tuple(cast(q) for q in params.feedback),
-    )
+    params_in = params.to_dtype(dtype)
     x_in = x.to(dtype)
     result = simulate(params_in, x_in, feedforward(params_in, x_in), cast(target),
                       replace(cfg, dtype=str(dtype).removeprefix("torch.")), delta=cast(delta), **kwargs)

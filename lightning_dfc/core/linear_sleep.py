@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .dynamics import feedforward
+from .dynamics import feedforward, noise_scales
 from .noise import standard_noise
 
 __all__ = ["LinearSleep", "linear_sleep_applies", "linear_sleep", "simulate_sleep_linear"]
@@ -77,7 +77,9 @@ def linear_sleep_applies(cfg, highpass_rate: float | None, holds_output: bool, o
     """``None`` when the linearised sleep simulates this phase; otherwise why not (the full
     simulation runs): it covers DFC's sleep phase with white apical noise and the plain
     control, for an output narrow enough that the reduced system is the cheaper one (its
-    Jacobians cost n_L feedforward passes, the full simulation T - 1)."""
+    Jacobians cost n_L feedforward passes, the full simulation T - 1). ``cfg``: levers resolved."""
+    if not cfg.linear_sleep:
+        return "linear_sleep off"
     if not holds_output:
         return "the controller drives the output to a target (Strong-DFC): the deviations are not small"
     if cfg.tau_noise is not None:
@@ -90,12 +92,6 @@ def linear_sleep_applies(cfg, highpass_rate: float | None, holds_output: bool, o
         return (f"a wide output (n_L = {output_width} > {MAX_OUTPUT_SHARE} (T - 1) = {MAX_OUTPUT_SHARE * (cfg.steps - 1):g}):"
                 " the full simulation is the cheaper one")
     return None
-
-
-def noise_scales(cfg, num_layers: int) -> list[float]:
-    """s_i: the std of layer i's apical noise increment, sigma_i sqrt(dt) / tau_A (white noise)."""
-    tau_a = cfg.tau_apical if cfg.tau_apical is not None else cfg.dt
-    return [(cfg.output_sigma if i == num_layers - 1 else cfg.sigma) * cfg.dt**0.5 / tau_a for i in range(num_layers)]
 
 
 def _jacobians(params, v_ff: list[Tensor]) -> list[Tensor]:
@@ -204,10 +200,7 @@ def simulate_sleep_linear(params, x: Tensor, cfg, generator: torch.Generator | N
     :func:`~lightning_dfc.core.rules.feedback_update` reports them (``state_ratio`` from the
     output's deviation, the only deviation the reduced system keeps)."""
     dtype = getattr(torch, cfg.dtype)
-    if dtype != x.dtype:
-        params = params._replace(weights=tuple(w.to(dtype) for w in params.weights),
-                                 biases=tuple(None if b is None else b.to(dtype) for b in params.biases),
-                                 feedback=tuple(q.to(dtype) for q in params.feedback))
+    params = params.to_dtype(dtype)
     ff = feedforward(params, x.to(dtype))
     result = linear_sleep(params, ff, cfg, generator)
     deviation = torch.linalg.vector_norm(result.output_deviation.double(), dim=1)

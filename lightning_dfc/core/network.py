@@ -44,6 +44,14 @@ class LayerParams(NamedTuple):
     def num_layers(self) -> int:
         return len(self.weights)
 
+    def to_dtype(self, dtype: torch.dtype) -> LayerParams:
+        """The same tensors cast to ``dtype`` (itself when they already are)."""
+        if self.weights[0].dtype == dtype:
+            return self
+        return self._replace(weights=tuple(w.to(dtype) for w in self.weights),
+                             biases=tuple(None if b is None else b.to(dtype) for b in self.biases),
+                             feedback=tuple(q.to(dtype) for q in self.feedback))
+
 
 class MLP(nn.Sequential):
     """A plain multilayer perceptron, initialised as in the DFC paper.

@@ -563,7 +563,7 @@ def feedback_update(
         target = HoldOutput()
     levers = resolve_levers(cfg)
     holds_output, width = isinstance(target, HoldOutput), params.weights[-1].shape[0]
-    if levers.linear_sleep and linear_sleep_applies(levers, rule.highpass_rate(cfg), holds_output, width) is None:
+    if linear_sleep_applies(levers, rule.highpass_rate(cfg), holds_output, width) is None:
         feedback_sum, stats = simulate_sleep_linear(params, x, levers, generator)
         return feedback_gradients(params, feedback_sum, x.shape[0], cfg, rule), stats
     ff = feedforward(params, x)

@@ -78,8 +78,6 @@ def sleep_simulation_line(module: Any) -> str | None:
     if not (method.simulates and method.train_feedback) or method.single_phase:
         return None
     cfg = resolve_levers(feedback.simulation)
-    if not cfg.linear_sleep:
-        return "  sleep phase: the whole network simulated (linear_sleep off)"
     target = method.sleep_target(module.dfc_updates, feedback, pretraining=False)
     rate = method.feedback_rule(feedback, module.dfc_dynamics, pretraining=False).highpass_rate(cfg)
     why = linear_sleep_applies(cfg, rate, isinstance(target, HoldOutput), module.dfc_net.sizes[-1])

@@ -1,4 +1,4 @@
-"""The fast numerics' fused float32 state, its noise source and the rule that skips checks a
+"""The fast numerics' fused float32 states, their noise source and the rule that skips checks a
 last-point simulation could never pass (core/state.py ``FusedState``, core/noise.py
 ``NoiseSource``, core/tail.py ``last_point_can_settle``).
 
@@ -8,6 +8,9 @@ last-point simulation could never pass (core/state.py ``FusedState``, core/noise
   filtered noise, other activations, layers without bias).
 * It is chosen only where its absolute voltages lose nothing that counts: no per-step teaching
   signals, no early-stop check, deviations far above float32's rounding.
+* ``FusedSignalState``, the same coordinates with every step's teaching signals, is chosen for
+  noisy dynamics with signals; its sums equal the float64 simulation's to float32 precision for
+  both rules and every variant.
 * ``NoiseSource`` draws the very increments of ``standard_noise`` from the same generator state.
 * A last-point rule whose controller cannot settle by T skips its checks, and checking anyway
   would not have stopped it.
@@ -25,7 +28,7 @@ from lightning_dfc.core import dynamics, tail
 from lightning_dfc.core.dynamics import feedforward, simulate
 from lightning_dfc.core.noise import NoiseSource, standard_noise
 from lightning_dfc.core.rules import output_delta, strong_target
-from lightning_dfc.core.state import AbsoluteState, DeviationState, FusedState
+from lightning_dfc.core.state import AbsoluteState, DeviationState, FusedSignalState, FusedState
 from lightning_dfc.core.tail import OutputError, last_point_can_settle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -139,6 +142,71 @@ def test_hidden_tanh_layers_run_in_sigmoid_coordinates(bias):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
+def run_signals(params, x, y, cfg, rule, state_class=None, monkeypatch=None, seed=3):
+    """One noisy simulation with the time-average rule's sums (and the sleep rule's feedback
+    sum, as Strong-DFC's single phase): the signal sums, the outer sums and the feedback sum."""
+    if state_class is not None:
+        monkeypatch.setattr(dynamics, "_state_class", lambda *args: state_class)
+    ff = feedforward(params, x)
+    target, _ = strong_target(ff.r[-1], y, "cross_entropy", 0.9)
+    result = simulate(params, x, ff, target, cfg, output_error="softmax", accumulate_forward=True,
+                      accumulate_feedback=True, highpass_rate=0.05, rule=rule,
+                      generator=torch.Generator().manual_seed(seed))
+    monkeypatch is None or monkeypatch.undo()
+    return [*result.signal_sum, *result.outer_sum[1:], result.feedback_sum, result.u, *result.dv]
+
+
+SIGNAL_CASES = [({}, {}), ({"inst_transmission": False}, {}), ({"tau_apical": 0.01}, {}), ({"tau_noise": 0.02}, {}),
+                ({"outer_every": 1}, {}), ({}, {"activation": "sigmoid", "output_activation": "tanh"}),
+                ({}, {"bias": False}), ({}, {"sizes": (12, 5)})]
+
+
+@pytest.mark.parametrize("rule", ["nonlinear_difference", "voltage_difference"])
+@pytest.mark.parametrize("variant,net", SIGNAL_CASES,
+                         ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) or "published")
+def test_fused_signal_state_forms_the_same_signals(variant, net, rule, monkeypatch):
+    """FusedSignalState's per-step teaching signals (formed in sigmoid coordinates, half the
+    true ones for a hidden tanh layer) give the float64 simulation's sums with the same
+    two-point increments to float32 precision, as the deviation form does; and it is the one
+    chosen for noisy dynamics with signals."""
+    cfg = dataclasses.replace(SLEEP, **variant)
+    params, x, y = network(**net)
+    truth = run_signals(params, x, y, dataclasses.replace(cfg, dtype="float64"), rule)
+    p32, x32 = as_float32(params), x.float()
+    ff32 = feedforward(p32, x32)
+    target, _ = strong_target(ff32.r[-1], y, "cross_entropy", 0.9)
+    chosen = dynamics._state_class(p32, x32, cfg, OutputError("softmax", target, None, ff32.r[-1]), True,
+                                   dynamics._checks(cfg, True, True))
+    assert chosen is FusedSignalState
+    fused = run_signals(p32, x32, y, cfg, rule, FusedSignalState, monkeypatch)
+    deviation = run_signals(p32, x32, y, cfg, rule, DeviationState, monkeypatch)
+    for f, d, t in zip(fused, deviation, truth):
+        assert f.dtype == torch.float32
+        assert relative(f, t) < 1e-4
+        assert relative(d, t) < 1e-4
+
+
+def test_fused_signal_state_signals_are_the_rate_differences():
+    """One step from the feedforward state: the returned signal times ``signal_scales`` is
+    phi(v) - phi(v^B) of the state it leaves, layer by layer."""
+    params, x, _ = network()
+    p32 = as_float32(params)
+    ff = feedforward(p32, x.float())
+    state = FusedSignalState(p32, ff, SLEEP, "nonlinear_difference")
+    assert state.signal_scales == [2.0, 2.0, 1.0]
+    apical = [0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(ff.v)]
+    signals = [None if s is None else s.clone() for s in state.step(tuple(apical), want_signal=True)]
+    dv, dr = state.voltage_deviations(), state.rate_deviations()
+    assert SLEEP.inst_transmission  # layer i's basal input: layer i - 1's new rates
+    before = [None] + [r + d for r, d in zip(ff.r[:-1], dr[:-1])]
+    for i, act in enumerate(p32.activations):
+        v = ff.v[i] + dv[i]
+        v_basal = ff.v[0] if i == 0 else p32.weights[i] @ before[i].T
+        if i > 0:
+            v_basal = (v_basal + p32.biases[i].unsqueeze(1)).T
+        torch.testing.assert_close(signals[i] * state.signal_scales[i], act(v) - act(v_basal), atol=1e-6, rtol=0)
+
+
 def test_fused_state_rejects_teaching_signals():
     params, x, _ = network()
     p32 = as_float32(params)
@@ -157,7 +225,8 @@ def test_the_state_is_chosen_by_what_the_simulation_needs():
     choose = dynamics._state_class
     assert choose(params, x, SLEEP, strong_error, False, False) is AbsoluteState  # float64: the published numerics
     assert choose(p32, x32, SLEEP, strong_error, False, False) is FusedState  # noisy, no signals
-    assert choose(p32, x32, SLEEP, strong_error, True, False) is DeviationState  # per-step signals
+    assert choose(p32, x32, SLEEP, strong_error, True, False) is FusedSignalState  # noisy, per-step signals
+    assert choose(p32, x32, STRONG, strong_error, True, False) is DeviationState  # noise-free, per-step signals
     assert choose(p32, x32, STRONG, strong_error, False, False) is FusedState  # a strong target
     assert choose(p32, x32, STRONG, strong_error, False, True) is DeviationState  # the early stop reads the state
     assert choose(p32, x32, STRONG, weak_error, False, False) is DeviationState  # a nudge near rounding

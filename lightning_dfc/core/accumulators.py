@@ -39,13 +39,18 @@ class ForwardSums:
         self.signal_sum = [torch.zeros_like(t) for t in ff_v]
         self.correction = [None] + [t.new_zeros(t.shape[1], p.shape[1]) for p, t in zip(ff_v[:-1], ff_v[1:])]
         self.signals: list[Tensor] = [torch.zeros_like(t) for t in ff_v]
+        self.scales = [1.0] * len(ff_v)
         self.outer_every, self.keep, self.pending = outer_every, keep, 0
 
-    def add(self, signals: list[Tensor], rate_deviations) -> None:
-        """One step's signals; ``rate_deviations()`` gives dr_i (B, n_i) when the correction is due."""
+    def add(self, signals: list[Tensor], rate_deviations, scales: list[float] | None = None) -> None:
+        """One step's signals, the true one ``scales[i]`` times the one given (``None``: 1; a
+        state that forms them in its own coordinates); ``rate_deviations()`` gives dr_i (B, n_i) when the
+        correction is due. The signals may be reused buffers: they are read before the next step."""
+        if scales is not None:
+            self.scales = scales
         for i, sig in enumerate(signals):
             self.signals[i] = masked(sig, self.keep)
-            self.signal_sum[i].add_(self.signals[i])
+            self.signal_sum[i].add_(self.signals[i], alpha=self.scales[i])
         self.pending += 1
         if self.pending == self.outer_every:
             self._correct(rate_deviations())
@@ -82,14 +87,15 @@ class ForwardSums:
             else:
                 outer = torch.addmm(self.correction[i] + corrections[i - 1], signal.T, ff_r[i - 1])
                 if self.pending:  # the open block, as _correct adds it
-                    outer.addmm_(self.signals[i].T, masked(dr[i - 1], self.keep), alpha=self.pending)
+                    outer.addmm_(self.signals[i].T, masked(dr[i - 1], self.keep), alpha=self.pending * self.scales[i])
                 out.append(outer)
             out.append(signal.sum(0))
         return out
 
     def _correct(self, dr: list[Tensor]) -> None:
         for i in range(1, len(self.signals)):  # correction_i += pending * s_i^T dr_{i-1}
-            self.correction[i].addmm_(self.signals[i].T, masked(dr[i - 1], self.keep), alpha=self.pending)
+            self.correction[i].addmm_(self.signals[i].T, masked(dr[i - 1], self.keep),
+                                      alpha=self.pending * self.scales[i])
         self.pending = 0
 
     def outer_sums(self, ff_r: tuple[Tensor, ...], dr: list[Tensor]) -> list[Tensor | None]:

@@ -29,7 +29,7 @@ from .config import RULES, SimulationConfig
 from .network import LayerParams
 from .noise import NoiseSource, standard_noise
 from .numerics import DEFAULT_NUMERICS
-from .state import AbsoluteState, Apical, DeviationState, FusedState, affine, teaching_signal
+from .state import AbsoluteState, Apical, DeviationState, FusedSignalState, FusedState, affine, teaching_signal
 from .tail import Deviation, OutputError, SettledTail, Tail, last_point_can_settle
 
 __all__ = [
@@ -192,7 +192,7 @@ def simulate(
     state = _state_class(params, x, cfg, error_of, accumulate_forward, checks)(params, ff, cfg, rule)
     drive = _ApicalDrive(params, cfg, x, state, accumulate_feedback, generator)
     u, u_int = torch.zeros_like(ff.r[-1]), torch.zeros_like(ff.r[-1])
-    error = error_of(state.output_deviation())
+    error = error_of.of_state(state)
     error_initial = sample_norm(error)
     classification = None if classify is None else (*classify, error_initial)
     acc = _Accumulators(cfg, params, ff, x, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
@@ -200,7 +200,7 @@ def simulate(
     finite, steps_done, tail = True, steps, None
     for t in range(steps):
         if t > 0:
-            error = error_of(state.output_deviation())
+            error = error_of.of_state(state)
         if k_p > 0:  # leaky PI controller, the leak on the total u (eq. 4)
             u_int.add_(error, alpha=dt).add_(u, alpha=-alpha * dt)
             u_new = torch.add(u_int, error, alpha=k_p)
@@ -236,15 +236,18 @@ FUSED_OFFSET = 1e-3
 def _state_class(params: LayerParams, x: Tensor, cfg: SimulationConfig, error_of: OutputError, signals: bool,
                  checks: bool) -> type:
     """The state representation: :class:`AbsoluteState` in float64 (the published numerics);
-    below, :class:`FusedState` where no step forms teaching signals, no early-stop check reads
-    the state and its deviations lie far above float32's rounding (noisy dynamics: the noise
-    sets them; noise-free: a mean target offset of at least FUSED_OFFSET of the output's size),
-    with a narrow output (a wide one keeps the drive's identity block); otherwise
-    :class:`DeviationState` (cancellation-free)."""
+    below, absolute float32 voltages where no early-stop check reads the state and its
+    deviations lie far above float32's rounding, with a narrow output (a wide one keeps the
+    drive's identity block): :class:`FusedSignalState` for noisy dynamics with per-step teaching
+    signals (the noise sets the deviations), :class:`FusedState` without signals (noisy, or
+    noise-free with a mean target offset of at least FUSED_OFFSET of the output's size);
+    otherwise :class:`DeviationState` (cancellation-free)."""
     if x.dtype == torch.float64:
         return AbsoluteState
-    if signals or checks or cfg.compile or params.weights[-1].shape[0] >= 64:
+    if checks or cfg.compile or params.weights[-1].shape[0] >= 64:
         return DeviationState
+    if signals:
+        return FusedSignalState if cfg.noisy else DeviationState
     if not cfg.noisy:
         offset = float(error_of.scale().mean())
         size = float(torch.linalg.vector_norm(error_of.output_ff, dim=1).mean())
@@ -298,7 +301,7 @@ class _Accumulators:
     def signals(self, step_signals: list, state, u: Tensor) -> None:
         """The teaching signals of the step just taken, and the trajectory."""
         if self.sums is not None:
-            self.sums.add(step_signals, state.rate_deviations)
+            self.sums.add(step_signals, state.rate_deviations, state.signal_scales)
         if self.trajectory is not None:
             self.trajectory.add(u, state.output_rate())
 
@@ -338,7 +341,7 @@ class _ApicalDrive:
         self.width = self.qbar_t.shape[1]
         self.rate, self.generator, self.cfg = cfg.apical_rate, generator, cfg
         self.split = not isinstance(state, AbsoluteState)
-        self.fused = isinstance(state, FusedState)  # the state forms Qbar c inside its own GEMMs
+        self.fused = state.fuses_control  # the state forms Qbar c inside its own GEMMs
         # Q_L = I (fixed feedback, a frozen identity): its block of Q u is u itself. For a wide
         # output (the autoencoder: n_L = 784) that block is most of the per-step drive GEMM; for a
         # narrow one the copy costs more than the GEMM block saves.

@@ -5,6 +5,8 @@
   from the feedforward pass, with cancellation-free teaching signals.
 * :class:`FusedState` (float32, deviations far above its rounding, no per-step teaching signals):
   absolute voltages, each layer's Euler step one in-place GEMM.
+* :class:`FusedSignalState` (float32, noisy dynamics with per-step teaching signals): the same
+  coordinates, each layer's basal voltage one GEMM.
 
 Both advance every layer by one somatic Euler step given the apical input and return the step's
 teaching signals; deviations are formed on request.
@@ -21,7 +23,7 @@ from .activations import DirectDeviation
 from .config import RULES, SimulationConfig
 from .network import LayerParams
 
-__all__ = ["affine", "Apical", "AbsoluteState", "DeviationState", "FusedState", "teaching_signal"]
+__all__ = ["affine", "Apical", "AbsoluteState", "DeviationState", "FusedState", "FusedSignalState", "teaching_signal"]
 
 
 class Apical(NamedTuple):
@@ -79,6 +81,8 @@ class DeviationState:
     dr_i = r_i - r^-_i (float32: the teaching signals from cancellation-free identities)."""
 
     fresh_deviations = False  # voltage_deviations() returns the live state: copy to keep it
+    fuses_control = False  # the apical drive passes each layer's v^A (True: c and eta, Q c inside the state's GEMMs)
+    signal_scales: list[float] | None = None  # the true signal per returned one (None: 1 for every layer)
 
     def __init__(self, params: LayerParams, ff, cfg: SimulationConfig, rule: str) -> None:
         self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
@@ -196,8 +200,8 @@ class FusedState:
     dynamics, strong targets) and no step needs its teaching signals (the sleep passes, a rule
     at the last point): the fewest passes over memory per step.
 
-    Layer i's presynaptic rates, the apical control c and a column of ones share one buffer
-    X_i = [r_{i-1} | c | 1] (B, n_{i-1} + n_L + 1), its weights M_i = [W_i | Q_i | b_i]^T
+    Layer i's presynaptic rates, a column of ones and the apical control c share one buffer
+    X_i = [r_{i-1} | 1 | c] (B, n_{i-1} + 1 + n_L), its weights M_i = [W_i | b_i | Q_i]^T
     (contiguous), so the somatic step v_i <- (1 - b) v_i + b (X_i M_i + eta_i) is one in-place
     ``addmm_`` (and one add of the noise eta_i), and phi(v_i) is written straight into X_{i+1}.
     Layer 1's basal input W_1 x + b_1 is constant: v_1 <- (1 - b) v_1 + b (c Q_1^T + v^B_1 + eta_1).
@@ -211,6 +215,8 @@ class FusedState:
     float32 state itself."""
 
     fresh_deviations = True
+    fuses_control = True
+    signal_scales: list[float] | None = None
 
     def __init__(self, params: LayerParams, ff, cfg: SimulationConfig, rule: str) -> None:
         self.params, self.ff, self.cfg, self.rule = params, ff, cfg, rule
@@ -223,21 +229,23 @@ class FusedState:
         self.maps: list[Tensor] = [params.feedback[0].T.contiguous()]  # (K_i, n_i)
         self.inputs: list[Tensor | None] = [None]
         self.controls: list[Tensor] = []  # the c columns of every X_i
+        self.basal_width: list[int] = [0]  # the columns [r_{i-1} | 1] of X_i
         for i in range(1, n_layers):
             weights, bias = params.weights[i], params.biases[i]
             if self.scaled[i - 1]:  # W r + b = (2 W) s + (b - W 1)
                 bias = -weights.sum(1) if bias is None else bias - weights.sum(1)
                 weights = weights * 2.0
-            parts = [weights, params.feedback[i]] + ([] if bias is None else [bias.unsqueeze(1)])
+            parts = [weights] + ([] if bias is None else [bias.unsqueeze(1)]) + [params.feedback[i]]
             self.maps.append(torch.cat(parts, 1).T.contiguous())
             n_pre = self.sizes[i - 1]
+            self.basal_width.append(n_pre + (bias is not None))
             inputs = ff.r[i - 1].new_ones(batch, self.maps[i].shape[0])
             if self.scaled[i - 1]:
                 torch.sigmoid(self.v[i - 1], out=inputs[:, :n_pre])
             else:
                 inputs[:, :n_pre] = ff.r[i - 1]
             self.inputs.append(inputs)
-            self.controls.append(inputs[:, n_pre:n_pre + n_out])
+            self.controls.append(inputs[:, self.basal_width[i]:])
         self.step_gain = [2.0 * b if scaled else b for scaled in self.scaled]
         self.basal_first = ff.v[0] * self.step_gain[0]  # b (W_1 x + b_1), in layer 1's coordinates
         last = params.activations[-1]
@@ -293,6 +301,72 @@ class FusedState:
     def rate_deviations(self) -> list[Tensor]:
         return [torch.sub(r * 2.0 - 1.0, r_ff) if scaled else r - r_ff
                 for r, r_ff, scaled in zip(self.rates, self.ff.r, self.scaled)]
+
+
+class FusedSignalState(FusedState):
+    """:class:`FusedState`'s absolute float32 coordinates, with every step's teaching signals:
+    the noisy dynamics of the time-average rule (Strong-DFC's single phase, DFC with noise),
+    whose deviations the noise sets far above float32's rounding.
+
+    Layer i's basal voltage is one GEMM over the first columns of X_i, [r_{i-1} | 1], into
+    a reused buffer, in the layer's coordinates (u^B_i = 2 v^B_i for a hidden tanh layer); the
+    apical voltage v^A_i comes from the drive (Qbar c + eta, one ``addmm`` for all layers). Per
+    hidden tanh layer and step that is a GEMM and five passes: the somatic input u^B + 2 v^A,
+    the Euler step, s = sigmoid(u) into X_{i+1}, s^B = sigmoid(u^B) and the signal
+    s - s^B, half of tanh(v) - tanh(v^B) (``signal_scales``: 2), against eleven passes of the
+    deviation form. Rounding: about 1e-7 absolute in each signal, that of the rates."""
+
+    fuses_control = False
+
+    def __init__(self, params: LayerParams, ff, cfg: SimulationConfig, rule: str) -> None:
+        super().__init__(params, ff, cfg, rule)
+        self.gain = [2.0 if scaled else 1.0 for scaled in self.scaled]
+        self.basal_maps = [None] + [(self.maps[i][:self.basal_width[i]] * self.gain[i]).contiguous()
+                                    for i in range(1, params.num_layers)]
+        first, act = ff.v[0] * self.gain[0], params.activations[0]
+        self.basal = [first] + [torch.empty_like(v) for v in ff.v[1:]]
+        self.first_basal_rate = torch.sigmoid(first) if self.scaled[0] else act(first)
+        self.soma = [torch.empty_like(v) for v in ff.v]
+        self.signals = [torch.empty_like(v) for v in ff.v]
+        if rule == "voltage_difference":
+            self.signal_scales = [1.0 / g for g in self.gain]
+        else:  # tanh(v) - tanh(v^B) = 2 (s - s^B)
+            self.signal_scales = [2.0 if scaled else 1.0 for scaled in self.scaled]
+        # per layer, in step order, what the step reads and writes (no per-step slicing or lookups)
+        self.plan = [(i, self.v[i], self.basal[i], None if i == 0 else self.inputs[i][:, :self.basal_width[i]],
+                      self.basal_maps[i], self.soma[i], self.gain[i], self.rates[i], self.scaled[i],
+                      params.activations[i], self._signal_kind(i), self.signals[i]) for i in self.order]
+
+    def _signal_kind(self, i: int) -> str:
+        act = self.params.activations[i]
+        if self.rule == "voltage_difference" or act.name == "linear":
+            return "voltage"  # v - v^B
+        if i == 0:
+            return "first"  # the basal voltage W_1 x + b_1 is constant: phi(v^B_1) once
+        return "sigmoid" if self.scaled[i] else "rate"
+
+    def step(self, apical: tuple[Tensor, ...], want_signal: bool) -> list[Tensor | None]:
+        """One somatic Euler step of every layer given its apical voltage v^A_i (B, n_i); the
+        step's signals (valid until the next step; times ``signal_scales``) if ``want_signal``."""
+        signals: list[Tensor | None] = [None] * len(self.v)
+        soma_rate = self.soma_rate
+        for i, v, basal, pre, basal_map, soma, gain, rate, scaled, act, kind, out in self.plan:
+            if pre is not None:
+                torch.mm(pre, basal_map, out=basal)
+            v.lerp_(torch.add(basal, apical[i], alpha=gain, out=soma), soma_rate)
+            if scaled:
+                torch.sigmoid(v, out=rate)
+            else:
+                _write_rate(act, v, rate)
+            if not want_signal:
+                continue
+            if kind == "voltage":
+                signals[i] = torch.sub(v, basal, out=out)
+            elif kind == "first":
+                signals[i] = torch.sub(rate, self.first_basal_rate, out=out)
+            else:
+                signals[i] = torch.sub(rate, basal.sigmoid_() if kind == "sigmoid" else act(basal), out=out)
+        return signals
 
 
 def _write_rate(act, v: Tensor, out: Tensor) -> None:

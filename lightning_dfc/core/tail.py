@@ -65,6 +65,13 @@ class OutputError:
             return self.delta - dr_out
         return self.target - _row_softmax(self.output_ff + dr_out)
 
+    def of_state(self, state) -> Tensor:
+        """e at a simulation state's output: the softmax error from its output rate directly
+        (the fused states hold it; no deviation formed and added back)."""
+        if self.kind == "linear":
+            return self.delta - state.output_deviation()
+        return self.target - _row_softmax(state.output_rate())
+
     def sensitivity(self, dr_out: Tensor) -> Tensor | None:
         """-de/dr_L, (B, n_L, n_L): ``None`` for the linear error (the identity), diag(p) - p p^T
         for the softmax error."""

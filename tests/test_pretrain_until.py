@@ -174,3 +174,19 @@ def test_the_defaults_and_the_published_configs():
     init = published["model"]["init_args"]
     assert init["feedback"]["pretrain_until"] is None and init["feedback"]["pretrain_epochs"] == 10
     assert init["forward_optimizer"]["init_args"]["betas"] == [0.99, 0.99]
+
+
+@pytest.mark.parametrize("strong", [False, True], ids=["dfc", "strong_dfc"])
+def test_the_low_condition_2_advice_fits_the_method(strong):
+    """DFC's weak nudge needs Condition 2 (the summary points to pretrain_until below 0.95);
+    Strong-DFC's strong feedback does not (its published pre-training reaches about 0.24)."""
+    from types import SimpleNamespace
+
+    from lightning_dfc.shell.summary import _pretraining_line
+
+    module = SimpleNamespace(_dfc_pretrain_condition_2=0.24, dfc_feedback_config=FeedbackConfig(pretrain_until=None),
+                             dfc_schedule=SimpleNamespace(pretrain_epochs=1), dfc_method=SimpleNamespace(strong=strong))
+    line = _pretraining_line(module)
+    assert "Condition 2 = 0.240" in line
+    assert ("see feedback.pretrain_until" in line) is not strong
+    assert ("strong feedback does not need Condition 2" in line) is strong

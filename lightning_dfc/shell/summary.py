@@ -54,6 +54,8 @@ def _pretraining_line(module: Any) -> str | None:
     if cfg.pretrain_until is not None:
         reached = "reached" if value >= cfg.pretrain_until else "not reached"
         line += f" (pretrain_until {cfg.pretrain_until:g} {reached}, at most {cfg.pretrain_epochs} epochs)"
+    elif getattr(getattr(module, "dfc_method", None), "strong", False):
+        line += " (strong feedback does not need Condition 2: Strong-DFC's pre-training only stabilises the controller)"
     elif value < LOW_CONDITION_2:
         line += (f" (below {LOW_CONDITION_2}: the feedback weights are far from aligned; "
                  "see feedback.pretrain_until in docs/user_guide.md)")

@@ -46,15 +46,21 @@ CASES = ("dfc_wake", "dfc_sleep", "dfc_sleep_float32", "strong_dfc_wake", "stron
 
 
 def old_simulate(revision: str):
-    """``simulate`` of ``lightning_dfc/dynamics.py`` at ``revision``, importing today's config/network."""
-    source = subprocess.run(["git", "show", f"{revision}:lightning_dfc/dynamics.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
+    """``simulate`` of the dynamics module at ``revision`` (``lightning_dfc/core/dynamics.py``, or
+    ``lightning_dfc/dynamics.py`` before the core/shell split), importing today's core modules."""
+    for file in ("lightning_dfc/core/dynamics.py", "lightning_dfc/dynamics.py"):
+        shown = subprocess.run(["git", "show", f"{revision}:{file}"], cwd=REPO, capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise ValueError(f"revision {revision} has no dynamics module: {shown.stderr.strip()}")
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "old_dynamics.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("lightning_dfc._old_dynamics", path,
+    spec = importlib.util.spec_from_file_location("lightning_dfc.core._old_dynamics", path,
                                                   submodule_search_locations=None)
     module = importlib.util.module_from_spec(spec)
-    module.__package__ = "lightning_dfc"  # .config, .network: the package's aliases of today's modules
+    module.__package__ = "lightning_dfc.core"  # .config, .network: today's modules
     sys.modules[spec.name] = module  # (dataclasses look their module up there)
     spec.loader.exec_module(module)
     accepted = inspect.signature(module.simulate).parameters

@@ -48,12 +48,14 @@ import time
 import torch
 
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig, sleep_defaults
-from lightning_dfc.dynamics import feedforward, output_jacobian
-from lightning_dfc.rules import VARIANTS, feedback_update, forward_update
+from lightning_dfc.core.dynamics import feedforward, output_jacobian
+from lightning_dfc.core.rules import feedback_update
+from lightning_dfc.core.methods import forward_update
 
 AUTHORS_DFC_S = 11.0  # the authors' implementation, DFC wake phase, per batch (2-core machine)
 AUTHORS_SLEEP_S = 0.4  # the same, sleep phase
-PHASES = (*VARIANTS, "sleep")
+METHOD_NAMES = ("dfc", "dfc_ss", "dfc_ssa", "dfa", "bp")  # the forward updates timed
+PHASES = (*METHOD_NAMES, "sleep")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 LOSS = "cross_entropy"
 MIN_SAMPLE_S = 0.3  # a timed sample loops short calls until it lasts this long

@@ -56,7 +56,7 @@ from torch import nn
 
 from lightning_dfc import DFCMixin, FeedbackConfig, UpdateConfig
 from lightning_dfc.core.diagnostics import angle, condition_2, feedback_alignment, jacobian_at
-from lightning_dfc.data import MNISTDataModule
+from lightning_dfc.shell.data import MNISTDataModule
 
 DFC_LAMBDA = 0.07794
 PAPER_FORWARD = functools.partial(torch.optim.Adam, lr=9.266e-5, betas=(0.99, 0.99), eps=9.446e-8)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(args: argparse.Namespace) -> dict:
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_dfc.cli import build_cli
+    from lightning_dfc.shell.cli import build_cli
 
     batch_size = args.batch_size // args.devices
     argv = ["--config", str(args.config), f"--data.data_dir={args.data_dir}", "--data.download=false",

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests" / "reference"))
 from harness import load_excerpt, same_noise  # noqa: E402
 from make_reference import inputs, near_weight_product  # noqa: E402
 
-from lightning_dfc.cli import build_cli  # noqa: E402
+from lightning_dfc.shell.cli import build_cli  # noqa: E402
 
 CONFIGS = ["examples/mnist_dfc.yaml", "examples/mnist_strong_dfc.yaml", "examples/mnist_strong_dfc_ss.yaml"]
 BATCH = 128
@@ -59,7 +59,7 @@ def build_model(config: Path, numerics: str = "exact"):
             f"--model.init_args.numerics={numerics}"]
     model = build_cli(args, run=False).model.double()
     net = model.dfc_net
-    if model.dfc_spec.train_feedback:  # fixed feedback keeps its own (weight product)
+    if model.dfc_method.train_feedback:  # fixed feedback keeps its own (weight product)
         with torch.no_grad():
             weights = [layer.weight.detach() for layer in net.layers]
             default = torch.get_default_dtype()
@@ -119,7 +119,7 @@ def timed(fn, repeats: int, device: torch.device) -> list[float]:
 
 
 def sleep_passes(model) -> int:
-    if model.dfc_spec.single_phase or not model.dfc_spec.train_feedback:
+    if model.dfc_method.single_phase or not model.dfc_method.train_feedback:
         return 0
     cfg = model.dfc_feedback_config
     return cfg.sleep_before + cfg.sleep_after

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests" / "reference"))
 
 from harness import agreement  # noqa: E402
 
-from lightning_dfc.cli import build_cli  # noqa: E402
+from lightning_dfc.shell.cli import build_cli  # noqa: E402
 
 
 def model(config: Path, checkpoint: Path, numerics: str):
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.set_num_threads(1)
     from torchvision.datasets import MNIST
 
-    from lightning_dfc.data import MNISTDataModule
+    from lightning_dfc.shell.data import MNISTDataModule
 
     data = MNIST(str(args.data_dir), train=True, download=False)
     images = data.data.double().div(255).sub(MNISTDataModule.mean).div(MNISTDataModule.std).flatten(1)

@@ -76,7 +76,7 @@ Per run, one JSON line is appended to ``--results`` as soon as it finishes:
   ``--resume`` skips failed runs too (they would fail the same way), except ``interrupted`` ones
   (a worker that was killed or interrupted), which it runs again.
 
-With ``--diagnostics``, a :class:`lightning_dfc.callbacks.ConditionMonitor` measures the DFC-family
+With ``--diagnostics``, a :class:`lightning_dfc.shell.callbacks.ConditionMonitor` measures the DFC-family
 rows (not BP, DFA) at the end of every wake epoch on its last batch (``max_samples`` 16):
 Condition 2, the control loss H and Condition 2 at the controlled steady state (``h``), the angles
 of the applied update with BP, damped Gauss-Newton and dH/dW, and of Q with J^T and J's damped
@@ -445,7 +445,7 @@ def _wake_epoch_progress(results: str, base: dict[str, Any], schedule, timer, se
     (``time.time()``) it stops the run there (``stopped``), to be resumed from its checkpoint."""
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_dfc.schedule import Phase
+    from lightning_dfc.core.schedule import Phase
 
     class WakeEpochProgress(Callback):
         stopped, last_epoch = False, None
@@ -484,7 +484,7 @@ def initial_validation(model, datamodule, precision: str) -> dict[str, float | N
 
     import torch
 
-    from lightning_dfc.rules import loss_value
+    from lightning_dfc.core.losses import loss_value
 
     dtype = torch.float64 if str(precision).startswith("64") else torch.float32
     network = copy.deepcopy(model.network).to(device="cpu", dtype=dtype)
@@ -529,7 +529,7 @@ def run_metrics(root: Path, log_dir: Path | None) -> dict[int, dict[str, float]]
 
 def wake_curves(epochs: dict[int, dict[str, float]], initial: dict[str, float | None]) -> dict[str, Any]:
     """The curves indexed by wake epoch 0..E ([0]: before training) and the diagnostics."""
-    wake = sorted((m for m in epochs.values() if m.get("phase") == 2.0), key=lambda m: m["forward_epoch"])
+    wake = sorted((m for m in epochs.values() if m.get("phase") == 2.0), key=lambda m: m.get("wake_epoch", m.get("forward_epoch", 0) + 1))
 
     def curve(key: str, first: float | None) -> list[float | None]:
         return [first] + [m.get(key) for m in wake]
@@ -559,9 +559,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Fit and test one (row, seed); returns the JSON record (status ok / failed)."""
     import torch
 
-    from lightning_dfc.callbacks import ConditionMonitor
-    from lightning_dfc.cli import build_cli
-    from lightning_dfc.schedule import Phase
+    from lightning_dfc.shell.callbacks import ConditionMonitor
+    from lightning_dfc.shell.cli import build_cli
+    from lightning_dfc.core.schedule import Phase
 
     torch.set_num_threads(spec["threads"])
     record: dict[str, Any] = {"row": spec["row"], "seed": spec["seed"], "config": spec["config"],

@@ -30,7 +30,7 @@ from harness import load, load_excerpt, settings_of  # noqa: E402
 from make_reference import inputs  # noqa: E402
 
 from lightning_dfc import MLP, DFCModule  # noqa: E402
-from lightning_dfc.cli import build_cli  # noqa: E402
+from lightning_dfc.shell.cli import build_cli  # noqa: E402
 
 SIZES = [784, 256, 256, 256, 10]
 

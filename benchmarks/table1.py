@@ -13,7 +13,7 @@ next to the paper's value where one is published (``shared/reference/dfc_referen
 variants). A second table gives the wall time of ``fit`` per run.
 
 Each run is one example config, ``examples/<task>_<method>.yaml``, trained through
-:func:`lightning_dfc.cli.build_cli`: ``fit`` (``--epochs`` forward-weight epochs; a trained-feedback
+:func:`lightning_dfc.shell.cli.build_cli`: ``fit`` (``--epochs`` forward-weight epochs; a trained-feedback
 DFC variant adds its sleep pre-training and sleep epochs on top, as in the paper), then ``test``
 at the **best checkpoint**, the one the config's ``ModelCheckpoint`` keeps: highest ``val_acc``
 (classification), lowest ``val_loss`` (autoencoder), lowest ``train_loss_epoch`` (MNIST-train, which
@@ -227,7 +227,7 @@ def cli_args(args: argparse.Namespace, task: str, method: str, seed: int, root: 
 
 def run_one(args: argparse.Namespace, task: str, method: str, seed: int) -> dict[str, Any]:
     """Fit and test one config; returns the JSON record (``status`` ok / skipped / failed)."""
-    from lightning_dfc.cli import build_cli
+    from lightning_dfc.shell.cli import build_cli
 
     record: dict[str, Any] = {"task": task, "method": method, "seed": seed,
                               "config": config_path(args, task, method).name, **settings(args, task)}

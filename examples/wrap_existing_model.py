@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dfc import DFCMixin, FeedbackConfig, SimulationConfig
-from lightning_dfc.data import MNISTDataModule
+from lightning_dfc.shell.data import MNISTDataModule
 
 
 class LitClassifier(pl.LightningModule):

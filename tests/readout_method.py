@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from lightning_dfc import Method, register_method
-from lightning_dfc.core.rules import Update, loss_gradient
+from lightning_dfc.core.rules import Update
+from lightning_dfc.core.losses import loss_gradient
 
 
 @dataclass(frozen=True)

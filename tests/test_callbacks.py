@@ -7,8 +7,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torchvision.io import decode_image
 
 from lightning_dfc import MLP, DFCModule
-from lightning_dfc.callbacks import ReconstructionGrid
-from lightning_dfc.data import MNISTDataModule
+from lightning_dfc.shell.callbacks import ReconstructionGrid
+from lightning_dfc.shell.data import MNISTDataModule
 
 
 def test_reconstruction_grid_is_saved_as_an_image(tmp_path):

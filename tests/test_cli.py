@@ -20,8 +20,8 @@ import yaml
 from helpers import write_fake_mnist
 
 import lightning_dfc
-from lightning_dfc import MLP, VARIANTS, DFCModule
-from lightning_dfc.cli import DFCLightningCLI, build_cli, main
+from lightning_dfc import METHODS, MLP, DFCModule
+from lightning_dfc.shell.cli import DFCLightningCLI, build_cli, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "examples" / "mnist_dfc.yaml")
@@ -83,7 +83,7 @@ def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert init["feedback"]["simulation"]["steps"] == 48
     assert init["updates"]["exclude_non_converged"] is True
     assert printed["trainer"]["precision"] == "64-true"
-    assert printed["data"]["class_path"] == "lightning_dfc.data.MNISTDataModule"
+    assert printed["data"]["class_path"] == "lightning_dfc.shell.data.MNISTDataModule"
 
 
 def test_variant_override() -> None:
@@ -92,8 +92,8 @@ def test_variant_override() -> None:
     assert isinstance(cli, DFCLightningCLI)
     model = cli.model
     assert model.dfc_variant == "dfc_ssa_fixed"
-    assert model.dfc_spec == VARIANTS["dfc_ssa_fixed"]
-    assert model.dfc_spec.rule == "dfc_ssa" and not model.dfc_spec.train_feedback
+    assert model.dfc_method == METHODS["dfc_ssa_fixed"]
+    assert model.dfc_method.rule == "dfc_ssa" and not model.dfc_method.train_feedback
     assert model.dfc_dynamics.steps == 33 and model.dfc_dynamics.k_p == 2.0  # rest from the file
     assert model.dfc_schedule.cycle == 1  # fixed feedback: no sleep epochs
     assert model.hparams["variant"] == "dfc_ssa_fixed"
@@ -115,7 +115,7 @@ def test_bad_dt_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_variant_lists_the_variants(capsys: pytest.CaptureFixture[str]) -> None:
     message = cli_error(["fit", "--config", CONFIG, "--model.init_args.variant=dfc_nope"], capsys)
     assert "dfc_nope" in message
-    assert all(repr(name) in message for name in VARIANTS), message
+    assert all(repr(name) in message for name in METHODS), message
 
 
 def test_missing_data_lists_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,7 +291,7 @@ def test_load_from_checkpoint_with_network(fitted: dict[str, Any]) -> None:
 
 def test_console_script_entry_point() -> None:
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
-    assert scripts.get("lightning-dfc") == "lightning_dfc.cli:main"
+    assert scripts.get("lightning-dfc") == "lightning_dfc.shell.cli:main"
 
 
 def print_version(capsys: pytest.CaptureFixture[str]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_dfc.cli import TRACEBACK_ENV, main
+from lightning_dfc.shell.cli import TRACEBACK_ENV, main
 
 CONFIG = "examples/mnist_dfc.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def _no_network(self) -> None:
 def test_the_main_job_offline_is_one_error_line(download, tmp_path, capsys, monkeypatch):
     """The README's main job on a machine without MNIST and without internet (issue 14): one line
     naming --data.data_dir and the download option, status 2, no traceback."""
-    from lightning_dfc.data import MNISTDataModule
+    from lightning_dfc.shell.data import MNISTDataModule
 
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
     monkeypatch.setattr(MNISTDataModule.dataset_class, "download", _no_network)
@@ -74,7 +74,7 @@ def test_the_main_job_offline_is_one_error_line(download, tmp_path, capsys, monk
 
 
 def test_the_main_job_offline_traceback_on_request(tmp_path, monkeypatch):
-    from lightning_dfc.data import DataDownloadError, MNISTDataModule
+    from lightning_dfc.shell.data import DataDownloadError, MNISTDataModule
 
     monkeypatch.setenv(TRACEBACK_ENV, "1")
     monkeypatch.setattr(MNISTDataModule.dataset_class, "download", _no_network)

@@ -1,7 +1,7 @@
 """The example configs: each one trains through the CLI, and has the expected trainer and data.
 
 * ``test_example_trains``: every ``examples/*.yaml`` runs one ``fast_dev_run`` step of ``fit``
-  through :func:`lightning_dfc.cli.build_cli` on tiny data (fake MNIST IDX files or a small
+  through :func:`lightning_dfc.shell.cli.build_cli` on tiny data (fake MNIST IDX files or a small
   teacher) with a short simulation, and must change the weights it trains, its output layer's
   step descending the loss on the batch it was computed on.
 * ``test_example_trainer_section``, ``test_example_data``: logging, checkpointing and the data
@@ -24,9 +24,9 @@ import yaml
 from helpers import write_fake_mnist
 
 from lightning_dfc import DFCModule
-from lightning_dfc.cli import build_cli
-from lightning_dfc.core.rules import loss_value
-from lightning_dfc.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
+from lightning_dfc.shell.cli import build_cli
+from lightning_dfc.core.losses import loss_value
+from lightning_dfc.shell.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -195,7 +195,7 @@ def test_example_trainer_section(config: Path) -> None:
     assert trainer["logger"]["init_args"]["name"] == config.stem
     (checkpoint,) = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
     others = [c["class_path"] for c in trainer["callbacks"] if c is not checkpoint]
-    assert others == (["lightning_dfc.callbacks.ReconstructionGrid"] if task == "mnist_autoencoder" else [])
+    assert others == (["lightning_dfc.shell.callbacks.ReconstructionGrid"] if task == "mnist_autoencoder" else [])
     assert checkpoint["class_path"] == "lightning.pytorch.callbacks.ModelCheckpoint"
     monitor = MONITOR.get(task, ("val_acc", "max"))
     assert (checkpoint["init_args"]["monitor"], checkpoint["init_args"]["mode"]) == monitor
@@ -209,13 +209,13 @@ def test_example_data(config: Path) -> None:
     data = load(config)["data"]
     args = data["init_args"]
     if task == "toy":
-        assert data["class_path"] == "lightning_dfc.data.StudentTeacherDataModule"
+        assert data["class_path"] == "lightning_dfc.shell.data.StudentTeacherDataModule"
         assert args["teacher_hidden"] == [1000] * 4 and args["teacher_activation"] == "relu"
         assert (args["num_train"], args["num_val"], args["num_test"]) == (5000, 1000, 1000)
         assert close(args["teacher_init_gain"], 3.0) and args["batch_size"] == 128
         return
     expected = "FashionMNISTDataModule" if task == "fmnist" else "MNISTDataModule"
-    assert data["class_path"] == f"lightning_dfc.data.{expected}"
+    assert data["class_path"] == f"lightning_dfc.shell.data.{expected}"
     # the batch size is the published run's (test_published_configs checks it); all but one use 128
     assert args["batch_size"] == (32 if config.stem == "mnist_dfc_noisy_dynamics" else 128)
     assert args["val_size"] == 5000

@@ -1,4 +1,4 @@
-"""The Strong-DFC control loss H = ||Qbar u_ss||^2 (lightning_dfc.control) against the theory.
+"""The Strong-DFC control loss H = ||Qbar u_ss||^2 (lightning_dfc.core.control_loss) against the theory.
 
 Independent checks: the fixed point against long noise-free simulations, the closed-form dH/dW
 against central finite differences of H re-solved at perturbed weights, and the alignment claim
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig
-from lightning_dfc.control import (
+from lightning_dfc.core.control_loss import (
     control_loss,
     control_loss_gradient,
     condition_2_at_steady_state,
@@ -19,9 +19,9 @@ from lightning_dfc.control import (
     h_update_angle,
     steady_state_update,
 )
-from lightning_dfc.diagnostics import condition_2
-from lightning_dfc.dynamics import feedforward, output_jacobian, simulate
-from lightning_dfc.network import LayerParams
+from lightning_dfc.core.diagnostics import condition_2
+from lightning_dfc.core.dynamics import feedforward, output_jacobian, simulate
+from lightning_dfc.core.network import LayerParams
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread", "exact_numerics")  # small tensors; the exact numerics

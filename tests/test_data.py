@@ -11,7 +11,7 @@ import torch
 from helpers import BLACK_PIXEL, ID_PIXEL, WHITE_PIXEL, write_fake_mnist
 from torch import nn
 
-from lightning_dfc.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
+from lightning_dfc.shell.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
 
 # the offline data: ../shared/data beside the checkout, or the folder LIGHTNING_DFC_DATA names
 SHARED_DATA = Path(os.environ.get("LIGHTNING_DFC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

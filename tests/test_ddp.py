@@ -115,14 +115,14 @@ def test_fast_numerics_two_processes_equal_one_process_within_their_bound(tmp_pa
 
 def test_ranks_stay_identical_with_sleep_phases(tmp_path):
     trainer = fit(make_model("dfc"), 2, "ddp_fork", tmp_path)
-    assert trainer.callback_metrics["forward_epoch"] == 1  # the second of 2 forward epochs ran
+    assert trainer.callback_metrics["wake_epoch"] == 2  # the second of 2 wake epochs ran
     assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
 
 
 def test_sharded_strategy_is_refused():
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 
-    from lightning_dfc.distributed import check_strategy
+    from lightning_dfc.shell.distributed import check_strategy
 
     check_strategy(SingleDeviceStrategy("cpu"))
     check_strategy(DDPStrategy())
@@ -157,7 +157,7 @@ def test_pretraining_until_aligned_ends_on_every_rank_at_once(tmp_path):
                          enable_model_summary=False, callbacks=[RankChecksum(), MeasuredCondition2()],
                          default_root_dir=tmp_path, use_distributed_sampler=False)
     trainer.fit(model, datamodule=InterleavedData())
-    assert trainer.callback_metrics["forward_epoch"] == 1
+    assert trainer.callback_metrics["wake_epoch"] == 2
     assert trainer.callback_metrics["checksum_min"] == trainer.callback_metrics["checksum_max"]
     assert 0 < trainer.callback_metrics["c2_min"] == trainer.callback_metrics["c2_max"] < 1
 

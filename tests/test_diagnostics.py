@@ -1,4 +1,4 @@
-"""Diagnostics (lightning_dfc.diagnostics) and their torchmetrics wrappers (lightning_dfc.metrics).
+"""Diagnostics (lightning_dfc.core.diagnostics) and their torchmetrics wrappers (lightning_dfc.shell.metrics).
 
 Cases whose answers are known by construction, and independent computations: per-sample loops,
 Jacobians from ``torch.func`` on forward passes written here, a vector field written here, and the
@@ -12,7 +12,7 @@ import torch
 from torch.func import jacrev
 
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig
-from lightning_dfc.diagnostics import (
+from lightning_dfc.core.diagnostics import (
     alignment_angles,
     angle,
     condition_1,
@@ -27,16 +27,17 @@ from lightning_dfc.diagnostics import (
     stability,
     system_matrix,
 )
-from lightning_dfc.dynamics import feedforward, simulate
-from lightning_dfc.metrics import (
+from lightning_dfc.core.dynamics import feedforward, simulate
+from lightning_dfc.shell.metrics import (
     AlignmentAngle,
     Condition1,
     Condition2,
     Condition3Margin,
     Stability,
 )
-from lightning_dfc.network import LayerParams
-from lightning_dfc.rules import bp_update, loss_gradient
+from lightning_dfc.core.network import LayerParams
+from lightning_dfc.core.rules import bp_update
+from lightning_dfc.core.losses import loss_gradient
 
 DT = torch.float64
 SIZES = [5, 7, 6, 3]

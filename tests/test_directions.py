@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dfc import DFC, MLP, VARIANTS, DFCModule, SimulationConfig
+from lightning_dfc import DFC, MLP, METHODS, DFCModule, SimulationConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +67,7 @@ def plain_run(variant: str, sign: float, steps: int = 20) -> tuple[float, float]
     return start, _loss(model, x, y)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(METHODS))
 def test_the_plain_update_descends_and_its_flip_ascends(variant: str) -> None:
     start, end = plain_run(variant, 1.0)
     assert end < 0.9 * start, (start, end)
@@ -115,7 +115,7 @@ def test_the_module_update_descends_and_its_flip_ascends(variant: str) -> None:
     assert start_flipped == start and end_flipped > start, (start, end_flipped)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(METHODS))
 def test_every_layer_moves_along_the_loss_gradient(variant: str) -> None:
     """Per tensor (W_i, b_i), the method's update points along the loss gradient (feedback aligned
     as after pre-training): a layer left out (zero) or of the wrong sign fails. DFA's hidden

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, UpdateConfig, sleep_defaults
 from lightning_dfc.core.divergence import DivergenceCheck, advice, state_ratio
-from lightning_dfc.mixin import DivergenceError
+from lightning_dfc.shell.mixin import DivergenceError
 
 
 def _loader(n=32, features=12, classes=4, batch=16):

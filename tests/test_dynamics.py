@@ -19,18 +19,12 @@ from torch import nn
 from torch.func import jacrev
 
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig, sleep_defaults
-from lightning_dfc.activations import Activation
-from lightning_dfc.dynamics import feedforward, output_jacobian, simulate
-from lightning_dfc.network import LayerParams
-from lightning_dfc.rules import (
-    ConvergenceCriterion,
-    dfc_ss_update,
-    dfc_update,
-    feedback_update,
-    forward_update,
-    loss_gradient,
-    output_target,
-)
+from lightning_dfc.core.activations import Activation
+from lightning_dfc.core.dynamics import feedforward, output_jacobian, simulate
+from lightning_dfc.core.network import LayerParams
+from lightning_dfc.core.rules import ConvergenceCriterion, dfc_ss_update, dfc_update, feedback_update
+from lightning_dfc.core.methods import forward_update
+from lightning_dfc.core.losses import loss_gradient, output_target
 
 DT = torch.float64
 SIZES = [6, 8, 7, 4]
@@ -881,7 +875,7 @@ def test_early_stop_with_exclusion_excludes_what_the_full_run_excludes(variant):
 def test_identity_output_feedback_is_not_multiplied(monkeypatch: pytest.MonkeyPatch) -> None:
     """Q_L = I (fixed feedback) with a wide output: the drive's last block is u itself instead of
     a GEMM with the identity. Same simulation as the plain GEMM, to rounding."""
-    import lightning_dfc.dynamics as dynamics
+    import lightning_dfc.core.dynamics as dynamics
 
     net = make_net(sizes=[6, 9, 64], feedback_init="weight_product")
     params = net.params()

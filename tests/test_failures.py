@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import _write_idx, fake_images, write_fake_mnist
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, UpdateConfig
-from lightning_dfc.data import MNISTDataModule
-from lightning_dfc.distributed import check_precision
+from lightning_dfc.shell.data import MNISTDataModule
+from lightning_dfc.shell.distributed import check_precision
 
 
 def _model():

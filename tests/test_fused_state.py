@@ -27,7 +27,7 @@ from lightning_dfc import MLP, DFCNetwork, SimulationConfig
 from lightning_dfc.core import dynamics, tail
 from lightning_dfc.core.dynamics import feedforward, simulate
 from lightning_dfc.core.noise import NoiseSource, standard_noise
-from lightning_dfc.core.rules import output_delta, strong_target
+from lightning_dfc.core.losses import output_delta, strong_target
 from lightning_dfc.core.state import AbsoluteState, DeviationState, FusedSignalState, FusedState
 from lightning_dfc.core.tail import OutputError, last_point_can_settle
 

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_dfc import DFCMixin
 from lightning_dfc.core.diagnostics import angle
 from lightning_dfc.core.rules import bp_update
-from lightning_dfc.data import MNISTDataModule
+from lightning_dfc.shell.data import MNISTDataModule
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "wrap_existing_model.py"
 

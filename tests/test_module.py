@@ -10,8 +10,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, PhaseSchedule, SimulationConfig, UpdateConfig
-from lightning_dfc.mixin import DivergenceError
-from lightning_dfc.schedule import Phase
+from lightning_dfc.shell.mixin import DivergenceError
+from lightning_dfc.core.schedule import Phase
 
 
 def data(n=48, features=8, classes=3, seed=0, batch=16, shuffle=True):

@@ -12,8 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, UpdateConfig
-from lightning_dfc.callbacks import ConditionMonitor
-from lightning_dfc.cli import build_cli
+from lightning_dfc.shell.callbacks import ConditionMonitor
+from lightning_dfc.shell.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SLEEP = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
@@ -84,7 +84,7 @@ def test_bad_arguments():
 
 def test_monitor_from_yaml_config(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
-    callback = {"class_path": "lightning_dfc.callbacks.ConditionMonitor",
+    callback = {"class_path": "lightning_dfc.shell.callbacks.ConditionMonitor",
                 "init_args": {"metrics": ["condition_2", "mn"], "max_samples": 8}}
     cli = build_cli([
         "--config", str(ROOT / "examples" / "toy_dfc.yaml"),

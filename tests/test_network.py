@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from lightning_dfc import MLP, DFCNetwork
-from lightning_dfc.activations import Activation
-from lightning_dfc.dynamics import feedforward
+from lightning_dfc.core.activations import Activation
+from lightning_dfc.core.dynamics import feedforward
 
 DT = torch.float64
 

@@ -259,7 +259,7 @@ def test_one_setting_switches_every_simulation() -> None:
 
 
 def test_the_cli_switch(tmp_path, cli_isolation) -> None:
-    from lightning_dfc.cli import build_cli
+    from lightning_dfc.shell.cli import build_cli
 
     config = Path(__file__).resolve().parents[1] / "examples" / "mnist_dfc.yaml"
     cli = build_cli(["--config", str(config), "--trainer.logger=false"], run=False)

@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
 
-from lightning_dfc import plotting  # noqa: E402
-from lightning_dfc.cli import build_cli, main  # noqa: E402
-from lightning_dfc.plotting import (  # noqa: E402
+from lightning_dfc.shell import plotting  # noqa: E402
+from lightning_dfc.shell.cli import build_cli, main  # noqa: E402
+from lightning_dfc.shell.plotting import (  # noqa: E402
     FIG3_PANELS,
     fig3_figure,
     find_runs,
@@ -41,17 +41,20 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> Path:
     return path
 
 
-def trained_run(root: Path) -> Path:
-    """A trained-feedback run: 2 pre-training epochs, then (sleep, wake, sleep) per forward epoch.
-    Wake epochs log every metric; sleep epochs log the sleep variants; validation rows apart."""
+def trained_run(root: Path, column: str = "wake_epoch") -> Path:
+    """A trained-feedback run: 2 pre-training epochs, then (sleep, wake, sleep) per wake epoch.
+    Wake epochs log every metric; sleep epochs log the sleep variants; validation rows apart.
+    ``column``: ``wake_epoch`` (from 1; 0 in pre-training), or the 0-based ``forward_epoch`` of
+    logs written before it (-1 in pre-training)."""
+    shift = 1 if column == "wake_epoch" else 0
     rows, epoch = [], 0
     for _ in range(2):
-        rows.append({"epoch": epoch, "phase": 0, "forward_epoch": -1, "diag/sleep/condition_2": 0.5 + 0.1 * epoch})
+        rows.append({"epoch": epoch, "phase": 0, column: shift - 1, "diag/sleep/condition_2": 0.5 + 0.1 * epoch})
         rows.append({"epoch": epoch, "val_loss": 3.0})
         epoch += 1
     for fe in range(3):
         for phase in (1, 2, 1):
-            row = {"epoch": epoch, "phase": phase, "forward_epoch": fe, "step": 10 * epoch}
+            row = {"epoch": epoch, "phase": phase, column: fe + shift, "step": 10 * epoch}
             if phase == 2:
                 row.update({"diag/condition_1": 0.3, "diag/condition_2": 0.9 + 0.01 * fe, "diag/stability": -0.4,
                             "diag/angle_mn": 10.0 - fe, "diag/angle_gn": 20.0 - fe, "diag/angle_ssa": 1.0,
@@ -61,11 +64,11 @@ def trained_run(root: Path) -> Path:
             rows.append(row)
             rows.append({"epoch": epoch, "val_loss": 2.0 - 0.1 * fe})
             epoch += 1
-    return write_csv(root / "toy_dfc" / "version_0" / "metrics.csv", rows)
+    return write_csv(root / ("toy_dfc" if column == "wake_epoch" else "toy_dfc_old") / "version_0" / "metrics.csv", rows)
 
 
 def dfa_run(root: Path) -> Path:
-    """A DFA-like run: one Lightning epoch per forward epoch, no forward_epoch column, only some
+    """A DFA-like run: one Lightning epoch per wake epoch, no wake_epoch column, only some
     diagnostics (no Conditions, no SSA alignment), one NaN."""
     rows = []
     for e in range(4):
@@ -110,14 +113,16 @@ def test_find_runs_accepts_files_log_dirs_and_parents(logs: Path) -> None:
         find_runs(logs / "empty")
 
 
-def test_series_maps_epochs_to_forward_epochs(logs: Path) -> None:
+def test_series_maps_epochs_to_wake_epochs(logs: Path, tmp_path: Path) -> None:
     run = load_run(logs / "toy_dfc" / "version_0")
     assert run.label == "toy_dfc"
     xs, ys = series(run, "diag/condition_2")
-    assert xs == [0, 1, 2] and ys == pytest.approx([0.9, 0.91, 0.92])
-    # sleep values: pre-training at x = -1 (the last one), then the last sleep epoch of each cycle
+    assert xs == [1, 2, 3] and ys == pytest.approx([0.9, 0.91, 0.92])
+    # sleep values: pre-training at x = 0 (the last one), then the last sleep epoch of each cycle
     xs, ys = series(run, "diag/sleep/condition_2")
-    assert xs == [-1, 0, 1, 2] and ys == pytest.approx([0.6, 0.84, 0.87, 0.90])
+    assert xs == [0, 1, 2, 3] and ys == pytest.approx([0.6, 0.84, 0.87, 0.90])
+    old = load_run(trained_run(tmp_path / "old", column="forward_epoch"))  # a log from before wake_epoch
+    assert series(old, "diag/sleep/condition_2") == (xs, ys)
     xs, ys = series(run, "diag/sleep/condition_2", reduce="mean")
     assert ys[1] == pytest.approx((0.82 + 0.84) / 2)
     xs, _ = series(run, "diag/condition_2", x="epoch")
@@ -125,10 +130,10 @@ def test_series_maps_epochs_to_forward_epochs(logs: Path) -> None:
     xs, _ = series(run, "diag/condition_2", x="step")
     assert xs == [30, 60, 90]
     assert series(run, "diag/not_there") == ([], [])
-    # no forward_epoch column: the Lightning epoch; a NaN stays (a gap in the line)
+    # no wake_epoch column: the Lightning epoch + 1; a NaN stays (a gap in the line)
     dfa = load_run(logs / "toy_dfa" / "version_3" / "metrics.csv")
     xs, ys = series(dfa, "diag/angle_gn")
-    assert xs == [0, 1, 2, 3] and math.isnan(ys[2])
+    assert xs == [1, 2, 3, 4] and math.isnan(ys[2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,12 +172,12 @@ def test_missing_metrics_leave_runs_out_of_panels(logs: Path) -> None:
 
 
 def test_condition_2_falls_back_to_sleep_values(tmp_path: Path) -> None:
-    rows = [{"epoch": e, "forward_epoch": e // 2, "diag/sleep/condition_2": 0.5 + 0.1 * e} for e in range(4)]
+    rows = [{"epoch": e, "wake_epoch": e // 2 + 1, "diag/sleep/condition_2": 0.5 + 0.1 * e} for e in range(4)]
     write_csv(tmp_path / "sleep_only" / "version_0" / "metrics.csv", rows)
     fig = fig3_figure([tmp_path / "sleep_only"], labels=["DFC"])
     (line,) = [ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
     assert line.get_label() == "DFC (sleep)"
-    assert list(line.get_xdata()) == [0, 1] and list(line.get_ydata()) == pytest.approx([0.6, 0.8])
+    assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == pytest.approx([0.6, 0.8])
 
 
 def test_labels_must_match_the_runs(logs: Path, tmp_path: Path) -> None:
@@ -260,6 +265,6 @@ def test_toy_run_with_monitor_then_plot(tmp_path: Path, monkeypatch: pytest.Monk
     run = load_run(tmp_path / "logs" / "toy_dfc")
     for panel in FIG3_PANELS:
         assert run.has(panel.keys[0]), panel.keys[0]
-    assert series(run, "diag/condition_2")[0] == [0]  # the one forward epoch
+    assert series(run, "diag/condition_2")[0] == [1]  # the one wake epoch
     (png,) = plot_runs([tmp_path / "logs"], tmp_path / "fig3", formats=("png",))
     assert mpimg.imread(png).shape[:2] == FIG3_PIXELS

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from lightning_dfc import MLP
-from lightning_dfc.activations import Activation
-from lightning_dfc.config import SimulationConfig
-from lightning_dfc.dynamics import feedforward, output_jacobian
-from lightning_dfc.network import DFCNetwork
-from lightning_dfc.rules import forward_update, output_delta
+from lightning_dfc.core.activations import Activation
+from lightning_dfc.core.config import SimulationConfig
+from lightning_dfc.core.dynamics import feedforward, output_jacobian
+from lightning_dfc.core.network import DFCNetwork
+from lightning_dfc.core.methods import forward_update
+from lightning_dfc.core.losses import output_delta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

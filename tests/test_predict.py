@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import write_fake_mnist
-from lightning_dfc.cli import build_cli, main
+from lightning_dfc.shell.cli import build_cli, main
 from test_cli import CONFIG, SHORT, data_args
 
 WRITER = str(Path(__file__).resolve().parents[1] / "examples" / "extra" / "predict_writer.yaml")

@@ -4,7 +4,7 @@
 CI) holds, for every ``examples/<name>.yaml``, the published config or command, what the authors'
 parser made of it and what ``tests/reference/authors.py`` maps that to: the keyword arguments of
 :class:`lightning_dfc.DFCModule` and the run-level settings. This test builds each example the
-way ``lightning-dfc fit --config`` does (:func:`lightning_dfc.cli.build_cli`) and compares the
+way ``lightning-dfc fit --config`` does (:func:`lightning_dfc.shell.cli.build_cli`) and compares the
 *resolved* settings with that record: variant, loss, target stepsize (where it matters: not for
 Strong-DFC, whose target is the label), network, every field of the wake and sleep simulations,
 of the feedback and update settings, every optimizer's class and resolved arguments, epochs,
@@ -33,11 +33,12 @@ import torch
 import yaml
 
 from lightning_dfc import DFCModule
-from lightning_dfc.cli import build_cli
-from lightning_dfc.config import SimulationConfig
+from lightning_dfc.shell.cli import build_cli
+from lightning_dfc.core.config import SimulationConfig
 from lightning_dfc.core.numerics import LEVERS, resolve_numerics
-from lightning_dfc.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
-from lightning_dfc.settings import VARIANTS, as_optimizer
+from lightning_dfc.shell.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
+from lightning_dfc.core.config import as_optimizer
+from lightning_dfc.core.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = json.loads((REPO / "tests" / "reference" / "published_configs.json").read_text())
@@ -155,7 +156,7 @@ def mismatches(cli: Any, published: dict[str, Any], numerics: bool = False) -> l
     preset = settings["numerics"] if numerics else None
     assert isinstance(model, DFCModule)
     variant = settings["variant"]
-    spec = VARIANTS[variant]
+    spec = METHODS[variant]
     diff.check("variant", model.dfc_variant, variant)
     diff.check("loss", model.dfc_loss, settings["loss"])
     if not spec.strong:  # Strong-DFC's target is the label: lambda is unused
@@ -258,7 +259,7 @@ def test_example_is_the_published_run(config: Path) -> None:
         assert source["file"].removeprefix("configs/") in text, f"{config.name}: name {source['file']}"
     if any("gn_damping_hpsearch" in note for note in published["notes"]):
         assert "gn_damping_hpsearch" in text
-    if VARIANTS[settings["variant"]].strong:
+    if METHODS[settings["variant"]].strong:
         assert "pretrain_mode" in text
 
 

@@ -20,11 +20,14 @@ import yaml
 from helpers import last_wake_spy
 
 from lightning_dfc import MLP, DFCModule
-from lightning_dfc.config import SimulationConfig
-from lightning_dfc.diagnostics import condition_2
-from lightning_dfc.dynamics import feedforward, output_jacobian
-from lightning_dfc.network import DFCNetwork
-from lightning_dfc.rules import FeedbackRule, control_loss, forward_update, strong_target
+from lightning_dfc.core.config import SimulationConfig
+from lightning_dfc.core.diagnostics import condition_2
+from lightning_dfc.core.dynamics import feedforward, output_jacobian
+from lightning_dfc.core.network import DFCNetwork
+from lightning_dfc.core.rules import FeedbackRule
+from lightning_dfc.core.control_loss import control_loss
+from lightning_dfc.core.methods import forward_update
+from lightning_dfc.core.losses import strong_target
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "exact_numerics")  # the functional core: exact numerics
@@ -128,7 +131,7 @@ def test_single_phase_update_matches_the_literal_simulation():
     torch.testing.assert_close(flat(got.feedback), flat(dQ), rtol=1e-9, atol=1e-13)
     # the logged H uses the mean control over the last quarter of the steps
     tail = torch.stack(u[cfg.steps - (cfg.steps - 1) // 4:]).mean(0)
-    assert got.stats["control_loss"] == pytest.approx(float(control_loss(params, tail)), rel=1e-9)
+    assert got.stats["control_loss"] == pytest.approx(float(control_loss(params, tail, reduction="mean")), rel=1e-9)
 
 
 def test_strong_target_soft_labels():
@@ -323,9 +326,9 @@ def test_condition_monitor_logs_the_control_loss_angle(tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_dfc.callbacks import ConditionMonitor
-    from lightning_dfc.control import control_loss_gradient, controlled_steady_state
-    from lightning_dfc.diagnostics import jacobian_at
+    from lightning_dfc.shell.callbacks import ConditionMonitor
+    from lightning_dfc.core.control_loss import control_loss_gradient, controlled_steady_state
+    from lightning_dfc.core.diagnostics import jacobian_at
 
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(TensorDataset(torch.randn(32, 6, dtype=DT, generator=g),

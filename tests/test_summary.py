@@ -8,7 +8,7 @@ import re
 import sys
 
 from helpers import write_fake_mnist
-from lightning_dfc.cli import build_cli
+from lightning_dfc.shell.cli import build_cli
 from test_cli import CONFIG, SHORT, data_args
 
 

@@ -21,7 +21,9 @@ from torch.func import jacfwd
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig
 from lightning_dfc.core.dynamics import feedforward, simulate
 from lightning_dfc.core.numerics import EXACT, FAST
-from lightning_dfc.core.rules import ConvergenceCriterion, dfc_update, forward_update, output_delta, strong_target
+from lightning_dfc.core.rules import ConvergenceCriterion, dfc_update
+from lightning_dfc.core.methods import forward_update
+from lightning_dfc.core.losses import output_delta, strong_target
 from lightning_dfc.core.tail import Deviation, LinearizedMap, OutputError, controlled_sweep, fixed_point
 
 DT = torch.float64

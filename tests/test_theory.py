@@ -1,7 +1,7 @@
 """The DFC core against the theory of Meulemans et al. (2021), with independent computations.
 
 Jacobians here come from ``torch.func`` on an independently written forward pass, never from
-``lightning_dfc.dynamics.output_jacobian``.
+``lightning_dfc.core.dynamics.output_jacobian``.
 """
 
 import math
@@ -12,15 +12,11 @@ from torch import nn
 from torch.func import jacrev
 
 from lightning_dfc import MLP, DFCNetwork, SimulationConfig
-from lightning_dfc.dynamics import feedforward, linearized_steady_state, simulate
-from lightning_dfc.network import LayerParams
-from lightning_dfc.rules import (
-    bp_update,
-    dfc_ssa_update,
-    feedback_update,
-    forward_update,
-    output_target,
-)
+from lightning_dfc.core.dynamics import feedforward, linearized_steady_state, simulate
+from lightning_dfc.core.network import LayerParams
+from lightning_dfc.core.rules import bp_update, dfc_ssa_update, feedback_update
+from lightning_dfc.core.methods import forward_update
+from lightning_dfc.core.losses import output_target
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors

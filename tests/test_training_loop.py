@@ -13,8 +13,8 @@ import torch
 
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, UpdateConfig
 from lightning_dfc.core.numerics import EXACT, FAST
-from lightning_dfc.mixin import DFCMixin
-from lightning_dfc.rules import forward_update
+from lightning_dfc.shell.mixin import DFCMixin
+from lightning_dfc.core.methods import forward_update
 
 DT = torch.float64
 

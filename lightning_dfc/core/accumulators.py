@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ForwardSums", "FeedbackSum", "ControlTail", "Trajectory", "residual", "all_finite"]
+__all__ = ["ForwardSums", "FeedbackSum", "ControlTail", "Trajectory", "residual", "all_finite", "outer_updates"]
 
 
 def masked(t: Tensor, keep: Tensor | None) -> Tensor:
@@ -194,3 +194,11 @@ def all_finite(t: Tensor, keep: Tensor | None = None) -> bool:
     if keep is not None:
         finite = finite | ~keep
     return bool(finite.all())
+
+
+def outer_updates(signals: list[Tensor], pres: list[Tensor], biases, scale: float) -> tuple[list, list]:
+    """The batch sums of a local rule shaped like the parameters: W_i = scale * s_i^T r_{i-1} and
+    b_i = scale * sum_b s_i (``None`` where ``biases[i]`` is ``None``). ``signals[i]`` (B, n_i),
+    ``pres[i]`` (B, n_{i-1})."""
+    weights = [(scale * s.T) @ pre for s, pre in zip(signals, pres)]
+    return weights, [None if b is None else scale * s.sum(0) for s, b in zip(signals, biases)]

@@ -221,7 +221,7 @@ class FeedbackConfig:
 
     Args:
         simulation: the noisy sleep-phase simulation (default: the paper's MNIST values,
-            :func:`~lightning_dfc.config.sleep_defaults`; a dict, or a YAML section, that leaves
+            :func:`~lightning_dfc.core.config.sleep_defaults`; a dict, or a YAML section, that leaves
             fields out keeps those defaults for them, e.g. a non-proactive controller).
         pretrain_epochs: sleep epochs before training (reference ``epochs_fb``), with the
             pre-training optimizer; with ``pretrain_until``, the most there may be. ``None``
@@ -266,6 +266,9 @@ class FeedbackConfig:
         resume_with_new_schedule: allow resuming a run from a checkpoint whose schedule
             (``pretrain_epochs``, ``pretrain_until``, ``sleep_before``, ``sleep_after``) differs from this one;
             otherwise such a resume is refused (the epoch -> phase mapping would change).
+        validate: also run the validation pass after pre-training and sleep epochs. ``False``
+            (default): after wake epochs only, the epochs in which the forward weights change
+            (the sanity check, ``validate`` and ``test`` are not affected).
     """
 
     simulation: SimulationConfig = field(default_factory=sleep_defaults)
@@ -283,6 +286,7 @@ class FeedbackConfig:
     layer_scaling: bool = False
     pretrain_mode: str = "published"
     resume_with_new_schedule: bool = False
+    validate: bool = False
 
     def __post_init__(self) -> None:
         if self.clip_grouping not in (None, *FEEDBACK_CLIP_GROUPINGS):
@@ -436,11 +440,3 @@ def plain(value: Any) -> Any:
         return type(value)(plain(v) for v in value)
     return value
 
-
-def __getattr__(name: str):
-    # ``VARIANTS`` lived here (as ``lightning_dfc.settings.VARIANTS``) before the method registry
-    if name == "VARIANTS":
-        from .methods import METHODS
-
-        return METHODS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

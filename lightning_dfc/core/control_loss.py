@@ -14,10 +14,10 @@ diagnostics.
 
 Notation (shapes): B batch, n_i width of layer i (i = 1..L), n_0 input width,
 S = n_1 + ... + n_L, Qbar = [Q_1; ...; Q_L] (S, n_L), Jbar = d r_L / d vbar (B, n_L, S) as
-returned by :func:`lightning_dfc.dynamics.output_jacobian`.
+returned by :func:`lightning_dfc.core.dynamics.output_jacobian`.
 
 The controlled steady state (the fixed point of the simulated dynamics of
-:func:`lightning_dfc.dynamics.simulate` without noise; the leak acts on the total u, so at rest
+:func:`lightning_dfc.core.dynamics.simulate` without noise; the leak acts on the total u, so at rest
 du_int/dt = e - alpha u = 0, whatever k_p, tau_v and the apical time constant):
 
     v_i = W_i r_{i-1} + b_i + Q_i u,   r_i = phi_i(v_i),   r_0 = x,
@@ -36,7 +36,7 @@ Functions:
 * :func:`steady_state_update`: Strong-DFC's local rule at the steady state (gradient sign).
 * :func:`h_update_angle`: angle between an update and dH/dW (0 degrees: the update descends H).
 * :func:`condition_2_at_steady_state`: the authors' Condition 2, ||P_{J^T} Qbar|| / ||Qbar||,
-  with J at the controlled state (wraps :func:`lightning_dfc.diagnostics.condition_2`).
+  with J at the controlled state (wraps :func:`lightning_dfc.core.diagnostics.condition_2`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from .accumulators import outer_updates
 from .config import RULES
 from .diagnostics import AlignmentAngles, alignment_angles, condition_2
 from .dynamics import feedforward, output_jacobian
 from .network import LayerParams
-from .rules import outer_updates
 
 __all__ = [
     "ERRORS",
@@ -358,12 +358,12 @@ def controlled_steady_state(
 
     Per sample, the n_L unknowns u solve F(u) = e(r_L(u)) - alpha u = 0, where r_L(u) is the
     controlled forward sweep v_i = W_i r_{i-1} + b_i + Q_i u, r_i = phi_i(v_i), r_0 = x. This is
-    the fixed point of the noise-free dynamics that :func:`lightning_dfc.dynamics.simulate`
+    the fixed point of the noise-free dynamics that :func:`lightning_dfc.core.dynamics.simulate`
     integrates (leak on the total u: e = alpha u at rest, independently of k_p and the time
     constants). Writing e = r* - g(r_L) with g = identity (``mse``) or softmax
     (``cross_entropy``) and G = dg/dr_L (I, or diag(p) - p p^T with p = softmax(r_L)), the
     Jacobian is dF/du = -(G Jbar Qbar + alpha I), Jbar =
-    :func:`~lightning_dfc.dynamics.output_jacobian` at the current v, and the Newton step is
+    :func:`~lightning_dfc.core.dynamics.output_jacobian` at the current v, and the Newton step is
 
         u <- u + t (G Jbar Qbar + alpha I)^{-1} F(u),
 
@@ -371,7 +371,7 @@ def controlled_steady_state(
     vectorised over the samples still iterating (no Python loop over samples).
 
     Args:
-        params: network tensors (:class:`~lightning_dfc.network.LayerParams`).
+        params: network tensors (:class:`~lightning_dfc.core.network.LayerParams`).
         x: input r_0, (B, n_0).
         target: r_L*, (B, n_L) (Strong-DFC: the (soft) label; DFC: the nudged target).
         alpha: controller leak, >= 0 (> 0 for ``cross_entropy``).
@@ -469,7 +469,7 @@ class ControlLossGradient(NamedTuple):
 
     def tensors(self) -> list[Tensor]:
         """W_1, b_1, ..., W_L, b_L (biases only where present), the layout of
-        :meth:`~lightning_dfc.rules.Update.tensors`."""
+        :meth:`~lightning_dfc.core.rules.Update.tensors`."""
         return [t for w, b in zip(self.weights, self.biases) for t in (w, b) if t is not None]
 
 
@@ -614,7 +614,7 @@ def steady_state_update(
     with s_i = v_i - (W_i r_{i-1} + b_i) (``voltage_difference``; = Q_i u_ss at an exact fixed
     point) or phi(v_i) - phi(W_i r_{i-1} + b_i) (``nonlinear_difference``), the basal input
     recomputed from the steady-state rates (the two-phase ``--ss`` variant). The factor -2 and the
-    batch mean are those of :mod:`lightning_dfc.rules`: an optimizer subtracting it moves W_i by
+    batch mean are those of :mod:`lightning_dfc.core.rules`: an optimizer subtracting it moves W_i by
     +2/B sum_b s_i r_{i-1}^T.
 
     Args:
@@ -649,20 +649,20 @@ def h_update_angle(update, grad_h, with_bias: bool = True) -> AlignmentAngles:
     """Angle (degrees) between a forward-weight update and dH/dW, per layer and overall.
 
     Both in the gradient sign convention (what is written to ``.grad``; the optimizer subtracts
-    it, see :class:`lightning_dfc.rules.Update`). 0 degrees: the optimizer step points along
+    it, see :class:`lightning_dfc.core.rules.Update`). 0 degrees: the optimizer step points along
     -dH/dW (steepest descent of H); 90: it does not change H to first order; > 90: it increases
     H. This is the authors' ``lu_angle`` (``save_H_angles``), which compares ``.grad`` with their
     1/2 dH/dtheta.
 
     Args:
-        update: an :class:`~lightning_dfc.rules.Update`, a :class:`ControlLossGradient`, or a
+        update: an :class:`~lightning_dfc.core.rules.Update`, a :class:`ControlLossGradient`, or a
             list W_1, b_1, ..., W_L, b_L (biases optional).
         grad_h: :func:`control_loss_gradient`'s result (or the same kinds as ``update``).
         with_bias: include the biases. The authors' angles are over the weights only (per layer
             and for the whole network): ``with_bias=False`` reproduces them.
 
     Returns:
-        :class:`~lightning_dfc.diagnostics.AlignmentAngles`: ``layers`` (one 0-dim tensor per
+        :class:`~lightning_dfc.core.diagnostics.AlignmentAngles`: ``layers`` (one 0-dim tensor per
         layer, over [W_i, b_i]) and ``network`` (all flattened). NaN where a side is all zeros.
 
     Raises:
@@ -681,7 +681,7 @@ def condition_2_at_steady_state(params: LayerParams, v: Sequence[Tensor]) -> Ten
     """The Condition-2 quantity the authors track for Strong-DFC, ||P Qbar||_F / ||Qbar||_F.
 
     P = J^T (J J^T)^{-1} J is the projection onto the row space of J = d r_L / d vbar. This is
-    exactly :func:`lightning_dfc.diagnostics.condition_2` (reused here); the authors'
+    exactly :func:`lightning_dfc.core.diagnostics.condition_2` (reused here); the authors'
     ``compute_condition_two`` linearises at the network's current (controlled) state, so this
     helper evaluates J at the given steady-state voltages ``v`` (list of (B, n_i)), e.g.
     ``controlled_steady_state(...).v``; the diagnostics monitor evaluates it at the feedforward

@@ -3,12 +3,12 @@
 The quantities the paper (and its reference implementation) monitors: its three conditions,
 the stability of the controlled network, and the alignment of updates and feedback weights with
 BP, Gauss-Newton (GN) and minimum-norm (MN) targets. Torchmetrics wrappers live in
-:mod:`lightning_dfc.metrics`.
+:mod:`lightning_dfc.shell.metrics`.
 
 Notation (shapes): B batch, n_i width of layer i (i = 1..L), n_0 input width,
 S = n_1 + ... + n_L, P = number of forward parameters (all W_i and b_i).
 ``jacobian`` is Jbar = d r_L / d vbar, (B, n_L, S), as returned by
-:func:`lightning_dfc.dynamics.output_jacobian`; ``qbar`` is Qbar = [Q_1; ...; Q_L], (S, n_L)
+:func:`lightning_dfc.core.dynamics.output_jacobian`; ``qbar`` is Qbar = [Q_1; ...; Q_L], (S, n_L)
 (``torch.cat(params.feedback)``), or one per sample, (B, S, n_L).
 
 Every function is batched (no Python loop over samples) and side-effect free: it runs under
@@ -35,9 +35,10 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from .accumulators import outer_updates
 from .dynamics import Feedforward, feedforward, output_jacobian
 from .network import LayerParams
-from .rules import Loss, loss_gradient, outer_updates
+from .losses import Loss, loss_gradient
 
 __all__ = [
     "Condition3",
@@ -368,7 +369,7 @@ def alignment_angles(update, reference) -> AlignmentAngles:
     """Per-layer and whole-network angles between two forward-parameter updates.
 
     Args:
-        update, reference: an :class:`~lightning_dfc.rules.Update`, or a list of tensors in the
+        update, reference: an :class:`~lightning_dfc.core.rules.Update`, or a list of tensors in the
             order W_1, b_1, ..., W_L, b_L (biases optional; e.g. ``Update.tensors()``,
             ``DFCNetwork.forward_parameters()`` gradients, or the output of
             :func:`damped_gauss_newton_update`). Layers are recognised by the 2-D weights.
@@ -417,7 +418,7 @@ def damped_pinv_solve(jacobian: Tensor, rhs: Tensor, damping: float) -> Tensor:
 def _functional_output(params: LayerParams, theta: Sequence[Tensor], x: Tensor) -> Tensor:
     """r_L for one sample ``x`` (n_0,) with the forward parameters ``theta`` = W_1, b_1, ...
 
-    Written independently of :mod:`lightning_dfc.dynamics` (for ``torch.func``)."""
+    Written independently of :mod:`lightning_dfc.core.dynamics` (for ``torch.func``)."""
     it = iter(theta)
     h = x
     for b, act in zip(params.biases, params.activations):
@@ -450,9 +451,9 @@ def damped_gauss_newton_update(
         dtheta = (1/B) sum_b J_W,b^T (J_W,b J_W,b^T + damping I)^{-1} g_b
 
     with J_W,b = d r_L / d theta (n_L, P) for sample b (theta = all W_i and b_i) and g_b the row b
-    of :func:`~lightning_dfc.rules.loss_gradient` (d of the batch-mean loss w.r.t. r_{L,b}; no
+    of :func:`~lightning_dfc.core.losses.loss_gradient` (d of the batch-mean loss w.r.t. r_{L,b}; no
     lambda). ``damping == 0`` uses pinv(J_W,b) g_b. This is the reference's
-    ``compute_gn_parameter_update``. Sign: the same as :func:`~lightning_dfc.rules.bp_update`
+    ``compute_gn_parameter_update``. Sign: the same as :func:`~lightning_dfc.core.rules.bp_update`
     (for damping -> inf, damping * dtheta -> BP gradient / B: angle 0 with BP).
 
     Args:

@@ -27,7 +27,8 @@ from .dynamics import feedforward
 from .methods import Method, resolve_method
 from .network import DFCNetwork
 from .numerics import Numerics, resolve_numerics
-from .rules import LOSSES, Update, loss_value
+from .rules import Update
+from .losses import loss_value, LOSSES
 
 __all__ = ["DFC"]
 

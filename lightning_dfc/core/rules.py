@@ -1,4 +1,4 @@
-"""Learning rules: output targets, forward-weight updates of every variant, the sleep rule.
+"""Learning rules: the forward-weight updates of every method and the sleep rule.
 
 Every update is returned in the *gradient* sign convention of the reference implementation:
 write it to ``.grad`` and let any torch optimizer subtract it. Shapes match the parameters.
@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .accumulators import outer_updates
 from .config import SimulationConfig
+from .control_loss import control_loss
 from .divergence import state_ratio
 from .dynamics import (
     Feedforward,
@@ -36,17 +36,12 @@ from .dynamics import (
     teaching_signal,
 )
 from .linear_sleep import linear_sleep_applies, simulate_sleep_linear
+from .losses import Loss, loss_value
 from .network import LayerParams
+from .targets import HoldOutput, StrongTarget
 
 __all__ = [
-    "LOSSES",
-    "VARIANTS",
     "Update",
-    "loss_value",
-    "loss_gradient",
-    "output_target",
-    "output_delta",
-    "strong_target",
     "FeedbackRule",
     "feedback_gradients",
     "dfc_update",
@@ -54,15 +49,9 @@ __all__ = [
     "dfc_ssa_update",
     "dfa_update",
     "bp_update",
-    "forward_update",
     "feedback_update",
-    "outer_updates",
     "ConvergenceCriterion",
 ]
-
-Loss = Literal["cross_entropy", "mse"]
-LOSSES = ("cross_entropy", "mse")
-VARIANTS = ("dfc", "dfc_ss", "dfc_ssa", "dfa", "bp")
 
 
 @dataclass
@@ -127,66 +116,6 @@ class ConvergenceCriterion:
         return converged, diverged
 
 
-def loss_value(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
-    """Batch-mean loss. ``output`` (B, n_L); ``y`` class indices (B,) or targets (B, n_L)."""
-    if loss == "cross_entropy":
-        return F.cross_entropy(output, y.long())
-    if loss == "mse":
-        return F.mse_loss(output, y)
-    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-
-
-def loss_gradient(output: Tensor, y: Tensor, loss: Loss) -> Tensor:
-    """d(batch-mean loss)/d(output), (B, n_L), in closed form.
-
-    Cross-entropy (softmax absorbed, linear output): (softmax(output) - onehot(y)) / B.
-    MSE (mean over batch and outputs): 2 (output - y) / (B n_L).
-    """
-    batch = output.shape[0]
-    if loss == "cross_entropy":
-        if y.dtype.is_floating_point or y.dim() != 1:
-            raise ValueError("cross_entropy expects integer class labels of shape (B,)")
-        probs = torch.softmax(output, dim=1)
-        return (probs - F.one_hot(y.long(), output.shape[1]).to(output.dtype)) / batch
-    if loss == "mse":
-        if y.shape != output.shape:
-            raise ValueError(f"mse expects targets shaped like the output {tuple(output.shape)}, got {tuple(y.shape)}")
-        return 2.0 * (output - y.to(output.dtype)) / output.numel()
-    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-
-
-def output_delta(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:
-    """delta = r_L* - r_L^- = -lambda d(batch-mean loss)/d(r_L), (B, n_L), formed directly (no
-    subtraction of nearly equal outputs, which would cancel in float32)."""
-    return -target_stepsize * loss_gradient(output, y, loss)
-
-
-def strong_target(output: Tensor, y: Tensor, loss: Loss, class_value: float = 0.99) -> tuple[Tensor, str]:
-    """Strong-DFC's controller target: the label itself, and the error the controller sees.
-
-    Cross-entropy: soft labels (``class_value`` for the correct class, (1 - class_value)/(n_L - 1)
-    for the others; a softmax can never reach an exact one-hot) with e = r_L* - softmax(r_L).
-    MSE: the regression target with e = r_L* - r_L.
-
-    Returns:
-        (target (B, n_L), ``output_error`` mode of :func:`~lightning_dfc.dynamics.simulate`).
-    """
-    if loss == "cross_entropy":
-        if y.dtype.is_floating_point or y.dim() != 1:
-            raise ValueError("cross_entropy expects integer class labels of shape (B,)")
-        if not 0.0 < class_value < 1.0:
-            raise ValueError(f"target_class_value must lie in (0, 1) for cross-entropy, got {class_value}")
-        n_out = output.shape[1]
-        target = torch.full_like(output, (1.0 - class_value) / (n_out - 1))
-        target.scatter_(1, y.long().unsqueeze(1), class_value)
-        return target, "softmax"
-    if loss == "mse":
-        if y.shape != output.shape:
-            raise ValueError(f"mse expects targets shaped like the output {tuple(output.shape)}, got {tuple(y.shape)}")
-        return y.to(output.dtype), "linear"
-    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-
-
 @dataclass(frozen=True)
 class FeedbackRule:
     """Scaling of the feedback-weight rule dQ_i = s_i / (K B) sum_t sum_b v^A_i[t] u[t+1]^T + wd Q_i.
@@ -240,27 +169,6 @@ def feedback_gradients(
         grad = block * (scale / norm)
         grads.append(grad if rule.weight_decay == 0 else grad + rule.weight_decay * params.feedback[i])
     return grads
-
-
-def outer_updates(signals: list[Tensor], pres: list[Tensor], biases, scale: float) -> tuple[list, list]:
-    """The batch sums of a local rule shaped like the parameters: W_i = scale * s_i^T r_{i-1} and
-    b_i = scale * sum_b s_i (``None`` where ``biases[i]`` is ``None``). ``signals[i]`` (B, n_i),
-    ``pres[i]`` (B, n_{i-1})."""
-    weights = [(scale * s.T) @ pre for s, pre in zip(signals, pres)]
-    return weights, [None if b is None else scale * s.sum(0) for s, b in zip(signals, biases)]
-
-
-def control_loss(params: LayerParams, u: Tensor) -> Tensor:
-    """H = mean over the batch of ||Qbar u||^2, 0-dim (the amount of control Strong-DFC minimises);
-    :func:`lightning_dfc.core.control_loss.control_loss` with ``reduction="mean"``."""
-    from .control_loss import control_loss as h
-
-    return h(params, u, reduction="mean")
-
-
-def output_target(output: Tensor, y: Tensor, loss: Loss, target_stepsize: float) -> Tensor:
-    """r_L* = r_L^- - lambda d(batch-mean loss)/d(r_L), (B, n_L). ``target_stepsize`` is lambda."""
-    return output + output_delta(output, y, loss, target_stepsize)
 
 
 def _offset(ff: Feedforward, target: Tensor | None, delta: Tensor | None) -> Tensor:
@@ -334,7 +242,7 @@ def dfc_ss_update(
     """DFC-SS: simulate, then apply the local rule at the final (steady) state only.
 
     ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision;
-    ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
+    ``output_error`` as in :func:`~lightning_dfc.core.dynamics.simulate` (``softmax``: Strong-DFC).
     An early stop bounds what it extrapolates at the last time point, which the rule uses."""
     offset = _offset(ff, target, delta) if output_error == "linear" else None
     classify = (criterion.threshold, criterion.epsilon) if criterion.exclude else None
@@ -347,7 +255,7 @@ def dfc_ss_update(
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(all(bool(torch.isfinite(t[converged]).all()) for t in result.v))
     update = _steady_state_rule(params, x, ff, result.dv, result.dr, mask, rule)
-    update.stats = {**stats, "control_loss": float(control_loss(params, result.u_mean))}
+    update.stats = {**stats, "control_loss": float(control_loss(params, result.u_mean, reduction="mean"))}
     update.control = result.u_mean
     return update
 
@@ -402,7 +310,7 @@ def dfc_update(
     With ``criterion.exclude``, non-converged samples are known only at the end: the batch is
     then simulated a second time with the same noise, accumulating only converged samples.
     ``delta`` (= target - r_L^-, computed directly) may replace ``target`` for precision.
-    ``output_error`` as in :func:`~lightning_dfc.dynamics.simulate` (``softmax``: Strong-DFC).
+    ``output_error`` as in :func:`~lightning_dfc.core.dynamics.simulate` (``softmax``: Strong-DFC).
     With ``feedback_rule`` (single-phase learning) the same simulation also yields the
     feedback-weight updates (``Update.feedback``), from the converged samples when excluding.
     """
@@ -428,7 +336,7 @@ def dfc_update(
         stats["excluded"] = stats["non_converged"]
         stats["finite"] = float(result.finite)
     weights, biases = _continuous_rule(params, x, result, cfg.steps)
-    stats["control_loss"] = float(control_loss(params, result.u_mean))
+    stats["control_loss"] = float(control_loss(params, result.u_mean, reduction="mean"))
     feedback = None
     if single_phase:
         used = int(converged.sum()) if criterion.exclude else x.shape[0]
@@ -461,51 +369,6 @@ def bp_update(params: LayerParams, x: Tensor, y: Tensor, loss: Loss) -> Update:
         [None if b is None else grads[id(b)] for b in biases],
         {"steps": 0.0, "loss": float(value.detach())},
     )
-
-
-def forward_update(
-    variant: str,
-    params: LayerParams,
-    x: Tensor,
-    y: Tensor,
-    loss: Loss,
-    target_stepsize: float,
-    cfg: SimulationConfig,
-    criterion: ConvergenceCriterion = ConvergenceCriterion(),
-    generator: torch.Generator | None = None,
-    rule: str = "nonlinear_difference",
-    *,
-    strong_class_value: float | None = None,
-    feedback_rule: FeedbackRule | None = None,
-) -> Update:
-    """Forward-weight update of a registered method on one batch (functional form of
-    :meth:`~lightning_dfc.core.methods.Method.forward_update`), e.g. ``dfc``, ``dfc_ss``,
-    ``dfc_ssa``, ``dfa``, ``bp``.
-
-    Args:
-        x: input (B, n_0); y: labels (B,) or regression targets (B, n_L).
-        target_stepsize: lambda of the output target.
-        cfg: simulation hyperparameters (``alpha`` is also the SSA leak).
-        rule: ``nonlinear_difference`` (default, the paper's eq. 5) or ``voltage_difference``.
-        strong_class_value: Strong-DFC: the controller drives the output to the label itself
-            (:class:`~lightning_dfc.core.targets.StrongTarget`, soft labels with this value for
-            cross-entropy) instead of the nudged target; ``None``: the method's own target.
-        feedback_rule: single-phase learning (``dfc`` only): also compute the feedback-weight
-            updates from the same simulation (``Update.feedback``).
-    """
-    from .methods import UpdateSettings, resolve_method
-    from .targets import StrongTarget
-
-    method = resolve_method(variant)
-    changes = {}
-    if strong_class_value is not None:
-        changes["target"] = StrongTarget(strong_class_value)
-    if feedback_rule is not None:
-        changes["single_phase"] = True
-    if changes:
-        method = dataclasses.replace(method, **changes)
-    settings = UpdateSettings(loss, target_stepsize, cfg, criterion, rule, generator, feedback_rule)
-    return method.forward_update(params, x, y, settings)
 
 
 def feedback_update(
@@ -550,7 +413,6 @@ def feedback_update(
     """
     if not cfg.noisy:
         raise ValueError("feedback learning needs noise: set sleep.sigma > 0")
-    from .targets import HoldOutput, StrongTarget
 
     rule = rule or FeedbackRule(weight_decay, sigma_floor)
     if target is None and strong_class_value is not None:

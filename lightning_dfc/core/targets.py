@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rules import Loss, output_delta, strong_target
+from .losses import Loss, output_delta, strong_target
 
 __all__ = ["ControlTarget", "Target", "NudgedTarget", "StrongTarget", "HoldOutput"]
 

@@ -2,7 +2,7 @@
 
     lightning-dfc fit --config examples/mnist_dfc.yaml
     lightning-dfc fit --config examples/mnist_dfc.yaml --model.variant=dfc_ssa --trainer.max_epochs=5
-    lightning-dfc plot lightning_logs/fig3 --output docs/figures/fig3  (lightning_dfc.plotting)
+    lightning-dfc plot lightning_logs/fig3 --output docs/figures/fig3  (lightning_dfc.shell.plotting)
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lightning-dfc`` and ``python -m lightning_dfc``.
 
-    ``plot ...`` is handled by :func:`lightning_dfc.plotting.plot_main` (not LightningCLI). Data that
+    ``plot ...`` is handled by :func:`lightning_dfc.shell.plotting.plot_main` (not LightningCLI). Data that
     is missing and cannot be downloaded ends the run with one ``error:`` line and status 2.
     """
     argv = sys.argv[1:] if args is None else args

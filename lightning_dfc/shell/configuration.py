@@ -3,6 +3,7 @@ object, the wrapped network and the optimizers."""
 
 from __future__ import annotations
 
+import logging
 import functools
 import math
 from typing import Any
@@ -19,7 +20,7 @@ from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_con
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
 from ..core.numerics import Numerics, resolve_numerics
-from ..core.rules import LOSSES
+from ..core.losses import LOSSES
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
 
@@ -112,16 +113,13 @@ class DFCConfiguration:
         self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
+        self._dfc_val_limit: int | float | None = None  # the user's limit_val_batches, during a fit
+        self._dfc_stop_message: logging.Filter | None = None  # fit's stop message in wake epochs
         self._dfc_pretrain_condition_2: float | None = None  # measured after the last pre-training epoch
         self._dfc_alignment_probe: Tensor | None = None  # the first batch of a pre-training epoch
         self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step
         self.dfc_last_wake: WakeRecord | None = None
         self.dfc_last_sleep_input: Tensor | None = None
-
-    @property
-    def dfc_spec(self):
-        """The method object (``dfc_method``; the name of the variant spec it replaced)."""
-        return self.dfc_method
 
     @property
     def dfc_normalize_lr(self) -> bool:

@@ -1,4 +1,4 @@
-"""torchmetrics wrappers of :mod:`lightning_dfc.diagnostics`.
+"""torchmetrics wrappers of :mod:`lightning_dfc.core.diagnostics`.
 
 Every metric accumulates a ``sum`` and a ``count`` (float64, ``dist_reduce_fx="sum"``), so
 ``compute()`` is the exact mean over every sample seen by every rank, whatever the batch sizes.
@@ -59,7 +59,7 @@ def _jacobian(params: LayerParams, x, v, jacobian) -> Tensor:
 
 
 class Condition1(_MeanMetric):
-    """Mean over samples of :func:`~lightning_dfc.diagnostics.condition_1` (std/mean of the
+    """Mean over samples of :func:`~lightning_dfc.core.diagnostics.condition_1` (std/mean of the
     layer norms; 0 = Condition 1 holds). ``update(x, rates)`` with ``rates`` the feedforward
     pass or its rates."""
 
@@ -70,7 +70,7 @@ class Condition1(_MeanMetric):
 
 
 class Condition2(_MeanMetric):
-    """Mean over samples of :func:`~lightning_dfc.diagnostics.condition_2` (||P Qbar|| / ||Qbar||;
+    """Mean over samples of :func:`~lightning_dfc.core.diagnostics.condition_2` (||P Qbar|| / ||Qbar||;
     1 = Condition 2 holds).
 
     ``update(params, x)``: Jacobian at the feedforward point of x; or ``update(params, v=...)``
@@ -129,7 +129,7 @@ class Condition3Margin(_MeanMetric):
 
 
 class Stability(_MeanMetric):
-    """Mean over samples of :func:`~lightning_dfc.diagnostics.stability`: the largest real part
+    """Mean over samples of :func:`~lightning_dfc.core.diagnostics.stability`: the largest real part
     of the eigenvalues of the linearised network + PI-controller system (< 0: stable).
 
     Args:
@@ -148,7 +148,7 @@ class Stability(_MeanMetric):
 
     @classmethod
     def from_config(cls, cfg, **kwargs) -> "Stability":
-        """From a :class:`~lightning_dfc.config.SimulationConfig`."""
+        """From a :class:`~lightning_dfc.core.config.SimulationConfig`."""
         return cls(cfg.alpha, cfg.k_p, cfg.tau_v, **kwargs)
 
     def update(
@@ -165,7 +165,7 @@ class AlignmentAngle(_MeanMetric):
     """Mean of angles in degrees.
 
     ``update(a, b)``: adds the whole-network angle between two updates (tensors or lists of
-    tensors, see :func:`~lightning_dfc.diagnostics.angle`) as one observation.
+    tensors, see :func:`~lightning_dfc.core.diagnostics.angle`) as one observation.
     ``update(angles)``: adds precomputed angles (any shape, one observation per element, e.g.
     the per-sample angles of ``feedback_alignment(..., reduction="none")``).
     NaN angles (an all-zero update) are skipped (counted in ``skipped``).

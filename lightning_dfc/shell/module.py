@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..core.config import SimulationConfig
 from .mixin import DFCMixin
-from ..core.rules import loss_value
+from ..core.losses import loss_value
 from ..core.config import FeedbackConfig, UpdateConfig, plain
 from ..core.numerics import Numerics
 

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
+from .epochs import STOP_LOGGER, WakeEpochStopMessage, name_checkpoints_by_wake_epoch, validate_in_epoch
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -59,6 +60,7 @@ class DFCPhases:
         if stage == "fit":
             for callback in self.trainer.callbacks:
                 wake_epochs_only(callback)
+                name_checkpoints_by_wake_epoch(callback)
         loop = self.trainer.fit_loop
         if stage == "fit" and self._dfc_translated_loop is not loop:
             # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per
@@ -89,6 +91,18 @@ class DFCPhases:
         # the loop state is restored only after this hook: on_load_checkpoint noted the epoch.
         start = self._dfc_resume_epoch if self._dfc_resume_epoch is not None else self.current_epoch
         torch.manual_seed(self._dfc_epoch_seed(start))
+        self._dfc_val_limit = self.trainer.limit_val_batches
+        if self._dfc_forward_epochs is not None:
+            self._dfc_stop_message = WakeEpochStopMessage(lambda: self.dfc_schedule, self._dfc_forward_epochs)
+            logging.getLogger(STOP_LOGGER).addFilter(self._dfc_stop_message)
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if self._dfc_stop_message is not None:
+            logging.getLogger(STOP_LOGGER).removeFilter(self._dfc_stop_message)
+            self._dfc_stop_message = None
+        if self._dfc_val_limit is not None and self._trainer is not None:
+            self.trainer.limit_val_batches, self._dfc_val_limit = self._dfc_val_limit, None
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -171,8 +185,10 @@ class DFCPhases:
         info = self.dfc_phase
         self._dfc_clock.start(info.phase.value)
         self._dfc_show_phase()
+        validate_in_epoch(self.trainer, info.phase is Phase.WAKE or self.dfc_feedback_config.validate,
+                          self._dfc_val_limit)
         self.log("phase", float(info.phase.code), on_step=False, on_epoch=True)
-        self.log("forward_epoch", float(info.forward_epoch), on_step=False, on_epoch=True)
+        self.log("wake_epoch", float(info.forward_epoch + 1), on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -9,12 +9,13 @@ logged keys.
 A *run* is a ``metrics.csv`` written by :class:`lightning.pytorch.loggers.CSVLogger`, the log
 directory that holds it (``<save_dir>/<name>/<version>``), or any directory above such files
 (every ``metrics.csv`` below it is a run, labelled ``<name>/<version>``, or ``<name>`` when the
-names are unique). The diagnostics are those of :class:`lightning_dfc.callbacks.ConditionMonitor`.
+names are unique). The diagnostics are those of :class:`lightning_dfc.shell.callbacks.ConditionMonitor`.
 
-The x axis is the forward-weight (wake) epoch: each row's Lightning ``epoch`` is mapped to the
-``forward_epoch`` that :class:`~lightning_dfc.DFCModule` logs (pre-training epochs map to -1);
-runs without that column (e.g. BP) use the Lightning epoch, which is the forward epoch when
-every epoch is a wake epoch (fixed feedback, DFA). Several values at one x (the sleep epochs of a
+The x axis is the wake (forward-weight) epoch, counted from 1: each row's Lightning ``epoch`` is
+mapped to the ``wake_epoch`` that :class:`~lightning_dfc.DFCModule` logs (pre-training epochs
+map to 0; logs written before that column read ``forward_epoch + 1``); runs without either
+column (a plain LightningModule) use the Lightning epoch + 1, which is the wake epoch when every
+epoch is a wake epoch. Several values at one x (the sleep epochs of a
 forward epoch, per-step measurements) are reduced to the last one logged, i.e. the state at the
 end of that forward epoch (``reduce="mean"`` averages them instead).
 
@@ -47,8 +48,8 @@ __all__ = [
 ]
 
 PathLike = str | Path
-X_AXES = ("forward_epoch", "epoch", "step")
-X_LABELS = {"forward_epoch": "forward-weight epoch", "epoch": "Lightning epoch", "step": "step"}
+X_AXES = ("wake_epoch", "epoch", "step")
+X_LABELS = {"wake_epoch": "wake epoch", "epoch": "Lightning epoch", "step": "step"}
 METRICS_FILE = "metrics.csv"
 IMAGE_SUFFIXES = {"png", "pdf", "svg"}
 
@@ -198,12 +199,12 @@ def _load_runs(runs: Sequence[PathLike] | PathLike, labels: Sequence[str] | None
 
 
 def series(
-    run: Run, key: str, x: str = "forward_epoch", reduce: str = "last"
+    run: Run, key: str, x: str = "wake_epoch", reduce: str = "last"
 ) -> tuple[list[float], list[float]]:
-    """The values of ``key`` against ``x`` (``forward_epoch``, ``epoch`` or ``step``).
+    """The values of ``key`` against ``x`` (``wake_epoch``, ``epoch`` or ``step``).
 
-    ``forward_epoch``: each row's ``epoch`` is mapped through the run's logged ``forward_epoch``
-    (the Lightning epoch itself when the run did not log it). Values sharing an x are reduced
+    ``wake_epoch``: each row's ``epoch`` is mapped through the run's logged ``wake_epoch``
+    (Lightning's epoch + 1 when the run did not log it). Values sharing an x are reduced
     with ``reduce`` (``"last"`` or ``"mean"``; non-finite values are kept only if nothing else is
     there, so that a NaN shows up as a gap rather than vanishing).
 
@@ -214,20 +215,22 @@ def series(
         raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
     if reduce not in ("last", "mean"):
         raise ValueError(f"reduce must be 'last' or 'mean', got {reduce!r}")
-    forward: dict[float, float] = {}
-    if x == "forward_epoch":
+    wake: dict[float, float] = {}
+    if x == "wake_epoch":
         for r in run.rows:
-            if "epoch" in r and "forward_epoch" in r:
-                forward[r["epoch"]] = r["forward_epoch"]
+            if "epoch" in r and "wake_epoch" in r:
+                wake[r["epoch"]] = r["wake_epoch"]
+            elif "epoch" in r and "forward_epoch" in r:  # logs written before wake_epoch
+                wake[r["epoch"]] = r["forward_epoch"] + 1
     grouped: dict[float, list[float]] = {}
     for r in run.rows:
         if key not in r:
             continue
-        if x == "forward_epoch":
+        if x == "wake_epoch":
             if "epoch" in r:
-                xv = forward.get(r["epoch"], r["epoch"])
-            elif "forward_epoch" in r:
-                xv = r["forward_epoch"]
+                xv = wake.get(r["epoch"], r["epoch"] + 1)
+            elif "wake_epoch" in r:
+                xv = r["wake_epoch"]
             else:
                 continue
         elif x in r:
@@ -353,7 +356,7 @@ def _legend(fig, axes) -> None:
 def fig3_figure(
     runs: Sequence[PathLike] | PathLike,
     labels: Sequence[str] | None = None,
-    x: str = "forward_epoch",
+    x: str = "wake_epoch",
     reduce: str = "last",
     title: str | None = None,
 ):
@@ -377,7 +380,7 @@ def plot_runs(
     output: PathLike,
     labels: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "pdf"),
-    x: str = "forward_epoch",
+    x: str = "wake_epoch",
     reduce: str = "last",
     title: str | None = None,
 ) -> list[Path]:
@@ -398,7 +401,7 @@ def plot_runs(
             ``.pdf`` suffix is dropped) or an existing directory (-> ``<dir>/fig3.*``).
         labels: legend labels, one per run found (default: the logger's name[/version]).
         formats: file formats to write.
-        x: ``forward_epoch`` (default), ``epoch`` or ``step``.
+        x: ``wake_epoch`` (default), ``epoch`` or ``step``.
         reduce: ``last`` or ``mean`` of several values at one x (see :func:`series`).
         title: figure title.
 
@@ -420,7 +423,7 @@ def plot_metrics(
     output: PathLike,
     labels: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "pdf"),
-    x: str = "forward_epoch",
+    x: str = "wake_epoch",
     reduce: str = "last",
     title: str | None = None,
 ) -> list[Path]:
@@ -469,7 +472,7 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Plot CSVLogger metrics of DFC runs. Without --metrics: the six diagnostics panels of "
             "Fig. 3 of the DFC paper (Conditions 1 and 2, stability, alignment with MN, GN and "
-            "DFC-SSA updates), logged by lightning_dfc.callbacks.ConditionMonitor."
+            "DFC-SSA updates), logged by lightning_dfc.shell.callbacks.ConditionMonitor."
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN",
@@ -479,7 +482,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run found")
     parser.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
                         help="plot these logged keys (shell patterns allowed) instead of Fig. 3")
-    parser.add_argument("--x", choices=X_AXES, default="forward_epoch", help="x axis (default: forward_epoch)")
+    parser.add_argument("--x", choices=X_AXES, default="wake_epoch", help="x axis (default: wake_epoch)")
     parser.add_argument("--reduce", choices=("last", "mean"), default="last",
                         help="several values at one x: keep the last (default) or average them")
     parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats (default: png pdf)")

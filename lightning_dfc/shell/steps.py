@@ -15,7 +15,8 @@ from torch import Tensor
 from ..core.divergence import advice
 from ..core.dynamics import feedforward
 from ..core.network import LayerParams
-from ..core.rules import Update, loss_value
+from ..core.losses import loss_value
+from ..core.rules import Update
 from ..core.schedule import Phase
 from .distributed import sync_step
 

@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .epochs import plural
+
 __all__ = ["PhaseClock", "fit_summary"]
 
 LOW_CONDITION_2 = 0.95  # below it the summary points to feedback.pretrain_until
@@ -35,8 +37,13 @@ class PhaseClock:
 
 
 def _wake_epoch_of(path: str, schedule) -> int | None:
-    """The 1-based wake epoch a checkpoint named ``...epoch=N...`` was saved in (``None``: unknown)."""
-    match = re.search(r"epoch=(\d+)", Path(path).name)
+    """The 1-based wake epoch a checkpoint named ``wake_epoch=K`` (the default name) or
+    ``...epoch=N...`` (Lightning's epoch, a filename of the user's) was saved in (``None``: unknown)."""
+    name = Path(path).name
+    wake = re.search(r"wake_epoch=(\d+)", name)
+    if wake:
+        return int(wake.group(1)) or None
+    match = re.search(r"(?<![a-z_])epoch=(\d+)", name)
     if not match:
         return None
     info = schedule(int(match.group(1)))
@@ -50,10 +57,10 @@ def _pretraining_line(module: Any) -> str | None:
         return None
     cfg = module.dfc_feedback_config
     epochs = module.dfc_schedule.pretrain_epochs
-    line = f"  feedback pre-training: {epochs} epoch{'s' if epochs != 1 else ''}, Condition 2 = {value:.3f}"
+    line = f"  feedback pre-training: {plural(epochs, 'epoch')}, Condition 2 = {value:.3f}"
     if cfg.pretrain_until is not None:
         reached = "reached" if value >= cfg.pretrain_until else "not reached"
-        line += f" (pretrain_until {cfg.pretrain_until:g} {reached}, at most {cfg.pretrain_epochs} epochs)"
+        line += f" (pretrain_until {cfg.pretrain_until:g} {reached}, at most {plural(cfg.pretrain_epochs, 'epoch')})"
     elif getattr(getattr(module, "dfc_method", None), "strong", False):
         line += " (strong feedback does not need Condition 2: Strong-DFC's pre-training only stabilises the controller)"
     elif value < LOW_CONDITION_2:
@@ -101,7 +108,7 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
         lines.append(f"  best checkpoint: {value}{best}")
     elif ckpt is not None and getattr(ckpt, "last_model_path", ""):
         lines.append(f"  last checkpoint: {ckpt.last_model_path}")
-    times = ", ".join(f"{phase} {clock.seconds[phase]:.1f} s ({clock.epochs[phase]} epochs)"
+    times = ", ".join(f"{phase} {clock.seconds[phase]:.1f} s ({plural(clock.epochs[phase], 'epoch')})"
                       for phase in ("pretrain", "sleep", "wake") if clock.epochs.get(phase))
     if times:
         lines.append(f"  wall time: {times}")

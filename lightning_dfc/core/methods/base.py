@@ -12,7 +12,8 @@ from torch import Tensor
 from ..config import FeedbackConfig, SimulationConfig, UpdateConfig
 from ..dynamics import Feedforward, feedforward
 from ..network import LayerParams
-from ..rules import ConvergenceCriterion, FeedbackRule, Loss, Update, feedback_update
+from ..rules import ConvergenceCriterion, FeedbackRule, Update, feedback_update
+from ..losses import Loss
 from ..targets import ControlTarget, HoldOutput, NudgedTarget, StrongTarget, Target
 
 __all__ = ["Method", "UpdateSettings"]

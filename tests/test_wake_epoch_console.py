@@ -32,6 +32,7 @@ RUN = [
     "--trainer.enable_model_summary=false",
     "--trainer.num_sanity_val_steps=0",
     "--trainer.max_epochs=2",
+    "--model.init_args.feedback.validate=false",
 ]
 
 
@@ -86,7 +87,7 @@ def test_a_fit_speaks_in_wake_epochs(tmp_path, monkeypatch, caplog):
 
 
 def test_validation_after_every_epoch_when_asked(tmp_path, monkeypatch, caplog):
-    _, validated, _ = fit(tmp_path, monkeypatch, caplog, "--model.init_args.feedback.validate=true")
+    _, validated, _ = fit(tmp_path, monkeypatch, caplog, "--model.init_args.feedback.validate=true")  # the default
     assert validated.phases == ["pretrain", "sleep", "wake", "sleep", "sleep", "wake", "sleep"]
 
 

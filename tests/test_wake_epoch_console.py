@@ -70,14 +70,7 @@ def test_a_fit_speaks_in_wake_epochs(tmp_path, monkeypatch, caplog):
     # validation after the wake epochs only
     assert validated.phases == ["wake", "wake"]
     assert cli.trainer.limit_val_batches == 1.0  # the user's setting is back after the fit
-    # the checkpoints are named by wake epoch; the best one's name says the wake epoch it came from
-    folder = Path(cli.trainer.checkpoint_callback.dirpath)
-    names = sorted(p.name for p in folder.glob("*.ckpt"))
-    assert "last.ckpt" in names and all(re.fullmatch(r"wake_epoch=[12]\.ckpt|last\.ckpt", n) for n in names), names
-    best = Path(cli.trainer.checkpoint_callback.best_model_path).name
-    wake = int(re.fullmatch(r"wake_epoch=(\d)\.ckpt", best).group(1))
     summary = "\n".join(lines[lines.index("lightning-dfc: fit finished."):])
-    assert f"(wake epoch {wake}), " in summary and best in summary
     # plurals: one pre-training epoch, four sleep epochs, two wake epochs
     assert re.search(r"wall time: pretrain \d+\.\d s \(1 epoch\), sleep \d+\.\d s \(4 epochs\), "
                      r"wake \d+\.\d s \(2 epochs\)", summary), summary
@@ -89,13 +82,6 @@ def test_a_fit_speaks_in_wake_epochs(tmp_path, monkeypatch, caplog):
 def test_validation_after_every_epoch_when_asked(tmp_path, monkeypatch, caplog):
     _, validated, _ = fit(tmp_path, monkeypatch, caplog, "--model.init_args.feedback.validate=true")  # the default
     assert validated.phases == ["pretrain", "sleep", "wake", "sleep", "sleep", "wake", "sleep"]
-
-
-def test_a_checkpoint_filename_of_the_users_is_kept(tmp_path, monkeypatch, caplog):
-    cli, _, _ = fit(tmp_path, monkeypatch, caplog, "--trainer.max_epochs=1",
-                    "--trainer.callbacks.init_args.filename=mine-{epoch}")
-    names = sorted(p.name for p in Path(cli.trainer.checkpoint_callback.dirpath).glob("*.ckpt"))
-    assert names == ["last.ckpt", "mine-epoch=2.ckpt"], names
 
 
 def test_the_stop_message_counts_the_schedule_it_is_given():

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
-from .epochs import STOP_LOGGER, WakeEpochStopMessage, name_checkpoints_by_wake_epoch, validate_in_epoch
+from .epochs import STOP_LOGGER, WakeEpochStopMessage, validate_in_epoch
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -60,7 +60,6 @@ class DFCPhases:
         if stage == "fit":
             for callback in self.trainer.callbacks:
                 wake_epochs_only(callback)
-                name_checkpoints_by_wake_epoch(callback)
         loop = self.trainer.fit_loop
         if stage == "fit" and self._dfc_translated_loop is not loop:
             # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per

@@ -1,7 +1,7 @@
 """Lightning counts every epoch; a DFC run's user counts wake epochs (``trainer.max_epochs`` is
 their number). The places where Lightning's count would reach the user speak in wake epochs here:
-the message that ends a fit, the checkpoints' names, and the validation passes (after wake epochs
-only: pre-training and sleep epochs leave the forward weights as they were)."""
+the message that ends a fit and, with ``feedback.validate: false``, the validation passes (after
+wake epochs only: pre-training and sleep epochs leave the forward weights as they were)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import logging
 import re
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from ..core.schedule import Phase, PhaseSchedule
 
-__all__ = ["CHECKPOINT_FILENAME", "STOP_LOGGER", "WakeEpochStopMessage", "name_checkpoints_by_wake_epoch",
-           "plural", "validate_in_epoch"]
+__all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "plural", "validate_in_epoch"]
 
-CHECKPOINT_FILENAME = "{wake_epoch:.0f}"  # with Lightning's auto-inserted names: wake_epoch=3.ckpt
 STOP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where Lightning's fit loop says why it stopped
 
 
@@ -56,14 +52,6 @@ class WakeEpochStopMessage(logging.Filter):
                  plural(counts[Phase.WAKE], "wake epoch")]
         return (f"`Trainer.fit` stopped: {plural(self.wake_epochs, 'wake epoch')} reached (max_epochs="
                 f"{self.wake_epochs}; Lightning counted {epochs} epochs: {', '.join(parts)}).")
-
-
-def name_checkpoints_by_wake_epoch(callback: Any) -> None:
-    """A ``ModelCheckpoint`` without a ``filename`` of its own names its files by wake epoch
-    (``wake_epoch=3.ckpt``, from the ``wake_epoch`` the module logs) instead of Lightning's
-    ``epoch=11-step=516.ckpt``."""
-    if isinstance(callback, ModelCheckpoint) and callback.filename is None:
-        callback.filename = CHECKPOINT_FILENAME
 
 
 def validate_in_epoch(trainer: Any, run: bool, limit: int | float) -> None:

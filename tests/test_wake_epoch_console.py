@@ -97,3 +97,35 @@ def test_the_stop_message_counts_the_schedule_it_is_given():
     assert WakeEpochStopMessage(lambda: schedule, 1).filter(other)
     assert other.getMessage() == "`Trainer.fit` stopped: No training batches."
     assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+
+
+class RaiseInEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("planted failure")
+
+
+def test_a_fit_that_raised_leaves_no_filter_that_speaks(tmp_path, monkeypatch, caplog):
+    # a fit that raises never reaches teardown: its filter stays, but inactive, and the next fit
+    # replaces it (the stale one's schedule would miscount the next fit's epochs)
+    write_fake_mnist(tmp_path / "data", 64, 32)
+    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", CONFIG, *data_args(tmp_path / "data"), *RUN,
+                     f"--trainer.logger.init_args.save_dir={tmp_path / 'first'}"], run=False)
+    cli.trainer.callbacks.append(RaiseInEpoch(1))
+    with pytest.raises(RuntimeError, match="planted failure"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    stale = [f for f in logging.getLogger(STOP_LOGGER).filters if isinstance(f, WakeEpochStopMessage)]
+    assert len(stale) == 1 and not stale[0].active()
+    record = logging.LogRecord(STOP_LOGGER, logging.INFO, __file__, 1, "`Trainer.fit` stopped: `max_epochs=9` reached.",
+                               (), None)
+    assert stale[0].filter(record) and record.getMessage() == "`Trainer.fit` stopped: `max_epochs=9` reached."
+    # the next fit (its own schedule: 1 pre-training epoch) says its own counts, then leaves nothing
+    _, _, lines = fit(tmp_path, monkeypatch, caplog)
+    assert ("`Trainer.fit` stopped: 2 wake epochs reached (max_epochs=2; Lightning counted 7 epochs: "
+            "1 pre-training epoch, 4 sleep epochs, 2 wake epochs).") in lines, lines
+    assert not logging.getLogger(STOP_LOGGER).filters

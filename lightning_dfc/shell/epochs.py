@@ -9,9 +9,12 @@ import logging
 import re
 from typing import Any
 
+from lightning.pytorch.trainer.states import TrainerStatus
+
 from ..core.schedule import Phase, PhaseSchedule
 
-__all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "plural", "validate_in_epoch"]
+__all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "fit_running", "install_stop_message", "plural", "remove_stop_message",
+           "validate_in_epoch"]
 
 STOP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where Lightning's fit loop says why it stopped
 
@@ -29,17 +32,20 @@ class WakeEpochStopMessage(logging.Filter):
         schedule: the run's phase schedule (read when the message comes: pre-training may have
             ended early).
         wake_epochs: the wake epochs asked for (``trainer.max_epochs`` before the translation).
+        active: whether the fit that installed the filter is still running. A fit that raises
+            never reaches the module's ``teardown``: its filter stays on the logger, inactive,
+            until the next fit's :func:`install_stop_message` removes it.
     """
 
     PATTERN = re.compile(r"^`Trainer\.fit` stopped: `max_epochs=(\d+)` reached\.$")
 
-    def __init__(self, schedule: Any, wake_epochs: int) -> None:
+    def __init__(self, schedule: Any, wake_epochs: int, active: Any = lambda: True) -> None:
         super().__init__()
-        self.schedule, self.wake_epochs = schedule, wake_epochs
+        self.schedule, self.wake_epochs, self.active = schedule, wake_epochs, active
 
     def filter(self, record: logging.LogRecord) -> bool:
         match = self.PATTERN.match(record.getMessage())
-        if match:
+        if match and self.active():
             record.msg, record.args = self.message(int(match.group(1))), ()
         return True
 
@@ -52,6 +58,24 @@ class WakeEpochStopMessage(logging.Filter):
                  plural(counts[Phase.WAKE], "wake epoch")]
         return (f"`Trainer.fit` stopped: {plural(self.wake_epochs, 'wake epoch')} reached (max_epochs="
                 f"{self.wake_epochs}; Lightning counted {epochs} epochs: {', '.join(parts)}).")
+
+
+def fit_running(module: Any) -> bool:
+    """Whether ``module`` (None once garbage-collected) is in a fit that has neither ended nor raised."""
+    trainer = None if module is None else module._trainer  # ``module.trainer`` raises when detached
+    return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+
+
+def install_stop_message(message: WakeEpochStopMessage) -> None:
+    """Put ``message`` on Lightning's stop logger, in place of any left by an earlier fit."""
+    logger = logging.getLogger(STOP_LOGGER)
+    for stale in [f for f in logger.filters if isinstance(f, WakeEpochStopMessage)]:
+        logger.removeFilter(stale)
+    logger.addFilter(message)
+
+
+def remove_stop_message(message: WakeEpochStopMessage) -> None:
+    logging.getLogger(STOP_LOGGER).removeFilter(message)
 
 
 def validate_in_epoch(trainer: Any, run: bool, limit: int | float) -> None:

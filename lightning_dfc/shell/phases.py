@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import weakref
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
-from .epochs import STOP_LOGGER, WakeEpochStopMessage, validate_in_epoch
+from .epochs import WakeEpochStopMessage, fit_running, install_stop_message, remove_stop_message, validate_in_epoch
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -92,13 +93,15 @@ class DFCPhases:
         torch.manual_seed(self._dfc_epoch_seed(start))
         self._dfc_val_limit = self.trainer.limit_val_batches
         if self._dfc_forward_epochs is not None:
-            self._dfc_stop_message = WakeEpochStopMessage(lambda: self.dfc_schedule, self._dfc_forward_epochs)
-            logging.getLogger(STOP_LOGGER).addFilter(self._dfc_stop_message)
+            module = weakref.ref(self)  # the logger outlives the module: no strong reference
+            self._dfc_stop_message = WakeEpochStopMessage(
+                lambda: module().dfc_schedule, self._dfc_forward_epochs, lambda: fit_running(module()))
+            install_stop_message(self._dfc_stop_message)
 
     def teardown(self, stage: str) -> None:
         super().teardown(stage)
         if self._dfc_stop_message is not None:
-            logging.getLogger(STOP_LOGGER).removeFilter(self._dfc_stop_message)
+            remove_stop_message(self._dfc_stop_message)
             self._dfc_stop_message = None
         if self._dfc_val_limit is not None and self._trainer is not None:
             self.trainer.limit_val_batches, self._dfc_val_limit = self._dfc_val_limit, None

@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> dict:
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.start = time.perf_counter()
 
-        def on_validation_epoch_end(self, trainer, pl_module) -> None:
-            if trainer.sanity_checking:
-                return
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the epoch's validation, if any
             phase = pl_module.dfc_phase.phase.name.lower()
             self.epochs.append((phase, time.perf_counter() - self.start))
 

@@ -385,6 +385,11 @@ def paper_pretrain_epochs(example: Path) -> int | None:
     return (init.get("feedback") or {}).get("pretrain_epochs", 10)
 
 
+# The records' checks read the validation after pre-training and sleep epochs too (the untrained
+# network's, and ``sleep_val_changed``): the runs ask for it (the library's default skips it).
+VALIDATE_EVERY_EPOCH = ["--model.init_args.feedback.validate=true"]
+
+
 def run_spec(args: argparse.Namespace, row: str, seed: int, root: Path) -> dict[str, Any]:
     """Everything a run needs (a worker process gets it as a JSON file)."""
     configs = config_paths(args, row)
@@ -395,7 +400,7 @@ def run_spec(args: argparse.Namespace, row: str, seed: int, root: Path) -> dict[
         "row": row, "seed": seed, "config": configs[0].name, "root": str(root),
         "cli_args": cli_args(configs, seed=seed, root=root, epochs=args.epochs, data=data, download=False,
                              logger_name=row, override=[*(["--trainer.logger.init_args.version=0"] if resumable
-                                                          else []), *args.override]),
+                                                          else []), *VALIDATE_EVERY_EPOCH, *args.override]),
         "resume_from": None if resume is None else str(resume),
         "deadline": args.deadline,
         "progress": str(args.results.resolve()) if resumable else None,

@@ -121,3 +121,57 @@ def test_the_plain_door_imports_no_lightning():
 
     assert lightning_dfc.DFCModule.__module__ == "lightning_dfc.shell.module"
     assert lightning_dfc.DFCMixin.__module__ == "lightning_dfc.shell.mixin"
+
+
+INTERNALS = PACKAGE / "shell" / "lightning_internals.py"  # the one place for Lightning's private state
+OWN_PRIVATE = ("_dfc", "_replace")  # our own attributes on Lightning's objects; NamedTuple's public _replace
+
+
+def private_accesses(source: str, defined: set[str]) -> list[str]:
+    """Private attributes of objects that are not ours, read in ``source``: ``x._attr`` on anything
+    but ``self``/``cls``, ``getattr(x, "_attr")``, and ``self._attr`` that the package never
+    defines (a base class's: Lightning's, on a LightningModule)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if node.attr.startswith(OWN_PRIVATE):
+                continue
+            on_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            if not on_self or node.attr not in defined:
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) > 1
+              and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")
+              and not str(node.args[1].value).startswith(OWN_PRIVATE)):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def _defined_private_names() -> set[str]:
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)  # dataclass fields
+    return names
+
+
+def test_no_private_lightning_state_outside_its_one_module():
+    defined = _defined_private_names()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path != INTERNALS:
+            assert private_accesses(path.read_text(), defined) == [], path.relative_to(PACKAGE)
+    assert private_accesses(INTERNALS.read_text(), defined)  # it is where they are
+
+
+def test_the_private_access_finder_finds_them():
+    planted = ("class M:\n    def f(self, trainer):\n        self._own = 1\n        a = trainer._results\n"
+               "        b = getattr(trainer.progress_bar_callback, '_train_progress_bar', None)\n"
+               "        c = self._trainer\n        return self._own, self._dfc_x, trainer._dfc_y, a, b, c\n")
+    found = private_accesses(planted, {"_own"})
+    assert found == ["4: trainer._results", "5: getattr(trainer.progress_bar_callback, '_train_progress_bar', None)",
+                     "6: self._trainer"], found

@@ -369,7 +369,7 @@ def test_learning_curves_resumes_after_an_epoch_that_did_not_improve(
     run = keep / "bp_seed1"
     checkpoints = run / "bp" / "version_0" / "checkpoints"
     assert lc.torch_load_epoch(str(checkpoints / "last.ckpt")) == 1
-    assert [p.name for p in checkpoints.glob("epoch=*.ckpt")] == ["epoch=0-step=2.ckpt"]  # the best: epoch 0
+    assert [p.name for p in checkpoints.glob("wake_epoch=*.ckpt")] == ["wake_epoch=1.ckpt"]  # the best: wake epoch 1
     lc.main([*common, "--resume", *override])
     assert "bp / seed 1: resuming after Lightning epoch 1" in capsys.readouterr().out
     bp = [json.loads(line) for line in results.read_text().splitlines()]

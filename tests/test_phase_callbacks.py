@@ -51,8 +51,7 @@ def test_model_checkpoint_on_a_train_metric_without_validation(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="train_loss", save_last=True)
     trainer = _trainer(tmp_path, 2, [ckpt])
     trainer.fit(model, _loader())  # before: crashed after the first pre-training epoch (no train_loss)
-    best = ckpt.best_model_path
-    epoch = int(best.split("epoch=")[1].split("-")[0])
+    epoch = torch.load(ckpt.best_model_path, weights_only=False)["epoch"]
     assert model.dfc_schedule(epoch).phase.value == "wake"
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
@@ -63,8 +62,8 @@ def test_model_checkpoint_on_val_keeps_the_best_wake_epoch(tmp_path):
     model = _model(pretrain=2)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_acc", mode="max", save_top_k=-1)
     _trainer(tmp_path, 2, [ckpt]).fit(model, _loader(), _loader(1))
-    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("epoch=*.ckpt"))
-    epochs = [int(name.split("epoch=")[1].split("-")[0]) for name in saved]
+    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt"))
+    epochs = [torch.load(tmp_path / "ckpt" / name, weights_only=False)["epoch"] for name in saved]
     assert [model.dfc_schedule(e).phase.value for e in epochs] == ["wake", "wake"], saved
 
 
@@ -90,4 +89,4 @@ def test_last_checkpoint_follows_every_epoch_when_the_monitor_does_not_improve(t
     assert phases == ["pretrain", "sleep", "wake", "sleep", "wake", "sleep", "wake"], phases
     assert seen == [(e, e) for e in range(trainer.current_epoch - 1)]
     assert torch.load(last, weights_only=False)["epoch"] == trainer.current_epoch - 1  # after the last wake epoch
-    assert model.dfc_schedule(int(ckpt.best_model_path.split("epoch=")[1].split("-")[0])).phase.value == "wake"
+    assert model.dfc_schedule(torch.load(ckpt.best_model_path, weights_only=False)["epoch"]).phase.value == "wake"

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, UpdateConfig
+from lightning_dfc.core.clipping import clip_groups, forward_clip_groups
 from lightning_dfc.core.numerics import EXACT, FAST
-from lightning_dfc.shell.mixin import DFCMixin
 from lightning_dfc.core.methods import forward_update
 
 DT = torch.float64
@@ -56,11 +56,11 @@ def test_clip_groups_scale_jointly_like_torch() -> None:
         p.grad = g.clone()
     torch.nn.utils.clip_grad_norm_(reference, 1.0)
     groups = [[a, b], [c]]
-    assert DFCMixin._dfc_clip(groups, 1.0) == 1  # [a, b] is clipped as one group, c is not
+    assert clip_groups(groups, 1.0) == 1  # [a, b] is clipped as one group, c is not
     torch.testing.assert_close(a, reference[0].grad, rtol=0, atol=0)
     torch.testing.assert_close(b, reference[1].grad, rtol=0, atol=0)
     assert torch.equal(c, torch.full((2,), 0.01, dtype=DT))
-    assert DFCMixin._dfc_clip(groups, None) == 0
+    assert clip_groups(groups, None) == 0
 
 
 @pytest.mark.parametrize(("variant", "forward", "feedback"), [
@@ -78,12 +78,12 @@ def test_forward_clip_groups_follow_the_layers() -> None:
     model = module(updates=UpdateConfig(clip_grouping="layer"))
     for p in model.dfc_net.forward_parameters():
         p.grad = torch.ones_like(p)
-    groups = model._dfc_forward_clip_groups()
+    groups = forward_clip_groups(model.dfc_net, model.dfc_forward_clip_grouping)
     assert [[tuple(g.shape) for g in group] for group in groups] == [[(5, 6), (5,)], [(4, 5), (4,)], [(3, 4), (3,)]]
     model = module()
     for p in model.dfc_net.forward_parameters():
         p.grad = torch.ones_like(p)
-    assert len(model._dfc_forward_clip_groups()) == 6
+    assert len(forward_clip_groups(model.dfc_net, model.dfc_forward_clip_grouping)) == 6
 
 
 def test_exact_numerics_simulate_every_step_and_fast_ones_stop_early_within_their_bound() -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from helpers import write_fake_mnist
@@ -32,7 +33,6 @@ RUN = [
     "--trainer.enable_model_summary=false",
     "--trainer.num_sanity_val_steps=0",
     "--trainer.max_epochs=2",
-    "--model.init_args.feedback.validate=false",
 ]
 
 
@@ -41,10 +41,12 @@ class PhasesValidated(Callback):
 
     def __init__(self) -> None:
         self.phases: list[str] = []
+        self.val_acc: list[float] = []
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.phases.append(pl_module.dfc_phase.phase.value)
+            self.val_acc.append(float(trainer.callback_metrics["val_acc"]))
 
 
 def fit(tmp_path: Path, monkeypatch, caplog, *extra: str):
@@ -70,18 +72,35 @@ def test_a_fit_speaks_in_wake_epochs(tmp_path, monkeypatch, caplog):
     # validation after the wake epochs only
     assert validated.phases == ["wake", "wake"]
     assert cli.trainer.limit_val_batches == 1.0  # the user's setting is back after the fit
+    # the checkpoints kept for val_acc are named by wake epoch; the best one's name says the wake
+    # epoch it came from, and its contents are that epoch's
+    folder = Path(cli.trainer.checkpoint_callback.dirpath)
+    names = sorted(p.name for p in folder.glob("*.ckpt"))
+    assert "last.ckpt" in names and all(re.fullmatch(r"wake_epoch=[12]\.ckpt|last\.ckpt", n) for n in names), names
+    best = Path(cli.trainer.checkpoint_callback.best_model_path).name
+    wake = int(re.fullmatch(r"wake_epoch=(\d)\.ckpt", best).group(1))
+    assert wake == 1 + max(range(2), key=lambda k: validated.val_acc[k])
+    assert cli.model.dfc_schedule(torch.load(folder / best, weights_only=False)["epoch"]).forward_epoch == wake - 1
     summary = "\n".join(lines[lines.index("lightning-dfc: fit finished."):])
     # plurals: one pre-training epoch, four sleep epochs, two wake epochs
     assert re.search(r"wall time: pretrain \d+\.\d s \(1 epoch\), sleep \d+\.\d s \(4 epochs\), "
                      r"wake \d+\.\d s \(2 epochs\)", summary), summary
     assert "feedback pre-training: 1 epoch," in summary and "(1 epochs)" not in summary
+    assert f"(wake epoch {wake}), " in summary and best in summary
     # the filter is gone after the fit: Lightning's own message passes unchanged
     assert not logging.getLogger(STOP_LOGGER).filters
 
 
 def test_validation_after_every_epoch_when_asked(tmp_path, monkeypatch, caplog):
-    _, validated, _ = fit(tmp_path, monkeypatch, caplog, "--model.init_args.feedback.validate=true")  # the default
+    _, validated, _ = fit(tmp_path, monkeypatch, caplog, "--model.init_args.feedback.validate=true")
     assert validated.phases == ["pretrain", "sleep", "wake", "sleep", "sleep", "wake", "sleep"]
+
+
+def test_a_checkpoint_filename_of_the_users_is_kept(tmp_path, monkeypatch, caplog):
+    cli, _, _ = fit(tmp_path, monkeypatch, caplog, "--trainer.max_epochs=1",
+                    "--trainer.callbacks.init_args.filename=mine-{epoch}")
+    names = sorted(p.name for p in Path(cli.trainer.checkpoint_callback.dirpath).glob("*.ckpt"))
+    assert names == ["last.ckpt", "mine-epoch=2.ckpt"], names
 
 
 def test_the_stop_message_counts_the_schedule_it_is_given():

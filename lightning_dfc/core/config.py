@@ -266,9 +266,9 @@ class FeedbackConfig:
         resume_with_new_schedule: allow resuming a run from a checkpoint whose schedule
             (``pretrain_epochs``, ``pretrain_until``, ``sleep_before``, ``sleep_after``) differs from this one;
             otherwise such a resume is refused (the epoch -> phase mapping would change).
-        validate: run the validation pass after pre-training and sleep epochs too (default).
-            ``False``: after wake epochs only, the epochs in which the forward weights change
-            (the sanity check, ``validate`` and ``test`` are not affected).
+        validate: run the validation pass after pre-training and sleep epochs too. ``False``
+            (default): after wake epochs only, the epochs in which the forward weights change
+            (the sanity check, ``fast_dev_run``, ``validate`` and ``test`` are not affected).
     """
 
     simulation: SimulationConfig = field(default_factory=sleep_defaults)
@@ -286,7 +286,7 @@ class FeedbackConfig:
     layer_scaling: bool = False
     pretrain_mode: str = "published"
     resume_with_new_schedule: bool = False
-    validate: bool = True
+    validate: bool = False
 
     def __post_init__(self) -> None:
         if self.clip_grouping not in (None, *FEEDBACK_CLIP_GROUPINGS):

@@ -24,9 +24,36 @@ from torch import Tensor
 
 from .config import SimulationConfig
 
-__all__ = ["DivergenceCheck", "state_ratio", "advice", "CAUSES"]
+__all__ = ["DivergenceCheck", "DivergenceError", "state_ratio", "advice", "CAUSES", "CAUSE_WORDS", "stop_if_too_many"]
 
 CAUSES = ("non_finite", "state_norm", "error_growth", "update_norm")
+CAUSE_WORDS = {
+    "non_finite": "inf or NaN values",
+    "state_norm": "the state ran away from the feedforward state",
+    "error_growth": "the controller made the output error grow",
+    "update_norm": "a finite but huge update",
+}
+
+
+class DivergenceError(RuntimeError):
+    """Raised after too many consecutive batches with diverging dynamics."""
+
+
+def stop_if_too_many(in_a_row: int, limit: int, cause: str | None, phase: str, remedy: str) -> None:
+    """Stop training when ``in_a_row`` consecutive batches diverged, ``limit`` or more
+    (``updates.max_diverged_batches``); the same in every door.
+
+    Args:
+        cause: the last batch's cause; phase: ``wake`` or ``sleep``; remedy: :func:`advice`'s words.
+
+    Raises:
+        DivergenceError: naming the phase, the count, the cause and the remedy.
+    """
+    if in_a_row >= limit:
+        raise DivergenceError(
+            f"the {phase}-phase dynamics diverged on {limit} consecutive batches (their updates were "
+            f"skipped; last cause: {CAUSE_WORDS.get(cause or '', cause)}). Remedy: {remedy}."
+        )
 
 
 def state_ratio(v: list[Tensor], dv: list[Tensor]) -> float:

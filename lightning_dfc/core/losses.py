@@ -11,10 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Loss", "LOSSES", "loss_value", "loss_gradient", "output_delta", "output_target", "strong_target"]
+__all__ = ["Loss", "LOSSES", "check_loss", "loss_value", "loss_gradient", "output_delta", "output_target", "strong_target"]
 
 Loss = Literal["cross_entropy", "mse"]
 LOSSES = ("cross_entropy", "mse")
+
+
+def check_loss(loss: str, output_activation: str) -> None:
+    """Refuse an unknown ``loss``, and cross-entropy on a network whose output layer is not linear
+    (``output_activation``: its activation's name): every door checks the same."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+    if loss == "cross_entropy" and output_activation != "linear":
+        raise ValueError(
+            "cross_entropy absorbs the softmax into the loss: the network's output layer must "
+            f"be linear, but it ends with {output_activation}. Remove the output "
+            "activation or use loss='mse'."
+        )
 
 
 def loss_value(output: Tensor, y: Tensor, loss: Loss) -> Tensor:

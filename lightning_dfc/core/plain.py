@@ -1,7 +1,7 @@
 """DFC for plain PyTorch training loops, the way any torch optimizer is used.
 
     dfc = lightning_dfc.DFC(model, variant="dfc", target_stepsize=0.078)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4 / 0.078)
+    opt = torch.optim.Adam(model.parameters(), lr=dfc.forward_lr(1e-4))   # 1e-4 / lambda
     fb_opt = torch.optim.Adam(dfc.feedback_parameters(), lr=5e-4)
     loss = dfc.backward(x, y)   # writes .grad of the model's parameters
     opt.step()
@@ -22,13 +22,14 @@ from torch import Tensor, nn
 
 from .config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config
 from .diagnostics import feedback_condition_2
-from .divergence import DivergenceCheck
+from .clipping import clip_groups, feedback_clip_groups, forward_clip_groups
+from .divergence import DivergenceCheck, advice, stop_if_too_many
 from .dynamics import feedforward
 from .methods import Method, resolve_method
 from .network import DFCNetwork
 from .numerics import Numerics, resolve_numerics
 from .rules import Update
-from .losses import loss_value, LOSSES
+from .losses import LOSSES, check_loss, loss_value
 
 __all__ = ["DFC"]
 
@@ -46,17 +47,20 @@ class DFC:
             :class:`~lightning_dfc.core.methods.Method`).
         generator: random generator of the simulations' noise (``None``: torch's global one).
 
-    Unlike :class:`~lightning_dfc.DFCModule`, nothing is clipped and the learning rate is not
-    divided by lambda: :meth:`backward` writes the raw update, and the optimizer is yours
-    (the paper's forward learning rate is lr / lambda; clip with
-    ``torch.nn.utils.clip_grad_norm_`` if you want ``updates.clip_norm``'s effect).
+    As in :class:`~lightning_dfc.DFCModule`: the updates written into ``.grad`` are clipped
+    (``updates.clip_norm``, ``feedback.clip_norm``, with the method's groupings; ``None`` turns
+    clipping off), a cross-entropy network must end linear, diverged batches are skipped and
+    ``updates.max_diverged_batches`` consecutive ones stop the run with a
+    :class:`~lightning_dfc.core.divergence.DivergenceError`. The optimizer is yours: give it
+    :meth:`forward_lr` of the learning rate, which divides it by lambda where the module does
+    (``updates.normalize_lr``).
     """
 
     def __init__(self, model: nn.Module, variant: str | Method = "dfc", *, loss: str = "cross_entropy",
                  target_stepsize: float = 0.07794, dynamics: SimulationConfig | dict | None = None,
                  feedback: FeedbackConfig | dict | None = None, updates: UpdateConfig | dict | None = None,
                  generator: torch.Generator | None = None, numerics: str | Numerics = "fast") -> None:
-        if loss not in LOSSES:
+        if loss not in LOSSES:  # before anything is built; the output layer is checked below
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         if not (isinstance(target_stepsize, (int, float)) and 0 < target_stepsize < float("inf")):
             raise ValueError(f"target_stepsize (lambda) must be a finite positive number, got {target_stepsize!r}")
@@ -70,8 +74,16 @@ class DFC:
         self.method.validate(self.dynamics, self.feedback, self.updates)
         self.net = DFCNetwork(model, feedback_init=self.method.feedback_init or "xavier_normal",
                               freeze_output_feedback=self.feedback.freeze_output)
+        check_loss(loss, self.net.activations[-1].name)
         self.divergence = DivergenceCheck()
+        self.diverged_in_a_row = 0  # consecutive skipped batches, wake and sleep
         self.last_stats: dict[str, Any] = {}
+
+    def forward_lr(self, lr: float) -> float:
+        """The learning rate to give the forward optimizer for the rate ``lr``: ``lr / lambda``
+        where :class:`~lightning_dfc.DFCModule` divides it (``updates.normalize_lr``; on for
+        the DFC methods, off for Strong-DFC's, as in the authors' code), else ``lr``."""
+        return lr / self.target_stepsize if self.method.normalize_lr(self.updates) else lr
 
     def feedback_parameters(self) -> list[nn.Parameter]:
         """The feedback weights Q_i that learn (give them their own optimizer)."""
@@ -112,17 +124,41 @@ class DFC:
         self.last_stats = {**update.stats, "skipped": cause}
         output = update.output if update.output is not None else feedforward(
             self.net.params(), self.net.prepare_input(x)).r[-1]
-        if cause is not None:
-            _log.warning("lightning-dfc: batch skipped, nothing written to .grad: the dynamics diverged (%s)", cause)
-            for p in params + self.feedback_parameters():
-                p.grad = None
+        if self._skipped(cause, "wake", self.dynamics, "dynamics", params + self.feedback_parameters()):
             return loss_value(output, y, self.loss)
         for p, g in zip(params, update.tensors()):
             p.grad = g.to(p.dtype)
-        if update.feedback is not None:
-            for q, g in zip(self.feedback_parameters(), update.feedback):
-                q.grad = g.to(q.dtype)
+        self.last_stats["clipped"] = clip_groups(
+            forward_clip_groups(self.net, self.method.forward_clip_grouping(self.updates)), self.updates.clip_norm)
+        if update.feedback is not None:  # single-phase: the feedback weights' update of the same simulation
+            self.last_stats["feedback_clipped"] = self._write_feedback(update.feedback)
         return loss_value(output, y, self.loss)
+
+    def _write_feedback(self, grads: list[Tensor]) -> int:
+        """Write the feedback updates (one per Q_i; a frozen Q_L's last) into the trainable Q_i's
+        ``.grad`` and clip them (``feedback.clip_norm``); returns how many groups were clipped."""
+        qs = self.feedback_parameters()
+        for q, g in zip(qs, grads):  # Q_L's update dropped when frozen
+            q.grad = g.to(q.dtype)
+        updates = [q.grad for q in qs] + [g.to(qs[0].dtype) for g in grads[len(qs):]]
+        groups = feedback_clip_groups(self.net, updates, self.method.feedback_clip_grouping(self.feedback))
+        return clip_groups(groups, self.feedback.clip_norm)
+
+    def _skipped(self, cause: str | None, phase: str, simulation: SimulationConfig, where: str,
+                 written: list[nn.Parameter]) -> bool:
+        """Count the batch; when it diverged (``cause``), clear the ``.grad`` of ``written`` (what
+        the batch would have written), warn, and stop after ``updates.max_diverged_batches`` in a
+        row (wake and sleep batches together, as in the module)."""
+        self.diverged_in_a_row = self.diverged_in_a_row + 1 if cause is not None else 0
+        if cause is None:
+            return False
+        for p in written:
+            p.grad = None
+        _log.warning("lightning-dfc: %s batch skipped, nothing written to .grad: the dynamics diverged (%s)",
+                     phase, cause)
+        stop_if_too_many(self.diverged_in_a_row, self.updates.max_diverged_batches, cause, phase,
+                         advice(cause, simulation, where))
+        return True
 
     def condition_2(self, x: Tensor) -> float:
         """How well the feedback weights are aligned: Condition 2 at the feedforward points of
@@ -142,13 +178,9 @@ class DFC:
                              "pass y to sleep()")
         grads, stats = self.method.sleep_step(self.net.params(), self.net.prepare_input(x), y, self.loss, self.feedback,
                                               self.updates, self.dynamics, pretraining, self.generator)
-        qs = self.feedback_parameters()
-        cause = self.divergence.cause(stats, True, grads, qs)
-        stats = {**stats, "skipped": cause}
-        if cause is not None:
-            _log.warning("lightning-dfc: sleep batch skipped, nothing written to .grad: the dynamics diverged (%s)",
-                         cause)
-        for q, g in zip(qs, grads):  # Q_L's update dropped when frozen
-            q.grad = None if cause is not None else g.to(q.dtype)
-        self.last_stats = stats
-        return stats
+        cause = self.divergence.cause(stats, True, grads, self.feedback_parameters())
+        self.last_stats = {**stats, "skipped": cause}
+        if not self._skipped(cause, "sleep", self.feedback.simulation, "feedback.simulation",
+                             self.feedback_parameters()):
+            self.last_stats["clipped"] = self._write_feedback(grads)
+        return self.last_stats

@@ -20,7 +20,7 @@ from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_con
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
 from ..core.numerics import Numerics, resolve_numerics
-from ..core.losses import LOSSES
+from ..core.losses import LOSSES, check_loss
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
 
@@ -83,12 +83,7 @@ class DFCConfiguration:
             feedback_init=method.feedback_init or "xavier_normal",
             freeze_output_feedback=self.dfc_feedback_config.freeze_output,
         )
-        if loss == "cross_entropy" and net.activations[-1].name != "linear":
-            raise ValueError(
-                "cross_entropy absorbs the softmax into the loss: the network's output layer must "
-                f"be linear, but it ends with {net.activations[-1].name}. Remove the output "
-                "activation or use loss='mse'."
-            )
+        check_loss(loss, net.activations[-1].name)
         # The wrapper is not registered as a submodule: the host already owns the network's
         # parameters; only the feedback weights are registered here (state_dict, .to(), DDP).
         object.__setattr__(self, "dfc_net", net)
@@ -124,20 +119,17 @@ class DFCConfiguration:
     @property
     def dfc_normalize_lr(self) -> bool:
         """Whether the forward learning rate is divided by the target stepsize (see UpdateConfig)."""
-        value = self.dfc_updates.normalize_lr
-        return self.dfc_method.default_normalize_lr if value is None else bool(value)
+        return self.dfc_method.normalize_lr(self.dfc_updates)
 
     @property
     def dfc_forward_clip_grouping(self) -> str:
         """``tensor`` or ``layer`` (see :class:`UpdateConfig`)."""
-        value = self.dfc_updates.clip_grouping
-        return value if value is not None else self.dfc_method.default_forward_clip_grouping
+        return self.dfc_method.forward_clip_grouping(self.dfc_updates)
 
     @property
     def dfc_feedback_clip_grouping(self) -> str:
         """``all`` or ``layer`` (see :class:`FeedbackConfig`)."""
-        value = self.dfc_feedback_config.clip_grouping
-        return value if value is not None else self.dfc_method.default_feedback_clip_grouping
+        return self.dfc_method.feedback_clip_grouping(self.dfc_feedback_config)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """[forward] or [forward, feedback, pretrain] (trained-feedback variants).

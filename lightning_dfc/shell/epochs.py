@@ -1,7 +1,8 @@
 """Lightning counts every epoch; a DFC run's user counts wake epochs (``trainer.max_epochs`` is
 their number). The places where Lightning's count would reach the user speak in wake epochs here:
-the message that ends a fit and, with ``feedback.validate: false``, the validation passes (after
-wake epochs only: pre-training and sleep epochs leave the forward weights as they were)."""
+the message that ends a fit, the names of the checkpoints kept for a monitored metric, and the
+validation passes (after wake epochs only, unless ``feedback.validate: true``: pre-training and
+sleep epochs leave the forward weights as they were)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import logging
 import re
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerStatus
 
 from ..core.schedule import Phase, PhaseSchedule
+from .lightning_internals import attached_trainer
 
-__all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "fit_running", "install_stop_message", "plural", "remove_stop_message",
+__all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "fit_running", "install_stop_message", "name_by_wake_epoch",
+           "names_by_wake_epoch", "plural", "remove_stop_message",
            "validate_in_epoch"]
 
 STOP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where Lightning's fit loop says why it stopped
@@ -62,7 +66,7 @@ class WakeEpochStopMessage(logging.Filter):
 
 def fit_running(module: Any) -> bool:
     """Whether ``module`` (None once garbage-collected) is in a fit that has neither ended nor raised."""
-    trainer = None if module is None else module._trainer  # ``module.trainer`` raises when detached
+    trainer = None if module is None else attached_trainer(module)
     return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
 
 
@@ -76,6 +80,25 @@ def install_stop_message(message: WakeEpochStopMessage) -> None:
 
 def remove_stop_message(message: WakeEpochStopMessage) -> None:
     logging.getLogger(STOP_LOGGER).removeFilter(message)
+
+
+def names_by_wake_epoch(callback: Any) -> bool:
+    """Whether ``callback`` is a ``ModelCheckpoint`` whose files :func:`name_by_wake_epoch` names:
+    one with a ``monitor`` (it saves after wake epochs only, ``wake_epochs_only``) and without a
+    ``filename`` of the user's. Marks it, so that the answer stays once the name is set."""
+    if not hasattr(callback, "_dfc_wake_named"):
+        callback._dfc_wake_named = (isinstance(callback, ModelCheckpoint) and callback.monitor is not None
+                                    and callback.filename is None)
+    return callback._dfc_wake_named
+
+
+def name_by_wake_epoch(callbacks: Any, wake_epoch: int) -> None:
+    """Name the checkpoints that the wake epoch ``wake_epoch`` (1-based) saves ``wake_epoch=3.ckpt``
+    instead of Lightning's ``epoch=11-step=516.ckpt`` (11 Lightning epochs: pre-training and
+    sleep epochs count there), in the callbacks that :func:`names_by_wake_epoch` picks."""
+    for callback in callbacks:
+        if names_by_wake_epoch(callback):
+            callback.filename = f"wake_epoch={wake_epoch}"
 
 
 def validate_in_epoch(trainer: Any, run: bool, limit: int | float) -> None:

@@ -17,7 +17,9 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
-from .epochs import WakeEpochStopMessage, fit_running, install_stop_message, remove_stop_message, validate_in_epoch
+from .epochs import (WakeEpochStopMessage, fit_running, install_stop_message, name_by_wake_epoch, names_by_wake_epoch,
+                     remove_stop_message, validate_in_epoch)
+from .lightning_internals import attached_trainer, epochs_processed, save_last_checkpoint, train_progress_bar
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -34,7 +36,7 @@ class DFCPhases:
     def configure_callbacks(self):
         """Lightning calls this before it checks the trainer against manual optimization: refuse
         the trainer options DFC replaces, pointing at the DFC settings instead."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is not None:
             if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
                 raise ValueError(
@@ -50,7 +52,7 @@ class DFCPhases:
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return
         check_strategy(self.trainer.strategy)
         check_precision(self.trainer.precision)
@@ -61,6 +63,7 @@ class DFCPhases:
         if stage == "fit":
             for callback in self.trainer.callbacks:
                 wake_epochs_only(callback)
+                names_by_wake_epoch(callback)  # decided before a name is set
         loop = self.trainer.fit_loop
         if stage == "fit" and self._dfc_translated_loop is not loop:
             # trainer.max_epochs counts forward-weight (wake) epochs, as in the paper (once per
@@ -103,7 +106,7 @@ class DFCPhases:
         if self._dfc_stop_message is not None:
             remove_stop_message(self._dfc_stop_message)
             self._dfc_stop_message = None
-        if self._dfc_val_limit is not None and self._trainer is not None:
+        if self._dfc_val_limit is not None and attached_trainer(self) is not None:
             self.trainer.limit_val_batches, self._dfc_val_limit = self._dfc_val_limit, None
 
     def on_train_epoch_end(self) -> None:
@@ -128,7 +131,7 @@ class DFCPhases:
         ||P Qbar|| / ||Qbar|| (1 = every column of Qbar in the row space of the Jacobian), averaged
         over DDP ranks."""
         value = feedback_condition_2(self.dfc_net.params(), self.dfc_net.prepare_input(x))
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if attached_trainer(self) is not None and self.trainer.world_size > 1:
             value = self.trainer.strategy.reduce(value, reduce_op="mean")
         return float(value)
 
@@ -169,13 +172,12 @@ class DFCPhases:
         """Make ``epochs`` the number of pre-training epochs of this run (the wake/sleep cycle
         starts at that Lightning epoch); the trainer's epoch limit follows."""
         self.dfc_schedule = dataclasses.replace(self.dfc_schedule, pretrain_epochs=epochs)
-        if self._dfc_forward_epochs is not None and self._trainer is not None:
+        if self._dfc_forward_epochs is not None and attached_trainer(self) is not None:
             self.trainer.fit_loop.max_epochs = self.dfc_schedule.total_epochs(self._dfc_forward_epochs)
 
     def _dfc_show_phase(self) -> None:
         """Put the phase in words on the progress bar, where Lightning wrote ``Epoch N``."""
-        bar = getattr(self.trainer, "progress_bar_callback", None)
-        tqdm_bar = getattr(bar, "_train_progress_bar", None)
+        tqdm_bar = train_progress_bar(self.trainer)
         if tqdm_bar is not None:
             tqdm_bar.set_description(self.dfc_phase_description)
 
@@ -187,8 +189,10 @@ class DFCPhases:
         info = self.dfc_phase
         self._dfc_clock.start(info.phase.value)
         self._dfc_show_phase()
-        validate_in_epoch(self.trainer, info.phase is Phase.WAKE or self.dfc_feedback_config.validate,
-                          self._dfc_val_limit)
+        if info.phase is Phase.WAKE:
+            name_by_wake_epoch(self.trainer.checkpoint_callbacks, info.forward_epoch + 1)
+        validate = info.phase is Phase.WAKE or self.dfc_feedback_config.validate or bool(self.trainer.fast_dev_run)
+        validate_in_epoch(self.trainer, validate, self._dfc_val_limit)
         self.log("phase", float(info.phase.code), on_step=False, on_epoch=True)
         self.log("wake_epoch", float(info.forward_epoch + 1), on_step=False, on_epoch=True)
 
@@ -239,17 +243,13 @@ class DFCPhases:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dfc", {})
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        if attached_trainer(self) is not None and self.trainer.state.fn == "fit":
             self._dfc_check_resume(state)
         self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
         self._dfc_pretrain_condition_2 = state.get("pretrain_condition_2")
         if state.get("pretrain_ran") is not None:  # the pre-training had ended early: so it stays
             self._dfc_end_pretraining(int(state["pretrain_ran"]))
-        try:
-            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
-            self._dfc_resume_epoch = int(progress["processed"])  # epochs whose batches all ran
-        except (KeyError, TypeError):
-            self._dfc_resume_epoch = None
+        self._dfc_resume_epoch = epochs_processed(checkpoint)
 
 
 _console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
@@ -286,7 +286,5 @@ def refresh_last_checkpoint(callback: ModelCheckpoint, trainer: Any, hook: str) 
     it only together with a new top-k checkpoint, so after a wake epoch that did not improve the
     monitored value, and after every pre-training or sleep epoch, ``last.ckpt`` would lag behind
     the run, and a resume from it would repeat epochs. (Lightning has no public hook for this:
-    its private savers, here only.)"""
-    at_train_epoch_end = callback._should_save_on_train_epoch_end(trainer)
-    if (hook == "on_train_epoch_end") == at_train_epoch_end and not callback._should_skip_saving_checkpoint(trainer):
-        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+    :func:`~lightning_dfc.shell.lightning_internals.save_last_checkpoint`.)"""
+    save_last_checkpoint(callback, trainer, hook)

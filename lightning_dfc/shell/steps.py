@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.divergence import advice
+from ..core.clipping import clip_groups, feedback_clip_groups, forward_clip_groups
+from ..core.divergence import CAUSE_WORDS, DivergenceError, advice, stop_if_too_many
 from ..core.dynamics import feedforward
 from ..core.network import LayerParams
 from ..core.losses import loss_value
@@ -39,10 +40,6 @@ class WakeRecord:
     params: LayerParams
     update: list[Tensor]
     stats: dict[str, float]
-
-
-class DivergenceError(RuntimeError):
-    """Raised after too many consecutive batches with diverging dynamics."""
 
 
 class DFCSteps:
@@ -152,7 +149,7 @@ class DFCSteps:
             _clear_grads(self.dfc_net.forward_parameters() + self.dfc_net.trainable_feedback())
             return
         self._dfc_diverged_in_a_row = 0
-        clipped = self._dfc_clip(self._dfc_forward_clip_groups(), self.dfc_updates.clip_norm)
+        clipped = clip_groups(forward_clip_groups(self.dfc_net, self.dfc_forward_clip_grouping), self.dfc_updates.clip_norm)
         if self.dfc_record_steps:
             self.dfc_last_wake = WakeRecord(
                 x=x,
@@ -208,37 +205,11 @@ class DFCSteps:
         """Clip the feedback updates (from :meth:`_dfc_set_feedback_grads`, averaged over ranks)
         and step ``opt``."""
         cfg = self.dfc_feedback_config
-        if self.dfc_feedback_clip_grouping == "all":
-            groups = [feedback]
-        else:
-            groups = [[q.grad] for q in self.dfc_net.trainable_feedback()]
-        clipped = self._dfc_clip(groups, cfg.clip_norm)
+        clipped = clip_groups(feedback_clip_groups(self.dfc_net, feedback, self.dfc_feedback_clip_grouping),
+                              cfg.clip_norm)
         if cfg.clip_norm is not None:
             self.log(clip_log, float(clipped), on_step=False, on_epoch=True, reduce_fx="sum")
         opt.step()
-
-    def _dfc_forward_clip_groups(self) -> list[list[Tensor]]:
-        """The forward updates (``.grad``) grouped for clipping: per tensor or per layer."""
-        if self.dfc_forward_clip_grouping == "tensor":
-            return [[p.grad] for p in self.dfc_net.forward_parameters()]
-        return [[p.grad for p in (lin.weight, lin.bias) if p is not None] for lin in self.dfc_net.layers]
-
-    @staticmethod
-    @torch.no_grad()
-    def _dfc_clip(groups: list[list[Tensor]], max_norm: float | None) -> int:
-        """Scale each group of updates in place to at most ``max_norm`` (their joint 2-norm, as
-        ``torch.nn.utils.clip_grad_norm_`` does it); returns how many groups were clipped."""
-        if max_norm is None:
-            return 0
-        clipped = 0
-        for group in groups:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in group]))
-            clipped += int(norm > max_norm)
-            coef = max_norm / (norm + 1e-6)  # torch's formula, epsilon included
-            if coef < 1.0:
-                for g in group:
-                    g.mul_(coef)
-        return clipped
 
     def _dfc_opts(self) -> list:
         opts = self.optimizers()
@@ -263,14 +234,10 @@ class DFCSteps:
             _console.warning(
                 "lightning-dfc: %s batch %d of epoch %d skipped, nothing applied: %s (error ratio %.3g, state "
                 "ratio %.3g). Further skips are counted in %s/skipped_batches.", phase, self._dfc_epoch_batches,
-                self.current_epoch, _CAUSE_WORDS.get(cause, cause), stats.get("error_ratio", 0.0),
+                self.current_epoch, CAUSE_WORDS.get(cause, cause), stats.get("error_ratio", 0.0),
                 stats.get("state_ratio", 0.0), prefix)
-        limit = self.dfc_updates.max_diverged_batches
-        if self._dfc_diverged_in_a_row >= limit:
-            raise DivergenceError(
-                f"the {phase}-phase dynamics diverged on {limit} consecutive batches (their updates were "
-                f"skipped; last cause: {_CAUSE_WORDS.get(cause, cause)}). Remedy: {self._dfc_advice(cause, phase)}."
-            )
+        stop_if_too_many(self._dfc_diverged_in_a_row, self.dfc_updates.max_diverged_batches, cause, phase,
+                         self._dfc_advice(cause, phase))
         return True
 
     def _dfc_advice(self, cause: str, phase: str) -> str:
@@ -289,20 +256,12 @@ class DFCSteps:
             cause, phase = self._dfc_last_cause
             raise DivergenceError(
                 f"{skipped} of {batches} {phase} batches of epoch {self.current_epoch} were skipped because their "
-                f"dynamics diverged ({_CAUSE_WORDS.get(cause, cause)}), more than updates.max_skipped_fraction = "
+                f"dynamics diverged ({CAUSE_WORDS.get(cause, cause)}), more than updates.max_skipped_fraction = "
                 f"{self.dfc_updates.max_skipped_fraction:g}. Remedy: {self._dfc_advice(cause, phase)}."
             )
 
 
 _console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
-
-_CAUSE_WORDS = {
-    "non_finite": "inf or NaN values",
-    "state_norm": "the state ran away from the feedforward state",
-    "error_growth": "the controller made the output error grow",
-    "update_norm": "a finite but huge update",
-}
-
 
 def _clear_grads(params: list[Tensor]) -> None:
     """Drop a skipped batch's updates from the parameters' ``.grad``."""

@@ -93,6 +93,19 @@ class Method:
     def default_feedback_clip_grouping(self) -> str:
         return "layer" if self.strong else "all"
 
+    def normalize_lr(self, updates: Any) -> bool:
+        """Whether the forward learning rate is divided by lambda: ``updates.normalize_lr``, or
+        this method's default when that is ``None``."""
+        return self.default_normalize_lr if updates.normalize_lr is None else bool(updates.normalize_lr)
+
+    def forward_clip_grouping(self, updates: Any) -> str:
+        """``tensor`` or ``layer``: ``updates.clip_grouping``, or this method's default."""
+        return updates.clip_grouping if updates.clip_grouping is not None else self.default_forward_clip_grouping
+
+    def feedback_clip_grouping(self, feedback: Any) -> str:
+        """``all`` or ``layer``: ``feedback.clip_grouping``, or this method's default."""
+        return feedback.clip_grouping if feedback.clip_grouping is not None else self.default_feedback_clip_grouping
+
     def check_composition(self) -> None:
         """Refuse a target or feedback rule this forward rule cannot use."""
         label = self.name or self.rule

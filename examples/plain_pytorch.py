@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     # library defaults for speed (early stop, outer_every 10); the paper's exact settings are in
     # examples/mnist_dfc.yaml
     dfc = DFC(model, variant="dfc", target_stepsize=lam, dynamics=SimulationConfig(early_stop=True)).to(torch.float64)
-    opt = torch.optim.Adam(model.parameters(), lr=9.266e-5 / lam, betas=(0.99, 0.99), eps=9.446e-8)
+    opt = torch.optim.Adam(model.parameters(), lr=dfc.forward_lr(9.266e-5), betas=(0.99, 0.99), eps=9.446e-8)  # / lam
     fb_opt = torch.optim.Adam(dfc.feedback_parameters(), lr=5.265e-4, betas=(0.99, 0.99), eps=1.561e-6,
                               weight_decay=1e-3)
     data = batches(args.data_dir, args.batch_size)

@@ -1,0 +1,95 @@
+"""The three doors, DFCModule, DFCMixin and the plain lightning_dfc.DFC, train alike: the same
+batches from the same weights give the same weights afterwards, with clipping and the learning
+rate's division by lambda at work."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_dfc import DFC, MLP, DFCMixin, DFCModule, SimulationConfig
+from lightning_dfc.core.divergence import DivergenceError
+
+DT = torch.float64
+LR, LAMBDA, CLIP = 0.02, 0.1, 0.002
+SETTINGS = dict(target_stepsize=LAMBDA, dynamics=SimulationConfig(steps=40, alpha=0.05),
+                updates={"clip_norm": CLIP})  # small: most updates are clipped
+ADAM = functools.partial(torch.optim.Adam, lr=LR, betas=(0.9, 0.999), eps=1e-8)
+
+
+class Host(pl.LightningModule):
+    """A user's own LightningModule, with its network in ``self.body``."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+
+class DFCHost(DFCMixin, Host):
+    pass
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 8, generator=g, dtype=DT)
+    y = x[:, :3].argmax(1)
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)]
+
+
+def _fit(module: pl.LightningModule) -> None:
+    x = torch.cat([b[0] for b in _batches()])
+    y = torch.cat([b[1] for b in _batches()])
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
+    pl.Trainer(max_epochs=1, precision="64-true", accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(module, loader)
+
+
+@pytest.mark.parametrize("variant", ["dfc_fixed", "dfa"])
+def test_the_three_doors_train_alike(variant):
+    torch.manual_seed(0)
+    network = MLP([8, 10, 3]).double()
+    module = DFCModule(copy.deepcopy(network), variant=variant, forward_optimizer=ADAM, **SETTINGS)
+    mixin = DFCHost(copy.deepcopy(network), dfc_network_attribute="body", dfc_variant=variant,
+                    dfc_forward_optimizer=ADAM, **{f"dfc_{k}": v for k, v in SETTINGS.items()})
+    model = copy.deepcopy(network)
+    plain = DFC(model, variant=variant, **SETTINGS).to(DT)
+    for door in (mixin.dfc_net, plain.net):  # the same feedback weights (DFA's are random)
+        with torch.no_grad():
+            for q, ref in zip(door.feedback, module.dfc_net.feedback):
+                q.copy_(ref)
+    _fit(module)
+    _fit(mixin)
+    opt = torch.optim.Adam(model.parameters(), lr=plain.forward_lr(LR), betas=(0.9, 0.999), eps=1e-8)
+    clipped = 0
+    for x, y in _batches():
+        opt.zero_grad()
+        plain.backward(x, y)
+        clipped += plain.last_stats["clipped"]
+        opt.step()
+    assert plain.forward_lr(LR) == LR / LAMBDA  # DFC methods divide by lambda (updates.normalize_lr)
+    assert clipped >= 3  # clipping was at work
+    for a, b, c in zip(module.network.parameters(), mixin.body.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(c, a, rtol=0, atol=0)
+    assert not torch.equal(next(network.parameters()), next(model.parameters()))
+
+
+def test_the_plain_door_refuses_and_stops_like_the_module():
+    softmax_out = nn.Sequential(nn.Linear(8, 3), nn.Sigmoid()).double()
+    for door in (lambda: DFC(softmax_out), lambda: DFCModule(softmax_out)):
+        with pytest.raises(ValueError, match="output layer must be linear"):
+            door()
+    torch.manual_seed(0)
+    dfc = DFC(MLP([8, 10, 3]).double(), variant="dfc_fixed", target_stepsize=0.1,
+              dynamics=SimulationConfig(steps=50, k_p=200, sigma=0.001), updates={"max_diverged_batches": 2}).to(DT)
+    x, y = _batches()[0]
+    dfc.backward(x, y)  # diverges: skipped, counted
+    assert dfc.last_stats["skipped"] is not None and dfc.diverged_in_a_row == 1
+    with pytest.raises(DivergenceError, match="diverged on 2 consecutive batches.*Remedy"):
+        dfc.backward(x, y)

@@ -7,7 +7,7 @@ Two layers (docs/architecture.md):
 * :mod:`lightning_dfc.shell`: the Lightning layer (module, mixin, callbacks, CLI, data, plots),
   which applies what the core computes.
 
-The Lightning classes (:class:`DFCModule`, :class:`DFCMixin`) load on first use, so that
+The Lightning classes (:class:`DFCModule`, :class:`DFCMixin`, :class:`DFCWrapper`) load on first use, so that
 ``from lightning_dfc import DFC`` (the plain PyTorch door) never imports Lightning.
 """
 
@@ -21,11 +21,11 @@ from .core.schedule import Phase, PhaseSchedule
 
 __all__ = [
     "__version__", "Activation", "SimulationConfig", "sleep_defaults", "DFCNetwork", "LayerParams", "MLP",
-    "DFCModule", "DFCMixin", "PhaseSchedule", "Phase", "FeedbackConfig", "UpdateConfig",
+    "DFCModule", "DFCMixin", "DFCWrapper", "PhaseSchedule", "Phase", "FeedbackConfig", "UpdateConfig",
     "METHODS", "Method", "register_method", "resolve_method", "DFC",
 ]
 
-_LIGHTNING_CLASSES = {"DFCModule": "module", "DFCMixin": "mixin"}
+_LIGHTNING_CLASSES = {"DFCModule": "module", "DFCMixin": "mixin", "DFCWrapper": "wrapper"}
 
 
 def __getattr__(name: str):

@@ -102,6 +102,14 @@ def root_cause(error: BaseException) -> str:
         error = inner
 
 
+def importable_from_here() -> None:
+    """Put the current directory first on ``sys.path`` (where ``python -m`` puts it; a console
+    script does not), so that a config's ``class_path`` can name a module there."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+
+
 def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
     """Build (and by default run) the CLI.
 
@@ -126,8 +134,11 @@ def main(args: ArgsType = None) -> None:
     """Entry point of ``lightning-dfc`` and ``python -m lightning_dfc``.
 
     ``plot ...`` is handled by :func:`lightning_dfc.shell.plotting.plot_main` (not LightningCLI). Data that
-    is missing and cannot be downloaded ends the run with one ``error:`` line and status 2.
+    is missing and cannot be downloaded ends the run with one ``error:`` line and status 2. A
+    config's ``class_path`` may name a module of the current directory (your own LightningModule,
+    e.g. ``examples.wrap_existing_model.LitClassifier`` from the checkout), as with ``python -m``.
     """
+    importable_from_here()
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] == "plot":
         from .plotting import plot_main

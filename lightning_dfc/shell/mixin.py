@@ -71,14 +71,9 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
         super().__init__(*args, **kwargs)
         if dfc_network is not None:
             setattr(self, dfc_network_attribute, dfc_network)
-        network = getattr(self, dfc_network_attribute, None)
-        if network is None:
-            raise ValueError(
-                f"DFCMixin: the module has no attribute {dfc_network_attribute!r}; pass "
-                "dfc_network_attribute=<name of the attribute that holds your nn.Sequential>"
-            )
-        self.configure_dfc(
-            network,
+        self.dfc_attach(
+            network_attribute=dfc_network_attribute,
+            allow_untrained=dfc_allow_untrained,
             variant=dfc_variant,
             loss=dfc_loss,
             target_stepsize=dfc_target_stepsize,
@@ -90,7 +85,20 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
             pretrain_optimizer=dfc_pretrain_optimizer,
             numerics=dfc_numerics,
         )
-        check_untrained(self, dfc_network_attribute, dfc_allow_untrained)
+
+    def dfc_attach(self, network_attribute: str = "network", allow_untrained: bool = False, **settings: Any) -> None:
+        """Set DFC up on this (constructed) module: wrap the network in attribute
+        ``network_attribute`` and check that nothing else would stay untrained. ``settings``: the
+        ``dfc_`` arguments without the prefix (:meth:`configure_dfc`). ``__init__`` calls it, and
+        so does :class:`~lightning_dfc.DFCWrapper` on a module it turns into a DFC one."""
+        network = getattr(self, network_attribute, None)
+        if network is None:
+            raise ValueError(
+                f"{type(self).__name__} has no attribute {network_attribute!r}: name the attribute that holds "
+                "your nn.Sequential (DFCMixin: dfc_network_attribute=<name>; DFCWrapper: network: <name>)"
+            )
+        self.configure_dfc(network, **settings)
+        check_untrained(self, network_attribute, allow_untrained)
 
 
 def check_untrained(module: nn.Module, attribute: str, allowed: bool) -> None:
@@ -114,5 +122,5 @@ def check_untrained(module: nn.Module, attribute: str, allowed: bool) -> None:
         f"{what}; they would never train. Put every layer DFC should train into one nn.Sequential held by "
         f"{attribute!r} (e.g. nn.Sequential(self.encoder, self.decoder) flattened into one stack of "
         "nn.Linear + activations), freeze the others (requires_grad_(False)), or pass dfc_allow_untrained=True "
-        "to leave them untrained on purpose."
+        "(DFCWrapper: allow_untrained: true) to leave them untrained on purpose."
     )

@@ -79,8 +79,10 @@ class DFCPhases:
 
     def on_fit_end(self) -> None:
         super().on_fit_end()
+        # trainer.log_dir broadcasts rank 0's under DDP: every rank asks, before rank 0 prints
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-            for line in fit_summary(self.trainer, self, self._dfc_clock, self._dfc_skipped_total):
+            for line in fit_summary(self.trainer, self, self._dfc_clock, self._dfc_skipped_total, log_dir):
                 _console.info(line)
 
     def on_fit_start(self) -> None:

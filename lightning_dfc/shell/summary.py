@@ -95,8 +95,10 @@ def sleep_simulation_line(module: Any) -> str | None:
     return f"  sleep phase: the whole network simulated ({why})"
 
 
-def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str, int]) -> list[str]:
-    """The summary's lines (printed by the module at the end of ``fit``)."""
+def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str, int],
+                log_dir: str | None = None) -> list[str]:
+    """The summary's lines (printed by the module at the end of ``fit``). ``log_dir``: the
+    trainer's (``trainer.log_dir`` is a collective under DDP: every rank reads it, rank 0 prints)."""
     lines = ["lightning-dfc: fit finished."]
     ckpt = trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
@@ -120,7 +122,6 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
     sleep = sleep_simulation_line(module)
     if sleep:
         lines.append(sleep)
-    log_dir = getattr(trainer, "log_dir", None) if trainer.loggers else None
     if best or log_dir:
         config = f" --config {Path(log_dir) / 'config.yaml'}" if log_dir and (Path(log_dir) / "config.yaml").is_file() else ""
         if best:

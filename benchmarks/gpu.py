@@ -12,7 +12,7 @@ used:
   ``tests/reference/harness.py``); equal to rounding. ``fast`` on the GPU against ``exact`` on the
   CPU for the noise-free wake passes (DFC, two-phase Strong-DFC): within the fast numerics'
   bounds (1 - cos <= 1e-5, norm <= 1e-3); its noisy passes draw other numbers (two-point noise,
-  checked over seeds in ``tests/test_numerics.py``). Printed: worst 1 - cosine and worst relative
+  checked over seeds in ``tests/core/test_numerics.py``). Printed: worst 1 - cosine and worst relative
   norm error over the update tensors.
 * **Time.** Median per-batch time of the wake pass and the sleep pass on the GPU (synchronised),
   the noise drawn on the device, and the time of a full MNIST epoch from them: 430 batches of
@@ -143,7 +143,7 @@ def run_config(config: Path, repeats: int, device: torch.device, batch_size: int
             for phase, fn in phases:
                 noisy = (model.dfc_dynamics if phase == "wake" else model.dfc_feedback_config.simulation).noisy
                 if numerics == "fast" and noisy:
-                    continue  # other draws: compared over seeds in tests/test_numerics.py
+                    continue  # other draws: compared over seeds in tests/core/test_numerics.py
                 with same_noise(11):
                     cos, norm = compare(fn(model, x, y), reference[phase])
                 what = "equal to the CPU's exact (same noise)" if numerics == "exact" else "against the CPU's exact"

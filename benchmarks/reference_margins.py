@@ -10,8 +10,8 @@ equality in distribution is ``benchmarks/numerics_equivalence.py``'s job).
 
     .venv/bin/python benchmarks/reference_margins.py [--output FILE.md]
 
-(``tests/test_reference.py`` asserts 1 - cos <= 1e-9 and a norm error <= 1e-6 in the ``exact``
-column; ``tests/test_numerics.py`` the fast bounds, 1 - cos <= 1e-5 and norm <= 1e-3.)
+(``tests/reference/test_reference.py`` asserts 1 - cos <= 1e-9 and a norm error <= 1e-6 in the ``exact``
+column; ``tests/core/test_numerics.py`` the fast bounds, 1 - cos <= 1e-5 and norm <= 1e-3.)
 """
 
 from __future__ import annotations

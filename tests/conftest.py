@@ -29,7 +29,7 @@ def cli_isolation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def exact_numerics() -> Iterator[None]:
     """Core functions called with unset numerics levers compute in the published numerics
     (float64, every step, Gaussian noise) instead of the default ``fast``: for the tests that
-    check the simulation itself against brute force and theory. ``tests/test_numerics.py``
+    check the simulation itself against brute force and theory. ``tests/core/test_numerics.py``
     checks ``fast`` against ``exact``."""
     from lightning_dfc.core import dynamics
     from lightning_dfc.core.numerics import EXACT

@@ -74,7 +74,7 @@ class SimulationConfig:
             the nudge, which is accumulated every ``outer_every`` steps (rectangle rule): 1 = every
             step (exact). Its error grows with the target's distance and the noise; the fast
             preset's 10 is checked against 1 for noisy simulations and strong targets too
-            (``tests/test_numerics.py``, ``docs/numerics.md``).
+            (``tests/core/test_numerics.py``, ``docs/numerics.md``).
         dtype: simulate in this dtype (``"float32"`` or ``"float64"``) whatever the network's;
             the results come back in the network's dtype. float32 keeps its precision through the
             deviation form (``docs/concepts.md`` section 8).

@@ -21,7 +21,7 @@ orthogonal to V_i, which is independent of the controls: given them it is the ma
 (I - V V^T) Z F^T, F F^T = H = sum_j h[j] h[j]^T, h the controls filtered backwards with the noise
 filter's decay, drawn once per batch. Per step this costs O(B L n_L^2) instead of
 O(B sum_i n_i n_{i-1}) and B S noise draws; the linearisation's error is of second order in the
-deviations (``tests/test_linear_sleep.py`` measures it against the full simulation).
+deviations (``tests/core/test_linear_sleep.py`` measures it against the full simulation).
 """
 
 from __future__ import annotations

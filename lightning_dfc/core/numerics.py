@@ -7,12 +7,12 @@ lever a config leaves unset (``None``); one setting switches all of them for a w
 
 * ``exact``: the published numerics, the verification mode. float64, every Euler step, every
   outer product, Gaussian noise drawn per step: the same numbers, noise draw for noise draw, as
-  the authors' code (``tests/test_reference.py``).
+  the authors' code (``tests/reference/test_reference.py``).
 * ``fast`` (the default): float32 (cancellation-free deviation form), an early stop that adds
   the rest of the trajectory in closed form (:mod:`~lightning_dfc.core.tail`), the O(lambda^2)
   outer products every 10th step, two-point noise increments (the simplified weak Euler scheme),
   DFC's sleep phase linearised and reduced to the output's dimensions (``linear_sleep``).
-  Proven to learn like ``exact``: ``tests/test_numerics.py``, ``tests/test_linear_sleep.py`` and
+  Proven to learn like ``exact``: ``tests/core/test_numerics.py``, ``tests/core/test_linear_sleep.py`` and
   ``docs/benchmarks.md``.
 
     DFCModule(net, numerics="exact")           # Python

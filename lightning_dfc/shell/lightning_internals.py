@@ -1,7 +1,7 @@
 """Every access of the package to Lightning's private state, one function each.
 
 Lightning has no public hook for these four needs. Each function reads or calls exactly one
-private piece, and ``tests/test_lightning_internals.py`` checks each against the installed
+private piece, and ``tests/shell/test_lightning_internals.py`` checks each against the installed
 Lightning, so that a Lightning release that moves the piece fails there, loudly and by name,
 instead of somewhere in a fit. No other module of the package touches a private attribute of
 Lightning's modules, loops, callbacks or progress bars (``tests/test_architecture.py`` checks).

@@ -2,9 +2,9 @@
 
 Not run by CI (it needs the authors' code). For every ``examples/<name>.yaml`` this script finds
 the published source of the run, lets the authors' own code turn it into a config, maps that
-config with ``tests/reference/authors.py`` (the mapping ``tests/test_reference.py`` checks
+config with ``tests/reference/authors.py`` (the mapping ``tests/reference/test_reference.py`` checks
 numerically) and records the result in ``tests/reference/published_configs.json``, which
-``tests/test_published_configs.py`` compares with the example configs. It also prints, per
+``tests/reference/test_published_configs.py`` compares with the example configs. It also prints, per
 example, a table: authors' flag (its value on the command line, or the parser's default when the
 command leaves it out, and the value after their post-processing) -> our field -> our value.
 
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     document = {
         "about": "The published runs behind examples/*.yaml, as the authors' own parsers read them, mapped by "
                  "tests/reference/authors.py. Written by tests/reference/audit_configs.py (see its docstring); "
-                 "checked against the examples by tests/test_published_configs.py.",
+                 "checked against the examples by tests/reference/test_published_configs.py.",
         "pinned_commits": {REPOS[k]: v for k, v in PINNED.items()},
         "oddities": oddities,
         "sources_without_example": unused,

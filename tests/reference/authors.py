@@ -5,10 +5,10 @@ A config as the authors' own argument parser leaves it (deep_feedback_control's
 is mapped to the keyword arguments of :class:`lightning_dfc.DFCModule`. One mapping serves three
 users, so that it is checked from three sides:
 
-* ``tests/test_reference.py`` configures our side of every reference case with it, so every
+* ``tests/reference/test_reference.py`` configures our side of every reference case with it, so every
   field it sets is checked numerically against the authors' code;
 * ``tests/reference/audit_configs.py`` maps every published command and config with it;
-* ``tests/test_published_configs.py`` compares the example configs with that table.
+* ``tests/reference/test_published_configs.py`` compares the example configs with that table.
 
 Settings our library does not implement raise ``NotImplementedError`` naming them, instead of
 being dropped silently.
@@ -23,7 +23,7 @@ __all__ = ["dfc_paper_settings", "strong_dfc_settings", "network_settings"]
 ADAM = "torch.optim.Adam"
 # The authors' numerics: float64, every Euler step, every step's outer product, Gaussian noise
 # drawn per step (lightning_dfc.core.numerics). The library's default, fast, is proven to learn
-# the same (tests/test_numerics.py) but does not compute the same numbers.
+# the same (tests/core/test_numerics.py) but does not compute the same numbers.
 NUMERICS = "exact"
 SGD = "torch.optim.SGD"
 

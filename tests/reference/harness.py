@@ -1,5 +1,5 @@
 """Our side of a reference case: the module the authors' config maps to, with their parameters,
-and the batch they used. Shared by ``tests/test_reference.py`` and
+and the batch they used. Shared by ``tests/reference/test_reference.py`` and
 ``benchmarks/reference_margins.py``."""
 
 from __future__ import annotations

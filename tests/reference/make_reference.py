@@ -1,4 +1,4 @@
-"""Reference data from the authors' own code, for ``tests/test_reference.py``. Not run by CI.
+"""Reference data from the authors' own code, for ``tests/reference/test_reference.py``. Not run by CI.
 
 The authors' repositories are run here side by side with nothing of ours: their networks, update
 rules, optimizers and training loops produce the numbers, and this script only feeds them data,

@@ -40,7 +40,7 @@ from lightning_dfc.shell.data import FashionMNISTDataModule, MNISTDataModule, St
 from lightning_dfc.core.config import as_optimizer
 from lightning_dfc.core.methods import METHODS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECORD = json.loads((REPO / "tests" / "reference" / "published_configs.json").read_text())
 PUBLISHED: dict[str, dict[str, Any]] = RECORD["examples"]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -223,7 +223,7 @@ def test_every_example_is_in_the_record() -> None:
     assert sorted(PUBLISHED) == IDS
     missing = [k for k, v in PUBLISHED.items() if v["status"] == "no_published_source"]
     assert missing == [], f"examples without a published source: {missing}"
-    # the commits of the authors' code that tests/test_reference.py checks our numerics against
+    # the commits of the authors' code that tests/reference/test_reference.py checks our numerics against
     manifest = json.loads((REPO / "tests" / "reference" / "manifest.json").read_text())
     assert sorted(RECORD["pinned_commits"].values()) == sorted(manifest["pinned_commits"].values())
 

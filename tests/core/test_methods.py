@@ -16,7 +16,7 @@ from lightning_dfc import METHODS, MLP, DFCModule, Method, register_method, reso
 from lightning_dfc.core.methods import DFC, DFCSSA, DFCSteadyState
 from lightning_dfc.core.targets import HoldOutput, NudgedTarget, StrongTarget
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import readout_method  # noqa: E402  (registers "readout")
 
 

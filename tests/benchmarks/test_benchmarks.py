@@ -25,7 +25,7 @@ from helpers import write_fake_mnist
 
 from lightning_dfc import FeedbackConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread", "cli_isolation")
 
 

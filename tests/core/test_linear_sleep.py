@@ -7,7 +7,7 @@
   tenfold with a tenfold smaller sigma.
 * Its parts separately: the Jacobians are ``torch.func``'s, the orthogonal draw's factor squares
   to the controls' Gram matrix even where that is singular.
-* Drawn noise: ``tests/test_numerics.py`` compares the fast sleep update's mean and spread over
+* Drawn noise: ``tests/core/test_numerics.py`` compares the fast sleep update's mean and spread over
   60 seeds with the exact (published) numerics, for the MNIST and autoencoder sleep phases.
 """
 

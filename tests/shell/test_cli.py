@@ -23,7 +23,7 @@ import lightning_dfc
 from lightning_dfc import METHODS, MLP, DFCModule
 from lightning_dfc.shell.cli import DFCLightningCLI, build_cli, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "examples" / "mnist_dfc.yaml")
 
 # a short, fast version of examples/mnist_dfc.yaml: one forward epoch = 1 sleep + 1 wake epoch
@@ -119,7 +119,7 @@ def test_unknown_variant_lists_the_variants(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_missing_data_lists_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The full message (the command itself prints one line: tests/test_cli_errors.py)."""
+    """The full message (the command itself prints one line: tests/shell/test_cli_errors.py)."""
     monkeypatch.setenv("LIGHTNING_DFC_TRACEBACK", "1")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -483,7 +483,7 @@ def test_float32_feedback_update(numerics):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
     from harness import same_noise
 
     from lightning_dfc.core.numerics import NUMERICS

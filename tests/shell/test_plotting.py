@@ -26,7 +26,7 @@ from lightning_dfc.shell.plotting import (  # noqa: E402
     series,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIG3_PIXELS = (round(plotting.FIG3_SIZE[1] * plotting.FIG_DPI), round(plotting.FIG3_SIZE[0] * plotting.FIG_DPI))
 
 

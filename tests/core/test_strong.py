@@ -31,7 +31,7 @@ from lightning_dfc.core.losses import strong_target
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "exact_numerics")  # the functional core: exact numerics
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DT = torch.float64
 
 

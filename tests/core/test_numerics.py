@@ -29,7 +29,7 @@ import torch
 from lightning_dfc import DFC, MLP, DFCModule
 from lightning_dfc.core.numerics import EXACT, FAST, NUMERICS, resolve_numerics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 from harness import UPDATE_CASES, agreement, batch, build_module, load, load_excerpt, settings_of  # noqa: E402
 from make_reference import inputs, near_weight_product  # noqa: E402
 
@@ -261,7 +261,7 @@ def test_one_setting_switches_every_simulation() -> None:
 def test_the_cli_switch(tmp_path, cli_isolation) -> None:
     from lightning_dfc.shell.cli import build_cli
 
-    config = Path(__file__).resolve().parents[1] / "examples" / "mnist_dfc.yaml"
+    config = Path(__file__).resolve().parents[2] / "examples" / "mnist_dfc.yaml"
     cli = build_cli(["--config", str(config), "--trainer.logger=false"], run=False)
     assert cli.model.dfc_numerics is FAST
     cli = build_cli(["--config", str(config), "--trainer.logger=false", "--model.init_args.numerics=exact"], run=False)

@@ -13,7 +13,7 @@ from helpers import write_fake_mnist
 from lightning_dfc.shell.cli import build_cli, main
 from test_cli import CONFIG, SHORT, data_args
 
-WRITER = str(Path(__file__).resolve().parents[1] / "examples" / "extra" / "predict_writer.yaml")
+WRITER = str(Path(__file__).resolve().parents[2] / "examples" / "extra" / "predict_writer.yaml")
 
 
 def test_predict_writes_the_predictions(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ fall over a few steps, and with the update's sign flipped it must rise. The same
 plain API (``DFC.backward`` writes the raw update, SGD steps) and through ``DFCModule`` in a
 Lightning ``fit`` (learning rate over lambda, clipping, the schedule's pre-training and sleep
 epochs). A wrong sign anywhere on the way, or a layer left out, fails here; the other training
-tests check the numbers (against the authors' code, ``tests/test_reference.py``).
+tests check the numbers (against the authors' code, ``tests/reference/test_reference.py``).
 """
 
 from __future__ import annotations

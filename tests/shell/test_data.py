@@ -14,7 +14,7 @@ from torch import nn
 from lightning_dfc.shell.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
 
 # the offline data: ../shared/data beside the checkout, or the folder LIGHTNING_DFC_DATA names
-SHARED_DATA = Path(os.environ.get("LIGHTNING_DFC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("LIGHTNING_DFC_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
 def offline_data(kind: str, *parts: str) -> Path:

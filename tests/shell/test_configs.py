@@ -28,7 +28,7 @@ from lightning_dfc.shell.cli import build_cli
 from lightning_dfc.core.losses import loss_value
 from lightning_dfc.shell.data import FashionMNISTDataModule, MNISTDataModule, StudentTeacherDataModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 EXAMPLE_IDS = [p.stem for p in EXAMPLES]
 
@@ -138,7 +138,7 @@ def test_example_trains(config: Path, tmp_path: Path) -> None:
             assert not torch.equal(before[key], after[key]), f"{key} did not change"
     # the direction: the output layer's step descends the loss on the batch it was computed on
     # (the output layer's local update is the loss gradient's direction in every method, so a
-    # flipped or misrouted update fails here; tests/test_directions.py checks every layer)
+    # flipped or misrouted update fails here; tests/core/test_directions.py checks every layer)
     x, y = batches.batch
     dtype = before[next(iter(before))].dtype
     x, y = x.to(dtype), (y.to(dtype) if y.is_floating_point() else y)

@@ -29,7 +29,7 @@ import torch
 
 from lightning_dfc import DFCModule
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 from harness import (  # noqa: E402
     RUN_CASES,
     UPDATE_CASES,

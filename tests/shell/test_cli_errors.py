@@ -10,7 +10,7 @@ import pytest
 from lightning_dfc.shell.cli import TRACEBACK_ENV, main
 
 CONFIG = "examples/mnist_dfc.yaml"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 ROWS = [  # (override, what the one line must say)
     ("--model.init_args.dynamics.dt=0.5", "dt=0.5 is larger than the somatic time constant tau_v=0.2"),

@@ -14,7 +14,7 @@ import torch
 from lightning_dfc import DFC, MLP, DFCModule, SimulationConfig
 
 DT = torch.float64
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plain_pytorch.py"
 
 
 def _batch(n=16, seed=0):

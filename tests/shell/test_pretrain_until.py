@@ -170,7 +170,7 @@ def test_the_defaults_and_the_published_configs():
     assert forward.defaults["betas"] == (0.9, 0.999)
     assert forward.param_groups[0]["lr"] == pytest.approx(9.266e-5 / 0.07794)  # normalize_lr: lr / lambda
     assert feedback.defaults["betas"] == pretrain.defaults["betas"] == (0.99, 0.99)
-    published = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "mnist_dfc.yaml").read_text())
+    published = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "mnist_dfc.yaml").read_text())
     init = published["model"]["init_args"]
     assert init["feedback"]["pretrain_until"] is None and init["feedback"]["pretrain_epochs"] == 10
     assert init["forward_optimizer"]["init_args"]["betas"] == [0.99, 0.99]

@@ -15,7 +15,7 @@ from lightning_dfc.core.diagnostics import angle
 from lightning_dfc.core.rules import bp_update
 from lightning_dfc.shell.data import MNISTDataModule
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "wrap_existing_model.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wrap_existing_model.py"
 
 
 @pytest.fixture(scope="module")

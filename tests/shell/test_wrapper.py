@@ -20,7 +20,7 @@ from helpers import write_fake_mnist
 from lightning_dfc import DFCMixin, DFCWrapper, SimulationConfig
 from lightning_dfc.shell.cli import build_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "extra" / "mnist_wrapped_classifier.yaml"
 QUICK = ["--model.init_args.dynamics.steps=30", "--model.init_args.feedback.simulation.steps=10",
          "--model.init_args.module.init_args.hidden=12", "--trainer.enable_progress_bar=false",

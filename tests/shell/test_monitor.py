@@ -15,7 +15,7 @@ from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig, Upda
 from lightning_dfc.shell.callbacks import ConditionMonitor
 from lightning_dfc.shell.cli import build_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLEEP = SimulationConfig(dt=0.005, steps=10, k_p=0.1, alpha=0.5, tau_v=0.01, tau_apical=0.1,
                          proactive=False, sigma=0.02, early_stop=False)
 

@@ -1,7 +1,7 @@
 """The loop around the updates, unit by unit: where the feedback weight decay acts, the clipping
 groups, when the simulations stop early, and the settings' validation.
 
-(Against the authors' code these are checked together in ``tests/test_reference.py``.)
+(Against the authors' code these are checked together in ``tests/reference/test_reference.py``.)
 """
 
 from __future__ import annotations

@@ -77,10 +77,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for step in range(1, args.batches + 1):
         x, y = next(data)
         opt.zero_grad()
-        loss = dfc.backward(x, y)  # the DFC update in .grad of W_i, b_i
+        loss = dfc.backward(x, y)  # the DFC update in .grad of W_i, b_i, clipped (updates.clip_norm)
         wake_steps = dfc.last_stats.get("steps", 0)
         history["loss"].append(float(loss))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             history["loss_after"].append(float(torch.nn.functional.cross_entropy(model(x), y)))

@@ -25,8 +25,10 @@ from .schedule import PhaseSchedule
 
 __all__ = [
     "SimulationConfig", "sleep_defaults", "RULES", "FeedbackConfig", "UpdateConfig",
-    "as_config", "as_optimizer", "plain",
+    "as_config", "as_optimizer", "plain", "TARGET_STEPSIZE",
 ]
+
+TARGET_STEPSIZE = 0.07794  # lambda's default: the DFC paper's MNIST value (its configs_mnist/mnist_dfc.py)
 
 RULES = ("nonlinear_difference", "voltage_difference")  # the forward rule's teaching signal
 

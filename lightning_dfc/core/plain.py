@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config
+from .config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig, as_config
 from .diagnostics import feedback_condition_2
 from .clipping import clip_groups, feedback_clip_groups, forward_clip_groups
 from .divergence import DivergenceCheck, advice, stop_if_too_many
@@ -57,7 +57,7 @@ class DFC:
     """
 
     def __init__(self, model: nn.Module, variant: str | Method = "dfc", *, loss: str = "cross_entropy",
-                 target_stepsize: float = 0.07794, dynamics: SimulationConfig | dict | None = None,
+                 target_stepsize: float = TARGET_STEPSIZE, dynamics: SimulationConfig | dict | None = None,
                  feedback: FeedbackConfig | dict | None = None, updates: UpdateConfig | dict | None = None,
                  generator: torch.Generator | None = None, numerics: str | Numerics = "fast") -> None:
         if loss not in LOSSES:  # before anything is built; the output layer is checked below

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..core.divergence import DivergenceCheck
 from .summary import PhaseClock
-from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
+from ..core.config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
 from ..core.numerics import Numerics, resolve_numerics
@@ -46,7 +46,7 @@ class DFCConfiguration:
         *,
         variant: str = "dfc",
         loss: str = "cross_entropy",
-        target_stepsize: float = 0.07794,
+        target_stepsize: float = TARGET_STEPSIZE,
         dynamics: SimulationConfig | None = None,
         feedback: FeedbackConfig | None = None,
         updates: UpdateConfig | None = None,

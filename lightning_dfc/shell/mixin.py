@@ -18,7 +18,7 @@ from typing import Any
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig
+from ..core.config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig
 from ..core.numerics import Numerics
 from .configuration import ADAM_BETAS, DFCConfiguration, default_optimizer
 from .phases import DFCPhases
@@ -57,7 +57,7 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
         dfc_network_attribute: str = "network",
         dfc_variant: str = "dfc",
         dfc_loss: str = "cross_entropy",
-        dfc_target_stepsize: float = 0.07794,
+        dfc_target_stepsize: float = TARGET_STEPSIZE,
         dfc_dynamics: SimulationConfig | None = None,
         dfc_feedback: FeedbackConfig | None = None,
         dfc_updates: UpdateConfig | None = None,

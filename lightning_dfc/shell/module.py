@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..core.config import SimulationConfig
 from .mixin import DFCMixin
 from ..core.losses import loss_value
-from ..core.config import FeedbackConfig, UpdateConfig, plain
+from ..core.config import TARGET_STEPSIZE, FeedbackConfig, UpdateConfig, plain
 from ..core.numerics import Numerics
 
 __all__ = ["DFCModule"]
@@ -63,7 +63,7 @@ class DFCModule(DFCMixin, LightningModule):
         network: nn.Module,
         variant: str = "dfc",
         loss: str = "cross_entropy",
-        target_stepsize: float = 0.07794,
+        target_stepsize: float = TARGET_STEPSIZE,
         dynamics: SimulationConfig | None = None,
         feedback: FeedbackConfig | None = None,
         updates: UpdateConfig | None = None,

@@ -28,7 +28,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.cli import OptimizerCallable
 
-from ..core.config import FeedbackConfig, SimulationConfig, UpdateConfig
+from ..core.config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig
 from ..core.numerics import Numerics
 from .mixin import DFCMixin
 
@@ -71,7 +71,7 @@ class DFCWrapper(pl.LightningModule):
         network: str = "network",
         variant: str = "dfc",
         loss: str = "cross_entropy",
-        target_stepsize: float = 0.07794,
+        target_stepsize: float = TARGET_STEPSIZE,
         dynamics: SimulationConfig | None = None,
         feedback: FeedbackConfig | None = None,
         updates: UpdateConfig | None = None,

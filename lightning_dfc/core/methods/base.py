@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import FeedbackConfig, SimulationConfig, UpdateConfig
+from ..config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig
 from ..dynamics import Feedforward, feedforward
 from ..network import LayerParams
 from ..rules import ConvergenceCriterion, FeedbackRule, Update, feedback_update
@@ -36,7 +36,7 @@ class UpdateSettings:
     """
 
     loss: Loss = "cross_entropy"
-    target_stepsize: float = 0.07794
+    target_stepsize: float = TARGET_STEPSIZE
     dynamics: SimulationConfig = field(default_factory=SimulationConfig)
     criterion: ConvergenceCriterion = ConvergenceCriterion()
     learning_rule: str = "nonlinear_difference"

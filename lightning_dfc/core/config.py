@@ -19,13 +19,13 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .schedule import PhaseSchedule
 
 __all__ = [
     "SimulationConfig", "sleep_defaults", "RULES", "FeedbackConfig", "UpdateConfig",
-    "as_config", "as_optimizer", "plain", "TARGET_STEPSIZE",
+    "as_config", "as_optimizer", "plain", "TARGET_STEPSIZE", "Settings",
 ]
 
 TARGET_STEPSIZE = 0.07794  # lambda's default: the DFC paper's MNIST value (its configs_mnist/mnist_dfc.py)
@@ -442,3 +442,11 @@ def plain(value: Any) -> Any:
         return type(value)(plain(v) for v in value)
     return value
 
+
+class Settings(NamedTuple):
+    """A run's three settings groups, always together and in this order (the YAML's
+    ``dynamics``, ``feedback``, ``updates``)."""
+
+    dynamics: SimulationConfig
+    feedback: FeedbackConfig
+    updates: UpdateConfig

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig, as_config
+from .config import TARGET_STEPSIZE, FeedbackConfig, Settings, SimulationConfig, UpdateConfig, as_config
 from .diagnostics import feedback_condition_2
 from .clipping import clip_groups, feedback_clip_groups, forward_clip_groups
 from .divergence import DivergenceCheck, advice, stop_if_too_many
@@ -71,13 +71,18 @@ class DFC:
             as_config(dynamics, SimulationConfig) or SimulationConfig(),
             (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(self.method.strong))
         self.updates = as_config(updates, UpdateConfig) or UpdateConfig()
-        self.method.validate(self.dynamics, self.feedback, self.updates)
+        self.method.validate(self.settings)
         self.net = DFCNetwork(model, feedback_init=self.method.feedback_init or "xavier_normal",
                               freeze_output_feedback=self.feedback.freeze_output)
         check_loss(loss, self.net.activations[-1].name)
         self.divergence = DivergenceCheck()
         self.diverged_in_a_row = 0  # consecutive skipped batches, wake and sleep
         self.last_stats: dict[str, Any] = {}
+
+    @property
+    def settings(self) -> Settings:
+        """``dynamics``, ``feedback``, ``updates`` as one bundle, in that order."""
+        return Settings(self.dynamics, self.feedback, self.updates)
 
     def forward_lr(self, lr: float) -> float:
         """The learning rate to give the forward optimizer for the rate ``lr``: ``lr / lambda``
@@ -103,8 +108,7 @@ class DFC:
         """The forward-weight update of one batch (gradient sign), without writing it anywhere.
         ``x`` (B, ...) as the model takes it; ``y`` labels (B,) or regression targets (B, n_L)."""
         x = self.net.prepare_input(x)
-        settings = self.method.update_settings(self.loss, self.target_stepsize, self.dynamics, self.feedback,
-                                               self.updates, self.generator)
+        settings = self.method.update_settings(self.loss, self.target_stepsize, self.settings, self.generator)
         return self.method.forward_update(self.net.params(), x, y, settings, self.method.wake_target(self.updates))
 
     @torch.no_grad()
@@ -176,8 +180,8 @@ class DFC:
         if self.method.strong and y is None:
             raise ValueError(f"{self.method.name or self.method.rule} learns its feedback weights with the labels: "
                              "pass y to sleep()")
-        grads, stats = self.method.sleep_step(self.net.params(), self.net.prepare_input(x), y, self.loss, self.feedback,
-                                              self.updates, self.dynamics, pretraining, self.generator)
+        grads, stats = self.method.sleep_step(self.net.params(), self.net.prepare_input(x), y, self.loss, self.settings,
+                                              pretraining, self.generator)
         cause = self.divergence.cause(stats, True, grads, self.feedback_parameters())
         self.last_stats = {**stats, "skipped": cause}
         if not self._skipped(cause, "sleep", self.feedback.simulation, "feedback.simulation",

@@ -16,7 +16,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..core.divergence import DivergenceCheck
 from .summary import PhaseClock
-from ..core.config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig, as_config, as_optimizer
+from ..core.config import (TARGET_STEPSIZE, FeedbackConfig, Settings, SimulationConfig, UpdateConfig, as_config,
+                           as_optimizer)
 from ..core.methods import UpdateSettings, resolve_method
 from ..core.network import DFCNetwork
 from ..core.numerics import Numerics, resolve_numerics
@@ -77,7 +78,7 @@ class DFCConfiguration:
         self.dfc_dynamics, self.dfc_feedback_config = self.dfc_numerics.configure(dynamics, feedback)
         self.dfc_updates = as_config(updates, UpdateConfig) or UpdateConfig()
         self.dfc_schedule: PhaseSchedule = self.dfc_feedback_config.schedule(method.train_feedback)
-        method.validate(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)
+        method.validate(self.dfc_settings)
         net = DFCNetwork(
             network,
             feedback_init=method.feedback_init or "xavier_normal",
@@ -115,6 +116,11 @@ class DFCConfiguration:
         self.dfc_record_steps = False  # set by diagnostics callbacks: keep the last wake/sleep step
         self.dfc_last_wake: WakeRecord | None = None
         self.dfc_last_sleep_input: Tensor | None = None
+
+    @property
+    def dfc_settings(self) -> Settings:
+        """``dfc_dynamics``, ``dfc_feedback_config``, ``dfc_updates`` as one bundle, in that order."""
+        return Settings(self.dfc_dynamics, self.dfc_feedback_config, self.dfc_updates)
 
     @property
     def dfc_normalize_lr(self) -> bool:
@@ -171,8 +177,8 @@ class DFCConfiguration:
 
     def dfc_update_settings(self, generator: torch.Generator | None = None, world_size: int = 1) -> UpdateSettings:
         """What the method's forward update needs besides the batch; lambda per DDP rank."""
-        return self.dfc_method.update_settings(self.dfc_loss, self.dfc_rank_stepsize(world_size), self.dfc_dynamics,
-                                               self.dfc_feedback_config, self.dfc_updates, generator)
+        return self.dfc_method.update_settings(self.dfc_loss, self.dfc_rank_stepsize(world_size), self.dfc_settings,
+                                               generator)
 
     def dfc_rank_stepsize(self, world_size: int = 1) -> float:
         """lambda as each of ``world_size`` DDP ranks passes it to the target (``Target.rank_stepsize``)."""

@@ -117,8 +117,8 @@ class DFCSteps:
         DFC: the controller holds the feedforward output against the noise. Strong-DFC: it drives
         the output to the label; in pre-training (``pretrain_mode='published'``) with the linear
         error, as the authors' runs did."""
-        return self.dfc_method.sleep_step(self.dfc_net.params(), x, y, self.dfc_loss, self.dfc_feedback_config,
-                                          self.dfc_updates, self.dfc_dynamics, pretraining, generator)
+        return self.dfc_method.sleep_step(self.dfc_net.params(), x, y, self.dfc_loss, self.dfc_settings, pretraining,
+                                          generator)
 
     def _dfc_wake_step(self, x: Tensor, y: Tensor) -> None:
         net = self.dfc_net

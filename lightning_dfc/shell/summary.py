@@ -87,8 +87,8 @@ def sleep_simulation_line(module: Any) -> str | None:
     if not (method.simulates and method.train_feedback) or method.single_phase:
         return None
     cfg = resolve_levers(feedback.simulation)
-    target = method.sleep_target(module.dfc_updates, feedback, pretraining=False)
-    rate = method.feedback_rule(feedback, module.dfc_dynamics, pretraining=False).highpass_rate(cfg)
+    target = method.sleep_target(module.dfc_settings, pretraining=False)
+    rate = method.feedback_rule(module.dfc_settings, pretraining=False).highpass_rate(cfg)
     why = linear_sleep_applies(cfg, rate, isinstance(target, HoldOutput), module.dfc_net.sizes[-1])
     if why is None:
         return "  sleep phase: linearised, reduced to the output's dimensions (linear_sleep, docs/numerics.md)"

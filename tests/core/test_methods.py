@@ -48,14 +48,16 @@ def test_registry_refuses_bad_entries():
 
 
 def test_sleep_targets_follow_the_method():
-    from lightning_dfc import FeedbackConfig, UpdateConfig
+    from lightning_dfc import FeedbackConfig, SimulationConfig, UpdateConfig
+    from lightning_dfc.core.config import Settings
 
     updates, feedback = UpdateConfig(target_class_value=0.9), FeedbackConfig()
-    assert resolve_method("dfc").sleep_target(updates, feedback, pretraining=False) == HoldOutput()
-    pre = resolve_method("strong_dfc").sleep_target(updates, feedback, pretraining=True)
+    settings = Settings(SimulationConfig(), feedback, updates)
+    assert resolve_method("dfc").sleep_target(settings, pretraining=False) == HoldOutput()
+    pre = resolve_method("strong_dfc").sleep_target(settings, pretraining=True)
     assert pre == StrongTarget(0.9, linear_error=True)  # the authors' published pre-training
-    clean = dataclasses.replace(feedback, pretrain_mode="clean")
-    assert resolve_method("strong_dfc").sleep_target(updates, clean, pretraining=True) == StrongTarget(0.9)
+    clean = settings._replace(feedback=dataclasses.replace(feedback, pretrain_mode="clean"))
+    assert resolve_method("strong_dfc").sleep_target(clean, pretraining=True) == StrongTarget(0.9)
 
 
 def _data(seed=0):

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import TARGET_STEPSIZE, FeedbackConfig, SimulationConfig, UpdateConfig
+from ..config import TARGET_STEPSIZE, FeedbackConfig, Settings, SimulationConfig, UpdateConfig
 from ..dynamics import Feedforward, feedforward
 from ..network import LayerParams
 from ..rules import ConvergenceCriterion, FeedbackRule, Update, feedback_update
@@ -117,8 +117,9 @@ class Method:
         if self.single_phase and not self.supports_single_phase:
             raise ValueError(f"single-phase feedback learning uses the continuous dfc rule, not {label!r}")
 
-    def validate(self, dynamics: SimulationConfig, feedback: FeedbackConfig, updates: UpdateConfig) -> None:
+    def validate(self, settings: Settings) -> None:
         """Refuse settings this method cannot train with, naming the setting to change."""
+        dynamics, feedback, updates = settings
         self.check_composition()
         if self.strong and updates.normalize_lr:
             raise ValueError(
@@ -152,18 +153,19 @@ class Method:
             return dataclasses.replace(self.target, loss=updates.target_loss)
         return self.target
 
-    def sleep_target(self, updates: UpdateConfig, feedback: FeedbackConfig, pretraining: bool) -> Target:
+    def sleep_target(self, settings: Settings, pretraining: bool) -> Target:
         """The sleep (or pre-training) simulation's target: DFC holds the output; Strong-DFC drives
         it to the label, in pre-training with the linear error when ``pretrain_mode`` is
         ``published`` (what the authors' runs did)."""
         if not self.strong:
             return HoldOutput()
-        linear = pretraining and feedback.pretrain_mode == "published"
-        return dataclasses.replace(self.wake_target(updates), linear_error=linear)
+        linear = pretraining and settings.feedback.pretrain_mode == "published"
+        return dataclasses.replace(self.wake_target(settings.updates), linear_error=linear)
 
-    def feedback_rule(self, feedback: FeedbackConfig, dynamics: SimulationConfig, pretraining: bool) -> FeedbackRule:
+    def feedback_rule(self, settings: Settings, pretraining: bool) -> FeedbackRule:
         """The feedback rule of the wake (single phase) or of a sleep/pre-training epoch. Weight
         decay is left to the feedback optimizers."""
+        dynamics, feedback, _ = settings
         if not self.single_phase:  # DFC's sleep rule, and Strong-DFC's two-phase one
             return FeedbackRule(0.0, feedback.sigma_floor, layer_scaling=feedback.layer_scaling)
         # Strong-DFC single phase: high-pass filtered control. The authors' pre-training takes the
@@ -171,15 +173,16 @@ class Method:
         clock = dynamics if pretraining and feedback.pretrain_mode == "published" else None
         return FeedbackRule(0.0, feedback.sigma_floor, feedback.highpass_tau, feedback.layer_scaling, clock)
 
-    def update_settings(self, loss: Loss, target_stepsize: float, dynamics: SimulationConfig,
-                        feedback: FeedbackConfig, updates: UpdateConfig,
+    def update_settings(self, loss: Loss, target_stepsize: float, settings: Settings,
                         generator: torch.Generator | None = None) -> UpdateSettings:
         """The one settings object of :meth:`forward_update` from the run's settings (lambda
         already divided by the number of DDP ranks)."""
+        updates = settings.updates
         criterion = ConvergenceCriterion(updates.convergence_threshold, updates.convergence_epsilon,
                                          updates.exclude_non_converged)
-        rule = self.feedback_rule(feedback, dynamics, pretraining=False) if self.single_phase else None
-        return UpdateSettings(loss, target_stepsize, dynamics, criterion, updates.learning_rule, generator, rule)
+        rule = self.feedback_rule(settings, pretraining=False) if self.single_phase else None
+        return UpdateSettings(loss, target_stepsize, settings.dynamics, criterion, updates.learning_rule, generator,
+                              rule)
 
     # ------------------------------------------------------------------ updates
     def forward_update(self, params: LayerParams, x: Tensor, y: Tensor, settings: UpdateSettings,
@@ -201,14 +204,12 @@ class Method:
         """The rule itself, given the feedforward pass and the controller's target."""
         raise NotImplementedError
 
-    def sleep_step(self, params: LayerParams, x: Tensor, y: Tensor | None, loss: Loss, feedback: FeedbackConfig,
-                   updates: UpdateConfig, dynamics: SimulationConfig, pretraining: bool,
-                   generator: torch.Generator | None = None) -> tuple[list[Tensor], dict[str, Any]]:
+    def sleep_step(self, params: LayerParams, x: Tensor, y: Tensor | None, loss: Loss, settings: Settings,
+                   pretraining: bool, generator: torch.Generator | None = None) -> tuple[list[Tensor], dict[str, Any]]:
         """One sleep (or pre-training) batch with this method's target and feedback rule:
         :meth:`sleep_update` with :meth:`sleep_target` and :meth:`feedback_rule`."""
-        return self.sleep_update(params, x, y if self.strong else None, loss,
-                                 self.sleep_target(updates, feedback, pretraining), feedback.simulation,
-                                 self.feedback_rule(feedback, dynamics, pretraining), generator)
+        return self.sleep_update(params, x, y if self.strong else None, loss, self.sleep_target(settings, pretraining),
+                                 settings.feedback.simulation, self.feedback_rule(settings, pretraining), generator)
 
     def sleep_update(self, params: LayerParams, x: Tensor, y: Tensor | None, loss: Loss, target: Target,
                      simulation: SimulationConfig, rule: FeedbackRule,

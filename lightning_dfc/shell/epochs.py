@@ -17,7 +17,7 @@ from ..core.schedule import Phase, PhaseSchedule
 from .lightning_internals import attached_trainer
 
 __all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "fit_running", "install_stop_message", "name_by_wake_epoch",
-           "names_by_wake_epoch", "plural", "remove_stop_message",
+           "names_by_wake_epoch", "plural", "remove_stop_message", "restore_val_limit", "users_val_limit",
            "validate_in_epoch"]
 
 STOP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where Lightning's fit loop says why it stopped
@@ -99,6 +99,23 @@ def name_by_wake_epoch(callbacks: Any, wake_epoch: int) -> None:
     for callback in callbacks:
         if names_by_wake_epoch(callback):
             callback.filename = f"wake_epoch={wake_epoch}"
+
+
+def users_val_limit(trainer: Any) -> int | float:
+    """The user's ``limit_val_batches`` of ``trainer``, noted on it at the first fit that asks
+    (:func:`validate_in_epoch` sets the trainer's own to 0 in skipped epochs): a fit that raised
+    in such an epoch never restored it, and the next fit on the same trainer still finds the
+    user's value here. :func:`restore_val_limit` puts it back."""
+    if getattr(trainer, "_dfc_users_val_limit", None) is None:
+        trainer._dfc_users_val_limit = trainer.limit_val_batches
+    return trainer._dfc_users_val_limit
+
+
+def restore_val_limit(trainer: Any) -> None:
+    """Give ``trainer`` back the user's ``limit_val_batches`` (after a fit)."""
+    limit = getattr(trainer, "_dfc_users_val_limit", None)
+    if limit is not None:
+        trainer.limit_val_batches, trainer._dfc_users_val_limit = limit, None
 
 
 def validate_in_epoch(trainer: Any, run: bool, limit: int | float) -> None:

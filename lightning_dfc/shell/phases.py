@@ -18,7 +18,7 @@ from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
 from .epochs import (WakeEpochStopMessage, fit_running, install_stop_message, name_by_wake_epoch, names_by_wake_epoch,
-                     remove_stop_message, validate_in_epoch)
+                     remove_stop_message, restore_val_limit, users_val_limit, validate_in_epoch)
 from .lightning_internals import attached_trainer, epochs_processed, save_last_checkpoint, train_progress_bar
 from .summary import PhaseClock, fit_summary
 
@@ -96,7 +96,7 @@ class DFCPhases:
         # the loop state is restored only after this hook: on_load_checkpoint noted the epoch.
         start = self._dfc_resume_epoch if self._dfc_resume_epoch is not None else self.current_epoch
         torch.manual_seed(self._dfc_epoch_seed(start))
-        self._dfc_val_limit = self.trainer.limit_val_batches
+        self._dfc_val_limit = users_val_limit(self.trainer)
         if self._dfc_forward_epochs is not None:
             module = weakref.ref(self)  # the logger outlives the module: no strong reference
             self._dfc_stop_message = WakeEpochStopMessage(
@@ -109,7 +109,8 @@ class DFCPhases:
             remove_stop_message(self._dfc_stop_message)
             self._dfc_stop_message = None
         if self._dfc_val_limit is not None and attached_trainer(self) is not None:
-            self.trainer.limit_val_batches, self._dfc_val_limit = self._dfc_val_limit, None
+            restore_val_limit(self.trainer)
+            self._dfc_val_limit = None
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

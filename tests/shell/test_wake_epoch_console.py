@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from helpers import write_fake_mnist
 from lightning_dfc.core.schedule import Phase, PhaseSchedule
 from lightning_dfc.shell.cli import build_cli
-from lightning_dfc.shell.epochs import STOP_LOGGER, WakeEpochStopMessage, plural
+from lightning_dfc.shell.epochs import STOP_LOGGER, WakeEpochStopMessage, plural, restore_val_limit, users_val_limit
 from test_cli import CONFIG, data_args
 
 pytestmark = pytest.mark.usefixtures("one_thread", "cli_isolation")
@@ -138,6 +138,11 @@ def test_a_fit_that_raised_leaves_no_filter_that_speaks(tmp_path, monkeypatch, c
     cli.trainer.callbacks.append(RaiseInEpoch(1))
     with pytest.raises(RuntimeError, match="planted failure"):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    # it raised at the start of epoch 1, with validation still switched off for the pre-training
+    # epoch before: the trainer says 0, and the next fit on it finds the user's limit all the same
+    assert cli.trainer.limit_val_batches == 0 and users_val_limit(cli.trainer) == 1.0
+    restore_val_limit(cli.trainer)
+    assert cli.trainer.limit_val_batches == 1.0
     stale = [f for f in logging.getLogger(STOP_LOGGER).filters if isinstance(f, WakeEpochStopMessage)]
     assert len(stale) == 1 and not stale[0].active()
     record = logging.LogRecord(STOP_LOGGER, logging.INFO, __file__, 1, "`Trainer.fit` stopped: `max_epochs=9` reached.",

@@ -79,6 +79,7 @@ def install_stop_message(message: WakeEpochStopMessage) -> None:
 
 
 def remove_stop_message(message: WakeEpochStopMessage) -> None:
+    """Take ``message`` off Lightning's stop logger (at the end of its fit)."""
     logging.getLogger(STOP_LOGGER).removeFilter(message)
 
 

@@ -5,6 +5,7 @@ rate's division by lambda at work."""
 from __future__ import annotations
 
 import copy
+import inspect
 import functools
 
 import lightning.pytorch as pl
@@ -93,3 +94,28 @@ def test_the_plain_door_refuses_and_stops_like_the_module():
     assert dfc.last_stats["skipped"] is not None and dfc.diverged_in_a_row == 1
     with pytest.raises(DivergenceError, match="diverged on 2 consecutive batches.*Remedy"):
         dfc.backward(x, y)
+
+
+def _settings_of(function, prefix: str = "") -> dict:
+    """A door's keyword arguments (without ``prefix``) and their defaults."""
+    out = {}
+    for name, p in inspect.signature(function).parameters.items():
+        if name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            out[name.removeprefix(prefix)] = p.default
+    return out
+
+
+def test_the_doors_take_the_same_settings_with_the_same_defaults():
+    # the constructors spell their arguments out (jsonargparse and --help read them): they must not drift
+    from lightning_dfc import DFCWrapper
+    from lightning_dfc.shell.configuration import DFCConfiguration
+
+    reference = _settings_of(DFCConfiguration.configure_dfc)
+    shared = ("variant", "loss", "target_stepsize", "dynamics", "feedback", "updates", "numerics")
+    lightning = ("forward_optimizer", "feedback_optimizer", "pretrain_optimizer")
+    doors = {"DFCModule": _settings_of(DFCModule.__init__), "DFCMixin": _settings_of(DFCMixin.__init__, "dfc_"),
+             "DFCWrapper": _settings_of(DFCWrapper.__new__), "DFC": _settings_of(DFC.__init__)}
+    for door, settings in doors.items():
+        for name in shared + (() if door == "DFC" else lightning):
+            assert name in settings and settings[name] == reference[name], (door, name)
+    assert doors["DFCMixin"]["allow_untrained"] is doors["DFCWrapper"]["allow_untrained"] is False

@@ -18,7 +18,7 @@ from ..core.diagnostics import feedback_condition_2
 from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
 from .epochs import (WakeEpochStopMessage, fit_running, install_stop_message, name_by_wake_epoch, names_by_wake_epoch,
-                     remove_stop_message, restore_val_limit, users_val_limit, validate_in_epoch)
+                     plural, remove_stop_message, restore_val_limit, users_val_limit, validate_in_epoch)
 from .lightning_internals import attached_trainer, epochs_processed, save_last_checkpoint, train_progress_bar
 from .summary import PhaseClock, fit_summary
 
@@ -159,17 +159,17 @@ class DFCPhases:
             return
         if reached:
             _console.info("lightning-dfc: feedback pre-training reached Condition 2 = %.3f >= %g after %d of at most "
-                          "%d epochs; the wake epochs begin.", value, cfg.pretrain_until, ran, most)
+                          "%s; the wake epochs begin.", value, cfg.pretrain_until, ran, plural(most, "epoch"))
         elif levelled:
             _console.info("lightning-dfc: feedback pre-training levelled off at Condition 2 = %.3f (%+.4f in the last "
-                          "epoch, below pretrain_min_gain %g) after %d of at most %d epochs; the wake epochs begin.",
-                          value, value - previous, cfg.pretrain_min_gain, ran, most)
+                          "epoch, below pretrain_min_gain %g) after %d of at most %s; the wake epochs begin.",
+                          value, value - previous, cfg.pretrain_min_gain, ran, plural(most, "epoch"))
         elif ran == self.dfc_schedule.pretrain_epochs:
             _console.warning(
-                "lightning-dfc: feedback pre-training used all %d epochs and reached Condition 2 = %.3f < %g "
+                "lightning-dfc: feedback pre-training used %s and reached Condition 2 = %.3f < %g "
                 "(feedback.pretrain_until): the updates will be less aligned with Gauss-Newton than asked. Raise "
                 "feedback.pretrain_epochs (its upper limit) or lower feedback.pretrain_until.",
-                ran, value, cfg.pretrain_until)
+                f"all {ran} epochs" if ran > 1 else "its 1 epoch", value, cfg.pretrain_until)
 
     def _dfc_end_pretraining(self, epochs: int) -> None:
         """Make ``epochs`` the number of pre-training epochs of this run (the wake/sleep cycle

@@ -6,6 +6,7 @@ run's epoch limit, the phase words, the summary and resuming follow."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -85,6 +86,14 @@ def test_the_pretraining_stops_at_its_limit_and_says_so(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("used all 2 epochs and reached Condition 2 = " in m and "< 1 (feedback.pretrain_until)" in m
                and "Raise feedback.pretrain_epochs" in m for m in warned), warned
+
+
+def test_a_one_epoch_limit_is_said_in_the_singular(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        _fit(_model(pretrain_epochs=1, pretrain_until=1.0, pretrain_min_gain=0.0), tmp_path, epochs=1)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("feedback pre-training used its 1 epoch and reached Condition 2 = " in m for m in said), said
+    assert not [m for m in said if re.search(r"\b1 epochs\b", m)]
 
 
 def test_the_pretraining_ends_when_condition_2_levels_off(tmp_path, caplog):

@@ -5,8 +5,8 @@ rate's division by lambda at work."""
 from __future__ import annotations
 
 import copy
-import inspect
 import functools
+import inspect
 
 import lightning.pytorch as pl
 import pytest

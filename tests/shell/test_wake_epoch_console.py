@@ -86,6 +86,7 @@ def test_a_fit_speaks_in_wake_epochs(tmp_path, monkeypatch, caplog):
     assert re.search(r"wall time: pretrain \d+\.\d s \(1 epoch\), sleep \d+\.\d s \(4 epochs\), "
                      r"wake \d+\.\d s \(2 epochs\)", summary), summary
     assert "feedback pre-training: 1 epoch," in summary and "(1 epochs)" not in summary
+    assert not [line for line in lines if re.search(r"\b1 epochs\b", line)]  # anywhere on the console
     assert f"(wake epoch {wake}), " in summary and best in summary
     # the filter is gone after the fit: Lightning's own message passes unchanged
     assert not logging.getLogger(STOP_LOGGER).filters

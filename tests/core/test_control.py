@@ -19,7 +19,6 @@ from lightning_dfc.core.control_loss import (
     h_update_angle,
     steady_state_update,
 )
-from lightning_dfc.core.diagnostics import condition_2
 from lightning_dfc.core.dynamics import feedforward, output_jacobian, simulate
 from lightning_dfc.core.network import LayerParams
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import TARGET_STEPSIZE, FeedbackConfig, Settings, SimulationConfig, UpdateConfig
+from ..config import TARGET_STEPSIZE, Settings, SimulationConfig, UpdateConfig
 from ..dynamics import Feedforward, feedforward
 from ..network import LayerParams
 from ..rules import ConvergenceCriterion, FeedbackRule, Update, feedback_update

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -24,6 +24,9 @@ from ..core.numerics import Numerics, resolve_numerics
 from ..core.losses import LOSSES, check_loss
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
+
+if TYPE_CHECKING:
+    from .steps import WakeRecord
 
 __all__ = ["DFCConfiguration", "default_optimizer", "ADAM_BETAS", "FORWARD_BETAS"]
 

@@ -1,6 +1,6 @@
 """The three doors, DFCModule, DFCMixin and the plain lightning_dfc.DFC, train alike: the same
 batches from the same weights give the same weights afterwards, with clipping and the learning
-rate's division by lambda at work."""
+rate's division by lambda at work, in the wake and in the sleep (pre-training) phase."""
 
 from __future__ import annotations
 
@@ -43,11 +43,11 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)]
 
 
-def _fit(module: pl.LightningModule) -> None:
+def _fit(module: pl.LightningModule, max_epochs: int = 1) -> None:
     x = torch.cat([b[0] for b in _batches()])
     y = torch.cat([b[1] for b in _batches()])
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
-    pl.Trainer(max_epochs=1, precision="64-true", accelerator="cpu", logger=False, enable_checkpointing=False,
+    pl.Trainer(max_epochs=max_epochs, precision="64-true", accelerator="cpu", logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(module, loader)
 
 
@@ -119,3 +119,45 @@ def test_the_doors_take_the_same_settings_with_the_same_defaults():
         for name in shared + (() if door == "DFC" else lightning):
             assert name in settings and settings[name] == reference[name], (door, name)
     assert doors["DFCMixin"]["allow_untrained"] is doors["DFCWrapper"]["allow_untrained"] is False
+
+
+def test_the_doors_sleep_alike():
+    """A pre-training (sleep) epoch, then a wake epoch, through DFCModule and the plain DFC: the
+    same noise (the module's per-epoch generator, seeded as it seeds it), the feedback updates
+    clipped (feedback.clip_norm small) and decayed (feedback.weight_decay, the optimizer's) alike,
+    then the same wake update from the trained feedback weights."""
+    from lightning_dfc import FeedbackConfig
+
+    torch.manual_seed(0)
+    network = MLP([8, 10, 3]).double()
+    feedback = FeedbackConfig(pretrain_epochs=1, pretrain_until=None, sleep_before=0, sleep_after=0,
+                              clip_norm=1e-4, weight_decay=1e-3)
+    settings = {**SETTINGS, "feedback": feedback}
+    pretrain = functools.partial(torch.optim.Adam, lr=1e-2, betas=(0.99, 0.99), eps=1e-6)
+    module = DFCModule(copy.deepcopy(network), variant="dfc", forward_optimizer=ADAM, pretrain_optimizer=pretrain,
+                       **settings)
+    model = copy.deepcopy(network)
+    generator = torch.Generator().manual_seed(module._dfc_epoch_seed(0) + 104_729)  # the module's, epoch 0, rank 0
+    plain = DFC(model, variant="dfc", generator=generator, **settings).to(DT)
+    with torch.no_grad():
+        for q, ref in zip(plain.net.feedback, module.dfc_net.feedback):
+            q.copy_(ref)
+    before = [q.detach().clone() for q in plain.net.feedback]
+    _fit(module)  # 1 wake epoch: Lightning epoch 0 pre-trains, epoch 1 is the wake epoch
+    pre_opt = pretrain(plain.feedback_parameters(), weight_decay=1e-3)
+    clipped = 0
+    for x, _ in _batches():
+        pre_opt.zero_grad()
+        clipped += plain.sleep(x, pretraining=True)["clipped"]
+        pre_opt.step()
+    opt = torch.optim.Adam(model.parameters(), lr=plain.forward_lr(LR), betas=(0.9, 0.999), eps=1e-8)
+    for x, y in _batches():
+        opt.zero_grad()
+        plain.backward(x, y)
+        opt.step()
+    assert clipped == 3  # every sleep batch clipped (all Q together: the DFC paper's grouping)
+    assert not torch.equal(before[0], plain.net.feedback[0])
+    for a, b in zip(module.dfc_net.feedback, plain.net.feedback, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    for a, b in zip(module.network.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .network import DFCNetwork
 
-__all__ = ["clip_groups", "feedback_clip_groups", "forward_clip_groups"]
+__all__ = ["clip_groups", "feedback_clip_groups", "forward_clip_groups", "write_feedback_grads"]
 
 
 @torch.no_grad()
@@ -43,6 +43,17 @@ def forward_clip_groups(net: DFCNetwork, grouping: str) -> list[list[Tensor]]:
     if grouping == "tensor":
         return [[p.grad] for p in net.forward_parameters()]
     return [[p.grad for p in (lin.weight, lin.bias) if p is not None] for lin in net.layers]
+
+
+def write_feedback_grads(net: DFCNetwork, grads: list[Tensor]) -> list[Tensor]:
+    """Write the feedback updates (one per Q_i, a frozen Q_L's last) into the trainable Q_i's
+    ``.grad``; returns those ``.grad`` with a frozen Q_L's update appended, cast like them: with
+    the ``all`` grouping it still counts in the clipping norm, as in the DFC paper's code (it
+    computes Q_L's update and clips all Q updates together)."""
+    qs = net.trainable_feedback()
+    for q, g in zip(qs, grads):  # Q_L last: dropped when frozen
+        q.grad = g.to(q.dtype)
+    return [q.grad for q in qs] + [g.to(qs[0].dtype) for g in grads[len(qs):]]
 
 
 def feedback_clip_groups(net: DFCNetwork, updates: list[Tensor], grouping: str) -> list[list[Tensor]]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .config import TARGET_STEPSIZE, FeedbackConfig, Settings, SimulationConfig, UpdateConfig, as_config
 from .diagnostics import feedback_condition_2
-from .clipping import clip_groups, feedback_clip_groups, forward_clip_groups
+from .clipping import clip_groups, feedback_clip_groups, forward_clip_groups, write_feedback_grads
 from .divergence import DivergenceCheck, advice, stop_if_too_many
 from .dynamics import feedforward
 from .methods import Method, resolve_method
@@ -141,10 +141,7 @@ class DFC:
     def _write_feedback(self, grads: list[Tensor]) -> int:
         """Write the feedback updates (one per Q_i; a frozen Q_L's last) into the trainable Q_i's
         ``.grad`` and clip them (``feedback.clip_norm``); returns how many groups were clipped."""
-        qs = self.feedback_parameters()
-        for q, g in zip(qs, grads):  # Q_L's update dropped when frozen
-            q.grad = g.to(q.dtype)
-        updates = [q.grad for q in qs] + [g.to(qs[0].dtype) for g in grads[len(qs):]]
+        updates = write_feedback_grads(self.net, grads)
         groups = feedback_clip_groups(self.net, updates, self.method.feedback_clip_grouping(self.feedback))
         return clip_groups(groups, self.feedback.clip_norm)
 

@@ -112,7 +112,6 @@ class DFCConfiguration:
         self._dfc_translated_loop: Any = None
         self._dfc_generator: torch.Generator | None = None
         self._dfc_resume_epoch: int | None = None
-        self._dfc_val_limit: int | float | None = None  # the user's limit_val_batches, during a fit
         self._dfc_stop_message: logging.Filter | None = None  # fit's stop message in wake epochs
         self._dfc_pretrain_condition_2: float | None = None  # measured after the last pre-training epoch
         self._dfc_alignment_probe: Tensor | None = None  # the first batch of a pre-training epoch

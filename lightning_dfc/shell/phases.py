@@ -96,7 +96,7 @@ class DFCPhases:
         # the loop state is restored only after this hook: on_load_checkpoint noted the epoch.
         start = self._dfc_resume_epoch if self._dfc_resume_epoch is not None else self.current_epoch
         torch.manual_seed(self._dfc_epoch_seed(start))
-        self._dfc_val_limit = users_val_limit(self.trainer)
+        users_val_limit(self.trainer)  # noted before any epoch switches validation off
         if self._dfc_forward_epochs is not None:
             module = weakref.ref(self)  # the logger outlives the module: no strong reference
             self._dfc_stop_message = WakeEpochStopMessage(
@@ -108,9 +108,8 @@ class DFCPhases:
         if self._dfc_stop_message is not None:
             remove_stop_message(self._dfc_stop_message)
             self._dfc_stop_message = None
-        if self._dfc_val_limit is not None and attached_trainer(self) is not None:
+        if attached_trainer(self) is not None:
             restore_val_limit(self.trainer)
-            self._dfc_val_limit = None
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -195,7 +194,7 @@ class DFCPhases:
         if info.phase is Phase.WAKE:
             name_by_wake_epoch(self.trainer.checkpoint_callbacks, info.forward_epoch + 1)
         validate = info.phase is Phase.WAKE or self.dfc_feedback_config.validate or bool(self.trainer.fast_dev_run)
-        validate_in_epoch(self.trainer, validate, self._dfc_val_limit)
+        validate_in_epoch(self.trainer, validate, users_val_limit(self.trainer))
         self.log("phase", float(info.phase.code), on_step=False, on_epoch=True)
         self.log("wake_epoch", float(info.forward_epoch + 1), on_step=False, on_epoch=True)
 

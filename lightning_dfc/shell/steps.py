@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.clipping import clip_groups, feedback_clip_groups, forward_clip_groups
+from ..core.clipping import clip_groups, feedback_clip_groups, forward_clip_groups, write_feedback_grads
 from ..core.divergence import CAUSE_WORDS, DivergenceError, advice, stop_if_too_many
 from ..core.dynamics import feedforward
 from ..core.network import LayerParams
@@ -191,15 +191,9 @@ class DFCSteps:
         self.log("sleep/control_norm", stats["control_norm"], on_step=True, on_epoch=True)
 
     def _dfc_set_feedback_grads(self, grads: list[Tensor], opt) -> list[Tensor]:
-        """Write feedback-weight updates (one per Q_i) into the trainable Q_i's ``.grad`` for
-        ``opt``; returns them with a frozen Q_L's update appended, cast like the others: with
-        ``clip_grouping='all'`` it still counts in the clipping norm, as in the DFC paper's code
-        (it computes Q_L's update and clips all Q updates together)."""
-        qs = self.dfc_net.trainable_feedback()
+        """Zero ``opt``'s gradients, then :func:`~lightning_dfc.core.clipping.write_feedback_grads`."""
         opt.zero_grad()
-        for q, g in zip(qs, grads):  # Q_L last: dropped when frozen
-            q.grad = g.to(q.dtype)
-        return [q.grad for q in qs] + [g.to(qs[0].dtype) for g in grads[len(qs):]]
+        return write_feedback_grads(self.dfc_net, grads)
 
     def _dfc_apply_feedback(self, feedback: list[Tensor], opt, clip_log: str) -> None:
         """Clip the feedback updates (from :meth:`_dfc_set_feedback_grads`, averaged over ranks)

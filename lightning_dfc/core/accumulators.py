@@ -112,14 +112,16 @@ class FeedbackSum:
 
     v^A[t] comes as a (B, S) tensor or split, Q c + eta (:class:`~lightning_dfc.core.state.Apical`;
     ``feedback`` is then Qbar, (S, n_L)): the sum is Qbar sum_t c^T u + sum_t eta^T u, kept as
-    (n_L, n_L) and (n_L, S) transposes (the GEMM orientation that reads eta once)."""
+    (n_L, n_L) and (n_L, S) transposes (the GEMM orientation that reads eta once). ``transposed``:
+    a (B, S) tensor is summed in that orientation too (the float32 states; float64 sums it as the
+    authors do)."""
 
     def __init__(self, width: int, like: Tensor, highpass_rate: float | None, keep: Tensor | None,
-                 feedback: Tensor | None = None) -> None:
+                 feedback: Tensor | None = None, transposed: bool = False) -> None:
         self._total = like.new_zeros(width, like.shape[1])
         self.control_sum = like.new_zeros(like.shape[1], like.shape[1])
         self.noise_sum = like.new_zeros(like.shape[1], width)
-        self.split = False
+        self.split, self.transposed = False, transposed
         self.highpass_rate, self.keep, self.lowpass, self.feedback = highpass_rate, keep, None, feedback
 
     def add(self, v_apical, u_next: Tensor) -> None:
@@ -128,11 +130,14 @@ class FeedbackSum:
         else:
             self.lowpass = u_next.clone() if self.lowpass is None else self.lowpass.lerp_(u_next, self.highpass_rate)
             paired = u_next - self.lowpass
-        if isinstance(v_apical, Tensor):
+        if isinstance(v_apical, Tensor) and not self.transposed:
             self._total.addmm_(masked(v_apical, self.keep).T, paired)
             return
         self.split = True
         paired_t = paired.T
+        if isinstance(v_apical, Tensor):  # the whole v^A in the noise part's orientation
+            self.noise_sum.addmm_(paired_t, masked(v_apical, self.keep))
+            return
         self.control_sum.addmm_(paired_t, masked(v_apical.control, self.keep))
         if v_apical.noise is not None:
             self.noise_sum.addmm_(paired_t, masked(v_apical.noise, self.keep))

@@ -196,7 +196,7 @@ def simulate(
     error_initial = sample_norm(error)
     classification = None if classify is None else (*classify, error_initial)
     acc = _Accumulators(cfg, params, ff, x, u, error_of, keep, accumulate_forward, accumulate_feedback, highpass_rate,
-                        record, drive.width, rule, final_state, classification)
+                        record, drive, rule, final_state, classification)
     finite, steps_done, tail = True, steps, None
     for t in range(steps):
         if t > 0:
@@ -261,10 +261,11 @@ class _Accumulators:
 
     def __init__(self, cfg: SimulationConfig, params: LayerParams, ff: Feedforward, x: Tensor, u: Tensor,
                  error: OutputError, keep: Tensor | None, forward: bool, feedback: bool, highpass_rate: float | None,
-                 record: bool, width: int, rule: str, final_state: bool, classification: tuple | None) -> None:
+                 record: bool, drive: _ApicalDrive, rule: str, final_state: bool, classification: tuple | None) -> None:
         self.keep, self.params, self.ff = keep, params, ff
         self.sums = ForwardSums(ff.v, cfg.outer_every, keep) if forward else None
-        self.feedback = FeedbackSum(width, u, highpass_rate, keep, torch.cat(params.feedback, 0)) if feedback else None
+        self.feedback = FeedbackSum(drive.width, u, highpass_rate, keep, torch.cat(params.feedback, 0),
+                                    transposed=drive.split) if feedback else None
         self.tail = ControlTail(cfg.steps - 1, u) if cfg.noisy else None
         self.trajectory = Trajectory(u, ff.r[-1]) if record else None
         self.stop = None
@@ -332,6 +333,11 @@ class _ApicalDrive:
     form its split form Qbar c + eta (:class:`~lightning_dfc.core.state.Apical`; c <- (1 - a) c
     + a u, eta <- (1 - a) eta + noise), whose sum the rule forms without a (B, S) x (B, n_L) GEMM
     per step for the control part.
+
+    A noisy float32 drive that forms v^A = eta + Qbar c for the state (:class:`FusedSignalState`,
+    the deviation form) keeps only that sum, in one buffer, and advances it as eta advances:
+    with eta' = D eta + fresh noise, v^A' = D v^A + fresh noise + (c' - D c) Qbar^T, one pass
+    and one in-place GEMM (``recursive``; eta itself is never formed, and ``current()`` is v^A).
     """
 
     def __init__(self, params: LayerParams, cfg: SimulationConfig, x: Tensor, state, accumulate_feedback: bool,
@@ -374,6 +380,14 @@ class _ApicalDrive:
                 torch.empty_like(self.eta) if own is None else own)
             if self.draw is None and own is not None:
                 self.eta = own
+        # v^A advanced in place (see the class docstring): D, the decay of eta per step
+        self.recursive = self.buffer is not None and self.noise_std is not None
+        if self.recursive:
+            self.buffer = self.eta
+            self.views = torch.split(self.buffer, self.sizes, dim=1)
+            self.decay = 0.0 if self.draw is None else (
+                1 - self.rate if self.noise_rate is not None and self.rate != 1.0 else self.eta_decay)
+            self.drive_control = torch.zeros_like(self.control)  # the c whose Qbar c the buffer holds
 
     def filtered(self) -> Tensor | None:
         """The apical compartment's filtered control c (B, n_L), ``None`` when it follows Q u at once."""
@@ -381,6 +395,8 @@ class _ApicalDrive:
 
     def current(self) -> Tensor | Apical:
         """v^A now: (B, S), or split (valid until the next ``step``, which may write them in place)."""
+        if self.recursive:
+            return self.buffer
         return Apical(self.control, self.eta) if self.split else self.v_apical
 
     def step(self, control: Tensor) -> tuple[Tensor, ...] | Tensor:
@@ -398,9 +414,13 @@ class _ApicalDrive:
             if self.buffer is not None:
                 if self.noise_std is None:
                     torch.mm(control, self.qbar_t, out=self.buffer)
-                else:
+                else:  # recursive: the buffer is eta + Qbar c
                     self._advance_eta()
-                    torch.addmm(self.eta, control, self.qbar_t, out=self.buffer)
+                    if self.decay == 0.0:
+                        self.buffer.addmm_(control, self.qbar_t)
+                    else:
+                        self.buffer.addmm_(torch.add(control, self.drive_control, alpha=-self.decay), self.qbar_t)
+                        self.drive_control.copy_(control)
                 return self.views
         if self.drive_t is not None:
             drive = torch.cat([control @ self.drive_t, control], 1)

@@ -157,7 +157,7 @@ def run_signals(params, x, y, cfg, rule, state_class=None, monkeypatch=None, see
 
 
 SIGNAL_CASES = [({}, {}), ({"inst_transmission": False}, {}), ({"tau_apical": 0.01}, {}), ({"tau_noise": 0.02}, {}),
-                ({"outer_every": 1}, {}), ({}, {"activation": "sigmoid", "output_activation": "tanh"}),
+                ({"tau_apical": 0.01, "tau_noise": 0.02}, {}), ({"outer_every": 1}, {}), ({}, {"activation": "sigmoid", "output_activation": "tanh"}),
                 ({}, {"bias": False}), ({}, {"sizes": (12, 5)})]
 
 

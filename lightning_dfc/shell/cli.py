@@ -12,12 +12,16 @@ import re
 import sys
 from pathlib import Path
 
+import zipfile
+
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from ..__about__ import __version__
 from . import data as _data  # noqa: F401  (short class names in configs)
 from .data import DataNotFoundError
+from .distributed import check_precision
 from .module import DFCModule  # noqa: F401
 
 __all__ = ["DFCLightningCLI", "build_cli", "main", "resolve_last_checkpoint"]
@@ -26,6 +30,106 @@ __all__ = ["DFCLightningCLI", "build_cli", "main", "resolve_last_checkpoint"]
 TRACEBACK_ENV = "LIGHTNING_DFC_TRACEBACK"
 PLOT_HELP = ("\nother subcommands:\n  plot                Plot logged runs: the Fig. 3 panels or any logged keys "
              "(lightning-dfc plot --help)")
+
+
+# ``--ckpt_path`` values that are not file paths (Lightning resolves them itself)
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+class DFCArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose parse errors end in one ``error:`` line (the key, what it
+    expects and the value given) and a tip, instead of the usage and jsonargparse's dump of
+    every type a nested value could have had; ``LIGHTNING_DFC_TRACEBACK=1`` keeps the full message."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get(TRACEBACK_ENV):  # nested parsers raise; the top one reports
+            return super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        self.exit(2, f"{prog}: error: {parse_error_line(message, ex)}\n"
+                     f"(run {prog} --help for the options; set {TRACEBACK_ENV}=1 for the parser's full message)\n")
+
+
+def parse_error_line(message: str, ex: BaseException | None = None) -> str:
+    """One line for a jsonargparse error. A nested value that failed (jsonargparse reports a
+    tree: every union member of every level, down to the key that refused the value) becomes the
+    option as typed, the value given and the deepest level's reason, for example
+    ``--model.init_args.dynamics.steps=abc: expected int``; other errors keep their first line."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    nested = re.findall(r"NestedArg\(key='([^']*)', val='([^']*)'\)", message)
+    top = re.match(r'\s*Parser key "([^"]*)"', lines[0]) if lines else None
+    if top and not nested:  # a plain key, e.g. --trainer.max_epochs=x
+        given = re.findall(r"(?:Got|Given) value: (.*)$", message, flags=re.MULTILINE)
+        option = f"--{top.group(1)}" + (f"={given[-1].strip()}" if given else "")
+        return f"{option}: {_deepest_reason(lines)}"
+    if not (nested and top):
+        return lines[0].strip() if lines else message.strip()
+    key, value = nested[-1]  # the outermost: the whole key below the top level
+    prefix = f"{top.group(1)}.init_args." if "class_path" in message else f"{top.group(1)}."
+    return f"--{prefix}{key}={value}: {_deepest_reason(lines)}"
+
+
+def _deepest_reason(lines: list[str]) -> str:
+    """The reason of the most deeply indented level of a jsonargparse error tree."""
+    depth = lambda line: len(line) - len(line.lstrip())  # noqa: E731
+    keys = [i for i, line in enumerate(lines) if line.strip().startswith('Parser key "')]
+    refused = [i for i, line in enumerate(lines) if "is not accepted" in line]
+    if refused and (not keys or depth(lines[refused[-1]]) > depth(lines[keys[-1]])):
+        return lines[refused[-1]].strip().replace("Option", "option", 1)
+    deepest = max(keys, key=lambda i: depth(lines[i]))
+    block = []
+    for line in lines[deepest + 1:]:
+        if depth(line) <= depth(lines[deepest]):
+            break
+        block.append(line.strip())
+    text = " ".join(block)
+    subtypes = re.search(r"Subtypes: \[(.*?)\]( Errors:|$)", text)
+    if subtypes:
+        names = [_type_name(t) for t in re.split(r",\s*(?![^\[]*\])", subtypes.group(1))]
+        return "expected " + (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0])
+    expected = re.search(r"Expected a (.*?)\. Got value", text)
+    return f"expected {_type_name(expected.group(1))}" if expected else text
+
+
+def _type_name(text: str) -> str:
+    """``<class 'float'>`` -> ``float``, ``typing.Literal['auto']`` -> ``'auto'``, NoneType -> None."""
+    text = text.strip()
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text)
+    if literal:
+        return literal.group(1)
+    name = re.fullmatch(r"<class '([^']*)'>", text)
+    name = name.group(1).rsplit(".", 1)[-1] if name else text
+    return "None" if name == "NoneType" else name
+
+
+def check_run_arguments(config) -> str | None:
+    """What a subcommand's parsed arguments ask for that cannot work, as one line (``None``: all
+    fine), before anything is built: a ``--ckpt_path`` that is missing or not a complete
+    checkpoint, a precision our updates refuse (named as asked: Lightning turns ``16-mixed`` into
+    ``bf16-mixed`` on a CPU), a GPU accelerator on a machine without one."""
+    ckpt = config.get("ckpt_path")
+    if isinstance(ckpt, str) and ckpt not in CKPT_KEYWORDS and "://" not in ckpt and not ckpt.startswith("registry:"):
+        path = Path(ckpt)
+        if not path.exists():
+            return (f"--ckpt_path {ckpt}: there is no such file. Give the path of a .ckpt file (a run's "
+                    "checkpoints/last.ckpt, or --ckpt_path last for the newest run's).")
+        if path.is_dir() or not zipfile.is_zipfile(path):
+            return (f"--ckpt_path {ckpt}: not a complete checkpoint (torch saves a zip archive; this one is "
+                    "cut short or another file: was it copied or written while the run was stopped?). Give "
+                    "another checkpoint, e.g. the run's checkpoints/last.ckpt.")
+    trainer = config.get("trainer") or {}
+    precision = trainer.get("precision")
+    if precision is not None:
+        try:
+            check_precision(precision)
+        except ValueError as error:
+            return f"--trainer.precision={precision}: {error}"
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str) and accelerator.lower() in GPU_ACCELERATORS and not torch.cuda.is_available():
+        return (f"--trainer.accelerator={accelerator}: torch finds no CUDA GPU on this machine "
+                "(torch.cuda.is_available() is False). Use --trainer.accelerator=auto (the example configs' "
+                "setting: a GPU where there is one) or cpu.")
+    return None
 
 
 class DFCLightningCLI(LightningCLI):
@@ -42,6 +146,10 @@ class DFCLightningCLI(LightningCLI):
         where there is none, and would start from scratch with a warning."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            problem = check_run_arguments(self.config[subcommand])
+            if problem is not None:
+                self.parser.exit(2, f"{self.parser.prog}: error: {problem}\n")
         if not subcommand or self.config[subcommand].get("ckpt_path") != "last":
             return
         try:
@@ -125,6 +233,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> DFCLightningCLI:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"version": __version__, "prog": "lightning-dfc"},
+        parser_class=DFCArgumentParser,
         args=args,
         run=run,
     )

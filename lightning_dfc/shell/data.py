@@ -184,9 +184,17 @@ class _TorchvisionImageDataModule(LightningDataModule):
         """Raw files torchvision needs that are not in :attr:`raw_folder`."""
         return [name for name in _RAW_FILES if not (self.raw_folder / name).is_file()]
 
-    def _short_message(self, downloading: bool) -> str:
-        where = f"{self.folder} is not in {self.raw_folder.resolve()}"
+    def _short_message(self, downloading: bool, missing: list[str] | None = None) -> str:
+        """One line: what is missing where (a ``data_dir`` that is a file; some of the raw files,
+        by name; or the whole data set), and the ways out."""
         point = f"Point --data.data_dir at a folder that holds {self.folder}/raw/ (the four IDX files)"
+        if Path(self.data_dir).is_file():
+            return f"--data.data_dir {Path(self.data_dir).resolve()} is a file, not a folder. {point}."
+        missing = self.missing_files() if missing is None else missing
+        if missing and len(missing) < len(_RAW_FILES):
+            where = f"{self.raw_folder.resolve()} lacks {', '.join(missing)} of {self.folder}"
+        else:
+            where = f"{self.folder} is not in {self.raw_folder.resolve()}"
         if downloading:
             return f"{where} and downloading it failed (no internet access?). {point}, or rerun with internet access."
         return f"{where}. {point}, or add --data.download=true on a machine with internet access."
@@ -206,7 +214,7 @@ class _TorchvisionImageDataModule(LightningDataModule):
             DataNotFoundError: files missing and ``download=False``.
             DataDownloadError: ``download=True`` but the download failed (e.g. no network).
         """
-        if not self.download:
+        if not self.download or Path(self.data_dir).is_file():  # a file: nothing to download into
             self._check_files()
             return
         if not self.missing_files():
@@ -217,13 +225,13 @@ class _TorchvisionImageDataModule(LightningDataModule):
             missing = self.missing_files() or list(_RAW_FILES)
             raise DataDownloadError(
                 f"Downloading {self.folder} failed ({type(err).__name__}: {err}). " + self._missing_message(missing),
-                self._short_message(downloading=True),
+                self._short_message(downloading=True, missing=missing),
             ) from err
 
     def _check_files(self) -> None:
         missing = self.missing_files()
         if missing:
-            raise DataNotFoundError(self._missing_message(missing), self._short_message(downloading=False))
+            raise DataNotFoundError(self._missing_message(missing), self._short_message(downloading=False, missing=missing))
 
     # ------------------------------------------------------------------ data sets
     def transform(self) -> transforms.Compose:

@@ -81,3 +81,82 @@ def test_the_main_job_offline_traceback_on_request(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataDownloadError, match="urlopen"):
         main(["fit", "--config", str(REPO / CONFIG), "--trainer.logger=false"])
+
+
+# what the command was asked that cannot work, refused before anything is built (issue 24):
+# (subcommand, arguments, what the one line must say); {tmp} is a folder of the test's own
+RUN_ROWS = [
+    ("fit", ["--ckpt_path={tmp}/cut.ckpt"], "--ckpt_path {tmp}/cut.ckpt: not a complete checkpoint"),
+    ("test", ["--ckpt_path={tmp}/nothere.ckpt"], "--ckpt_path {tmp}/nothere.ckpt: there is no such file"),
+    ("fit", ["--trainer.precision=16-mixed"], "--trainer.precision=16-mixed: precision='16-mixed' is not supported"),
+    ("fit", ["--trainer.accelerator=gpu"], "--trainer.accelerator=gpu: torch finds no CUDA GPU on this machine"),
+]
+# jsonargparse's refusals of a value's type: the option as typed, the value and the expected type
+TYPE_ROWS = [
+    ("--model.init_args.feedback.pretrain_until=always",
+     "--model.init_args.feedback.pretrain_until=always: expected float, 'auto' or None"),
+    ("--model.init_args.dynamics.steps=abc", "--model.init_args.dynamics.steps=abc: expected int"),
+    ("--model.init_args.dynamics.stepz=3", "--model.init_args.dynamics.stepz=3: option 'stepz' is not accepted"),
+    ("--trainer.max_epochs=x", "--trainer.max_epochs=x: expected int or None"),
+]
+
+
+def one_error_line(args: list[str], capsys) -> str:
+    """The command's one ``error:`` line (status 2, no traceback, at most a tip after it)."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("💡")]
+    errors = [line for line in lines if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err and "NestedArg" not in err, err
+    assert len(lines) <= 2, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("subcommand, extra, said", RUN_ROWS, ids=["cut-checkpoint", "missing-checkpoint",
+                                                                    "16-mixed", "no-gpu"])
+def test_what_cannot_run_is_one_error_line(subcommand, extra, said, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 the first bytes of a zip archive, and then nothing")
+    args = [subcommand, "--config", CONFIG, "--data.data_dir=/nonexistent", "--trainer.logger=false",
+            *(a.format(tmp=tmp_path) for a in extra)]
+    line = one_error_line(args, capsys)
+    assert line.startswith("lightning-dfc: error: ") and said.format(tmp=tmp_path) in line, line
+
+
+@pytest.mark.parametrize("override, said", TYPE_ROWS, ids=["union", "int", "unknown-key", "trainer"])
+def test_a_wrong_type_is_one_error_line(override, said, capsys, monkeypatch):
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    line = one_error_line(["fit", "--config", CONFIG, override, "--data.data_dir=/nonexistent"], capsys)
+    assert line.startswith("lightning-dfc fit: error: ") and line.endswith(said), line
+
+
+def test_a_wrong_type_in_full_on_request(capsys, monkeypatch):
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", CONFIG, "--model.init_args.dynamics.steps=abc", "--data.data_dir=/nonexistent"])
+    assert "NestedArg(key='dynamics.steps', val='abc')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["a-file", "test-files-only"])
+def test_a_wrong_data_folder_is_named(case, tmp_path, capsys, monkeypatch):
+    """``--data.data_dir`` that is a file (nothing is downloaded into it), or a folder that holds
+    only the test files: the one line says which, and names the missing files."""
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    if case == "a-file":
+        data_dir = tmp_path / "afile"
+        data_dir.write_text("not a folder")
+        said = f"--data.data_dir {data_dir.resolve()} is a file, not a folder"
+    else:
+        data_dir, raw = tmp_path / "data", tmp_path / "data" / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            (raw / name).write_bytes(b"")
+        said = f"{raw.resolve()} lacks train-images-idx3-ubyte, train-labels-idx1-ubyte of MNIST"
+    line = one_error_line(["fit", "--config", CONFIG, f"--data.data_dir={data_dir}", "--data.download=false",
+                           "--trainer.logger=false"], capsys)
+    assert said in line, line

@@ -23,9 +23,9 @@ __all__ = ["STOP_LOGGER", "WakeEpochStopMessage", "fit_running", "install_stop_m
 STOP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where Lightning's fit loop says why it stopped
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs`` (``nouns``: the plural where it is not ``noun + "s"``)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
 
 
 class WakeEpochStopMessage(logging.Filter):

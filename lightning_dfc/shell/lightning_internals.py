@@ -1,6 +1,6 @@
 """Every access of the package to Lightning's private state, one function each.
 
-Lightning has no public hook for these four needs. Each function reads or calls exactly one
+Lightning has no public hook for these five needs. Each function reads or calls exactly one
 private piece, and ``tests/shell/test_lightning_internals.py`` checks each against the installed
 Lightning, so that a Lightning release that moves the piece fails there, loudly and by name,
 instead of somewhere in a fit. No other module of the package touches a private attribute of
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["attached_trainer", "epochs_processed", "save_last_checkpoint", "train_progress_bar"]
+__all__ = ["attached_trainer", "epochs_processed", "save_last_checkpoint", "set_max_steps", "train_progress_bar"]
 
 
 def attached_trainer(module: Any) -> Any | None:
@@ -45,3 +45,10 @@ def save_last_checkpoint(callback: Any, trainer: Any, hook: str) -> None:
     at_train_epoch_end = callback._should_save_on_train_epoch_end(trainer)
     if (hook == "on_train_epoch_end") == at_train_epoch_end and not callback._should_skip_saving_checkpoint(trainer):
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def set_max_steps(trainer: Any, steps: int) -> None:
+    """Let ``trainer``'s fit run ``steps`` optimizer steps (``fast_dev_run=N`` sets N, and each of
+    our batches there takes two: a sleep and a wake step). ``Trainer.max_steps`` is read-only;
+    the training epoch loop holds the limit."""
+    trainer.fit_loop.epoch_loop.max_steps = steps

@@ -19,7 +19,8 @@ from ..core.schedule import Phase, PhaseInfo
 from .distributed import check_precision, check_strategy
 from .epochs import (WakeEpochStopMessage, fit_running, install_stop_message, name_by_wake_epoch, names_by_wake_epoch,
                      plural, remove_stop_message, restore_val_limit, users_val_limit, validate_in_epoch)
-from .lightning_internals import attached_trainer, epochs_processed, save_last_checkpoint, train_progress_bar
+from .lightning_internals import (attached_trainer, epochs_processed, save_last_checkpoint, set_max_steps,
+                                  train_progress_bar)
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -81,12 +82,15 @@ class DFCPhases:
         super().on_fit_end()
         # trainer.log_dir broadcasts rank 0's under DDP: every rank asks, before rank 0 prints
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+        if self.trainer.is_global_zero:
             for line in fit_summary(self.trainer, self, self._dfc_clock, self._dfc_skipped_total, log_dir):
                 _console.info(line)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if self.trainer.fast_dev_run and self.dfc_method.train_feedback:
+            # fast_dev_run=N means N batches; each takes a sleep and a wake step here
+            set_max_steps(self.trainer, 2 * int(self.trainer.fast_dev_run))
         self._dfc_clock = PhaseClock()
         self._dfc_skipped_total = {"wake": 0, "sleep": 0}
         # Every epoch's randomness (shuffling, sleep noise) derives from (seed, epoch, rank), so a

@@ -100,6 +100,11 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
     """The summary's lines (printed by the module at the end of ``fit``). ``log_dir``: the
     trainer's (``trainer.log_dir`` is a collective under DDP: every rank reads it, rank 0 prints)."""
     lines = ["lightning-dfc: fit finished."]
+    if trainer.fast_dev_run:
+        n = int(trainer.fast_dev_run)
+        steps = "a sleep and a wake step each" if module.dfc_method.train_feedback else "a wake step each"
+        lines.append(f"  fast_dev_run: {plural(n, 'training batch', 'training batches')} ({steps}) and up to "
+                     f"{plural(n, 'validation batch', 'validation batches')}; nothing logged")
     ckpt = trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
     if best:
@@ -124,8 +129,10 @@ def fit_summary(trainer: Any, module: Any, clock: PhaseClock, skipped: dict[str,
         lines.append(sleep)
     if best or log_dir:
         config = f" --config {Path(log_dir) / 'config.yaml'}" if log_dir and (Path(log_dir) / "config.yaml").is_file() else ""
-        if best:
+        if best and config:
             lines.append(f"  test it:   lightning-dfc test{config} --ckpt_path {best}")
+        elif best:  # a fit from Python: no config.yaml for the command line to rebuild the run from
+            lines.append(f"  test it:   trainer.test(model, datamodule=..., ckpt_path={str(best)!r})")
         if log_dir:
             hint = "" if importlib.util.find_spec("matplotlib") else "  (needs: pip install lightning-dfc[plots])"
             lines.append(f"  plot it:   lightning-dfc plot {log_dir} --output {Path(log_dir) / 'curves'}{hint}")

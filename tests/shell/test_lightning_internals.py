@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dfc.shell.lightning_internals import (attached_trainer, epochs_processed, save_last_checkpoint,
-                                                     train_progress_bar)
+                                                     set_max_steps, train_progress_bar)
 
 
 class Plain(pl.LightningModule):
@@ -101,3 +101,22 @@ def test_save_last_checkpoint(tmp_path):
     first = SaveFirst()
     _trainer(tmp_path, [first, ckpt], epochs=1).fit(Plain(), _loader(), _loader())
     assert first.after_validation == [False] and last.is_file()
+
+
+class StepLimit(Callback):
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        set_max_steps(trainer, self.steps)
+
+
+def test_set_max_steps(tmp_path):
+    """fast_dev_run=2 runs two steps, unless the limit is raised in on_fit_start (our batches
+    take two steps each there); the trainer then reports the new limit."""
+    trainer = _trainer(tmp_path, [StepLimit(3)], epochs=5, fast_dev_run=2)
+    trainer.fit(Plain(), DataLoader(_loader().dataset, batch_size=2))
+    assert trainer.global_step == 2  # fast_dev_run also limits the batches to 2: the epoch ends
+    trainer = _trainer(tmp_path, [StepLimit(3)], epochs=5, max_steps=1)
+    trainer.fit(Plain(), DataLoader(_loader().dataset, batch_size=2))
+    assert trainer.global_step == 3 and trainer.max_steps == 3

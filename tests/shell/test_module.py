@@ -69,6 +69,31 @@ def test_max_epochs_counts_wake_epochs_and_phases_are_logged(tmp_path):
     assert all(r["sleep/skipped_batches"] == "0.0" for r in epoch_rows if float(r["phase"]) != 2.0)
 
 
+def documented_metrics() -> list[str]:
+    """The metric names docs/user_guide.md lists for every fit (the paragraph "Each epoch logs")."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "user_guide.md").read_text()
+    start = text.index("- Each epoch logs")
+    paragraph = text[start:text.index("\n- ", start + 1)]
+    return sorted(set(re.findall(r"`((?:dfc|sleep)/\w+|train_loss|train_acc|phase|wake_epoch)`", paragraph)))
+
+
+def test_every_documented_metric_is_logged(tmp_path):
+    """Each name the user guide lists is a column of the CSV log (Lightning adds ``_epoch`` to a
+    metric logged on steps and epochs), with a value in some row."""
+    import csv
+
+    names = documented_metrics()
+    assert len(names) >= 15 and "dfc/skipped_batches" in names and "sleep/skipped_batches" in names
+    t = trainer(tmp_path, 1, logger=CSVLogger(tmp_path))
+    t.fit(model(), data())
+    rows = list(csv.DictReader(open(Path(t.logger.log_dir) / "metrics.csv")))
+    logged = {key for row in rows for key, value in row.items() if value not in ("", None)}
+    missing = [n for n in names if n not in logged and f"{n}_epoch" not in logged]
+    assert not missing, f"documented in docs/user_guide.md but not logged: {missing}"
+
+
 def _loss_and_condition_2(m: DFCModule, loader) -> tuple[float, float]:
     """Cross-entropy of the network on all of ``loader``'s data, and the feedback's Condition 2
     there (``diagnostics.feedback_condition_2``, checked against theory in test_diagnostics)."""

@@ -56,3 +56,31 @@ def test_summary_says_how_the_sleep_phase_simulates():
     assert "wide output" in sleep_simulation_line(DFCModule(MLP([20, 12, 20]), variant="dfc"))
     assert "Strong-DFC" in sleep_simulation_line(DFCModule(MLP([20, 12, 4]), variant="strong_dfc_ss"))
     assert sleep_simulation_line(DFCModule(MLP([20, 12, 4]), variant="dfc_fixed")) is None
+
+
+def test_a_fit_from_python_says_how_to_test_it_from_python(tmp_path, caplog):
+    """No config.yaml is saved by a fit from Python: the summary's test command is the Python
+    one, with the best checkpoint, and that command works."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_dfc.shell.data import MNISTDataModule
+
+    write_fake_mnist(tmp_path / "data", 64, 32)
+    data = MNISTDataModule(data_dir=str(tmp_path / "data"), batch_size=16, val_size=16, download=False)
+    from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig
+    from test_module import SLEEP
+
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, precision="64-true", enable_progress_bar=False,
+                         enable_model_summary=False, logger=CSVLogger(tmp_path / "logs"),
+                         callbacks=[ModelCheckpoint(monitor="val_acc", mode="max")], default_root_dir=tmp_path)
+    m = DFCModule(MLP([784, 10, 10]), variant="dfc", dynamics=SimulationConfig(steps=30),
+                  feedback=FeedbackConfig(pretrain_epochs=1, sleep_before=0, sleep_after=0, simulation=SLEEP))
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        trainer.fit(m, datamodule=data)
+    summary = "\n".join(r.getMessage() for r in caplog.records)
+    best = trainer.checkpoint_callback.best_model_path
+    assert f"test it:   trainer.test(model, datamodule=..., ckpt_path={best!r})" in summary, summary
+    assert "lightning-dfc test --ckpt_path" not in summary
+    assert trainer.test(m, datamodule=data, ckpt_path=best)[0]["test_acc"] >= 0

@@ -154,3 +154,43 @@ def test_a_fit_that_raised_leaves_no_filter_that_speaks(tmp_path, monkeypatch, c
     assert ("`Trainer.fit` stopped: 2 wake epochs reached (max_epochs=2; Lightning counted 7 epochs: "
             "1 pre-training epoch, 4 sleep epochs, 2 wake epochs).") in lines, lines
     assert not logging.getLogger(STOP_LOGGER).filters
+
+
+class BatchesRun(Callback):
+    """How many training and validation batches ran (sanity check excluded)."""
+
+    def __init__(self) -> None:
+        self.train, self.val = 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.train += 1
+
+    def on_validation_batch_end(self, trainer, pl_module, *args) -> None:
+        if not trainer.sanity_checking:
+            self.val += 1
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_fast_dev_run_n_runs_n_batches_with_their_validation_and_a_summary(n, tmp_path, monkeypatch, caplog):
+    """``fast_dev_run=N``: N training batches, each a sleep and a wake step (Lightning's N
+    optimizer steps would stop after N / 2 batches), up to N validation batches, and the summary."""
+    counted = BatchesRun()
+    wakes: list[int] = []
+    from lightning_dfc.shell.steps import DFCSteps
+
+    wake_step = DFCSteps._dfc_wake_step
+    monkeypatch.setattr(DFCSteps, "_dfc_wake_step", lambda self, x, y: (wakes.append(1), wake_step(self, x, y))[1])
+    write_fake_mnist(tmp_path / "data", 64, 32)
+    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        cli = build_cli(["--config", CONFIG, *data_args(tmp_path / "data"), *RUN[:-1], f"--trainer.fast_dev_run={n}",
+                         "--data.batch_size=8"], run=False)
+        cli.trainer.callbacks.append(counted)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    lines = [r.getMessage() for r in caplog.records]
+    assert (counted.train, len(wakes)) == (n, n)
+    assert counted.val == min(n, len(cli.datamodule.val_dataloader())) >= 1
+    assert "lightning-dfc: fit finished." in lines
+    said = plural(n, "training batch", "training batches")
+    assert any(line.startswith(f"  fast_dev_run: {said} (a sleep and a wake step each)") for line in lines), lines

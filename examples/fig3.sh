@@ -77,5 +77,5 @@ for v in $VARIANTS; do
 done
 
 # shellcheck disable=SC2086
-$LIGHTNING_DFC plot "${runs[@]}" --labels "${labels[@]}" --output "$OUTPUT" \
+$LIGHTNING_DFC plot "${runs[@]}" --labels "${labels[@]}" --output "$OUTPUT" --fig3 \
   --title "Fig. 3 (student-teacher): $EPOCHS forward epochs, $NUM_TRAIN training samples"

@@ -42,6 +42,8 @@ __all__ = [
     "load_run",
     "series",
     "fig3_figure",
+    "run_figure",
+    "plot_run_curves",
     "plot_runs",
     "plot_metrics",
     "plot_main",
@@ -49,7 +51,8 @@ __all__ = [
 
 PathLike = str | Path
 X_AXES = ("wake_epoch", "epoch", "step")
-X_LABELS = {"wake_epoch": "wake epoch", "epoch": "Lightning epoch", "step": "step"}
+X_LABELS = {"wake_epoch": "wake epoch", "epoch": "Lightning epoch", "step": "step",
+            "pretrain_epoch": "pre-training epoch"}
 METRICS_FILE = "metrics.csv"
 IMAGE_SUFFIXES = {"png", "pdf", "svg"}
 
@@ -85,6 +88,19 @@ FIG3_PANELS: tuple[Panel, ...] = (
           "max Re eigenvalue", hline=0.0),
     Panel("F", "Alignment with DFC-SSA", ("diag/angle_ssa",), "angle (degrees)"),
 )
+
+#: What every run logs (DFCModule, and most LightningModules): the learning curves per wake epoch.
+CURVE_PANELS: tuple[Panel, ...] = (
+    Panel("", "Validation accuracy", ("val_acc",), "accuracy"),
+    Panel("", "Validation loss", ("val_loss",), "loss"),
+    Panel("", "Training loss", ("train_loss_epoch", "train_loss"), "loss"),
+)
+#: Condition 2 after each feedback pre-training epoch (DFCModule logs it when it pre-trains).
+PRETRAIN_PANEL = Panel("", "Feedback pre-training: Condition 2", ("pretrain/condition_2",),
+                       r"$\|P_J\,Q\|_F\,/\,\|Q\|_F$")
+#: What an empty diagnostics panel says: which callback logs it, and how to add it.
+DIAGNOSTICS_MISSING = ("not logged: add the ConditionMonitor callback\n"
+                       "(trainer.callbacks: class_path lightning_dfc.shell.callbacks.ConditionMonitor)")
 
 FIG3_SIZE = (13.0, 7.5)  # inches, at FIG_DPI
 FIG_DPI = 150
@@ -130,6 +146,12 @@ def find_runs(path: PathLike) -> list[Path]:
     if (p / METRICS_FILE).is_file():
         return [p / METRICS_FILE]
     found = sorted(p.rglob(METRICS_FILE))
+    if not found and next(p.rglob("events.out.tfevents.*"), None) is not None:
+        raise FileNotFoundError(
+            f"{str(path)!r} holds TensorBoard event files and no {METRICS_FILE}: lightning-dfc plot reads "
+            "CSVLogger logs. Look at this run with `tensorboard --logdir <it>`, or log the next run with "
+            "a CSVLogger too (trainer.logger: a list of both)."
+        )
     if not found:
         raise FileNotFoundError(
             f"no {METRICS_FILE} in or below {str(path)!r}: pass a CSVLogger log directory "
@@ -302,25 +324,31 @@ def _output_paths(output: PathLike, formats: Sequence[str], default_stem: str) -
 
 
 def _draw_panel(ax, runs: list[Run], styles: list[dict], keys: Sequence[str], x: str,
-                reduce: str, ylabel: str | None, hline: float | None) -> bool:
-    """Draw, for each run, the first of ``keys`` it logged. Returns whether anything was drawn."""
-    drawn = False
+                reduce: str, ylabel: str | None, hline: float | None, missing: str = "not logged") -> bool:
+    """Draw, for each run, the first of ``keys`` it logged; ``missing`` in an empty panel.
+    ``x="pretrain_epoch"``: Lightning's epoch + 1, the pre-training epoch. Returns whether
+    anything was drawn."""
+    drawn, all_xs = False, []
     for run, style in zip(runs, styles):
         key = next((k for k in keys if run.has(k)), None)
         if key is None:
             continue
-        xs, ys = series(run, key, x, reduce)
+        if x == "pretrain_epoch":
+            xs, ys = series(run, key, "epoch", reduce)
+            xs = [v + 1 for v in xs]
+        else:
+            xs, ys = series(run, key, x, reduce)
         if not xs:
             continue
         marker = "o" if len(xs) <= 30 else None
         suffix = " (sleep)" if "/sleep/" in key and keys[0] != key else ""
         ax.plot(xs, ys, label=run.label + suffix, marker=marker, markersize=3, linewidth=1.5, **style)
-        drawn = True
+        drawn, all_xs = True, all_xs + list(xs)
     if hline is not None and drawn:
         ax.axhline(hline, color="black", linewidth=0.8, linestyle=":")
     if not drawn:
-        ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center",
-                color="grey", fontsize=12)
+        ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", va="center",
+                color="grey", fontsize=12 if missing == "not logged" else 9, wrap=True)
         ax.set_xticks([])
         ax.set_yticks([])
     else:
@@ -328,6 +356,11 @@ def _draw_panel(ax, runs: list[Run], styles: list[dict], keys: Sequence[str], x:
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if all(float(v).is_integer() for v in all_xs):  # epochs: a tick on whole epochs, even for one point
+            low, high = int(min(all_xs)), int(max(all_xs))
+            step = max(1, math.ceil((high - low + 1) / 10))
+            ax.set_xticks(range(low, high + 1, step))
+            ax.set_xlim(low - 0.5, high + 0.5)
         if ylabel:
             ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
@@ -367,12 +400,62 @@ def fig3_figure(
     axes = fig.subplots(2, 3).ravel()
     styles = _styles([r.label for r in loaded])
     for ax, panel in zip(axes, FIG3_PANELS):
-        _draw_panel(ax, loaded, styles, panel.keys, x, reduce, panel.ylabel, panel.hline)
+        _draw_panel(ax, loaded, styles, panel.keys, x, reduce, panel.ylabel, panel.hline, DIAGNOSTICS_MISSING)
         ax.set_title(f"{panel.letter}   {panel.title}", loc="left", fontweight="bold", fontsize=11)
     _legend(fig, axes)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def run_figure(
+    runs: Sequence[PathLike] | PathLike,
+    labels: Sequence[str] | None = None,
+    x: str = "wake_epoch",
+    reduce: str = "last",
+    title: str | None = None,
+):
+    """What the runs logged, one panel each: the learning curves (validation accuracy and loss,
+    training loss) against ``x``, Condition 2 per pre-training epoch where a run logged it, and
+    the six diagnostics panels of Fig. 3 where a run logged any of them (an empty one names the
+    callback that logs it). A :class:`matplotlib.figure.Figure`."""
+    Figure = _matplotlib()
+    loaded = _load_runs(runs, labels)
+    panels: list[tuple[Panel, str, str]] = [(p, x, "not logged") for p in CURVE_PANELS]
+    if any(r.has(k) for r in loaded for k in PRETRAIN_PANEL.keys):
+        panels.append((PRETRAIN_PANEL, "pretrain_epoch", "not logged"))
+    if any(r.has(k) for r in loaded for p in FIG3_PANELS for k in p.keys):
+        panels += [(p, x, DIAGNOSTICS_MISSING) for p in FIG3_PANELS]
+    ncols = 3 if len(panels) > 4 else len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.6), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    styles = _styles([r.label for r in loaded])
+    for ax, (panel, panel_x, missing) in zip(axes, panels):
+        _draw_panel(ax, loaded, styles, panel.keys, panel_x, reduce, panel.ylabel, panel.hline, missing)
+        name = f"{panel.letter}   {panel.title}" if panel.letter else panel.title
+        ax.set_title(name, loc="left", fontweight="bold", fontsize=11)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    _legend(fig, axes[: len(panels)])
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_run_curves(
+    runs: Sequence[PathLike] | PathLike,
+    output: PathLike,
+    labels: Sequence[str] | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    x: str = "wake_epoch",
+    reduce: str = "last",
+    title: str | None = None,
+) -> list[Path]:
+    """Save :func:`run_figure` (``lightning-dfc plot RUN``, the summary's command); the
+    arguments as for :func:`plot_runs` (``output`` a directory: ``<dir>/curves.*``)."""
+    paths = _output_paths(output, formats, "curves")
+    return _save(run_figure(runs, labels, x, reduce, title), paths)
 
 
 def plot_runs(
@@ -470,15 +553,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-dfc plot",
         description=(
-            "Plot CSVLogger metrics of DFC runs. Without --metrics: the six diagnostics panels of "
-            "Fig. 3 of the DFC paper (Conditions 1 and 2, stability, alignment with MN, GN and "
-            "DFC-SSA updates), logged by lightning_dfc.shell.callbacks.ConditionMonitor."
+            "Plot CSVLogger metrics of DFC runs. By default what the runs logged: the learning "
+            "curves (validation accuracy and loss, training loss) per wake epoch, Condition 2 per "
+            "pre-training epoch, and the diagnostics panels of the DFC paper's Fig. 3 where logged "
+            "(lightning_dfc.shell.callbacks.ConditionMonitor). --fig3: those six panels only; --metrics: any keys."
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="metrics.csv files, CSVLogger log directories, or folders above them")
-    parser.add_argument("-o", "--output", default="fig3",
-                        help="output path stem, e.g. docs/figures/fig3 (default: fig3), or a directory")
+    parser.add_argument("-o", "--output", default="curves",
+                        help="output path stem, e.g. docs/figures/fig3 (default: curves), or a directory")
+    parser.add_argument("--fig3", action="store_true",
+                        help="the six diagnostics panels of Fig. 3 of the DFC paper only")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run found")
     parser.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
                         help="plot these logged keys (shell patterns allowed) instead of Fig. 3")
@@ -499,12 +585,15 @@ def plot_main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = _parser()
     args = parser.parse_args(None if argv is None else list(argv))
     try:
+        if args.metrics and args.fig3:
+            raise ValueError("give --metrics or --fig3, not both")
         if args.metrics:
             paths = plot_metrics(args.runs, args.metrics, args.output, labels=args.labels,
                                  formats=args.formats, x=args.x, reduce=args.reduce, title=args.title)
         else:
-            paths = plot_runs(args.runs, args.output, labels=args.labels, formats=args.formats,
-                              x=args.x, reduce=args.reduce, title=args.title)
+            draw = plot_runs if args.fig3 else plot_run_curves
+            paths = draw(args.runs, args.output, labels=args.labels, formats=args.formats,
+                         x=args.x, reduce=args.reduce, title=args.title)
     except (FileNotFoundError, ValueError, ImportError) as err:
         parser.error(str(err))
     for p in paths:

@@ -167,7 +167,8 @@ def test_missing_metrics_leave_runs_out_of_panels(logs: Path) -> None:
     # a run that logged no diagnostics at all: every panel says so, and nothing crashes
     fig = fig3_figure([logs / "toy_dfa"], labels=["DFA"])
     texts = {p.letter: [t.get_text() for t in ax.texts] for p, ax in zip(FIG3_PANELS, fig.axes)}
-    assert texts["A"] == texts["C"] == texts["E"] == texts["F"] == ["not logged"]
+    assert texts["A"] == texts["C"] == texts["E"] == texts["F"] == [plotting.DIAGNOSTICS_MISSING]
+    assert "ConditionMonitor" in plotting.DIAGNOSTICS_MISSING
     assert texts["B"] == texts["D"] == []
 
 
@@ -211,9 +212,63 @@ def test_missing_matplotlib_is_explained(logs: Path, tmp_path: Path, monkeypatch
 
 
 def test_cli_plot_subcommand(logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["plot", str(logs / "toy_dfc" / "version_0"), "--output", str(tmp_path / "fig")])
+    main(["plot", str(logs / "toy_dfc" / "version_0"), "--output", str(tmp_path / "fig"), "--fig3"])
     assert_figure_files([tmp_path / "fig.png", tmp_path / "fig.pdf"])
     assert str(tmp_path / "fig.png") in capsys.readouterr().out
+    main(["plot", str(logs / "toy_dfc" / "version_0"), "--output", str(tmp_path / "curves")])
+    assert_figure_files([tmp_path / "curves.png", tmp_path / "curves.pdf"], shape=None)
+
+
+def write_run(folder: Path, pretrain_epochs: int = 3, wake_epochs: int = 2) -> Path:
+    """A metrics.csv as DFCModule writes it (pre-training, then per wake epoch a sleep and a wake
+    epoch), without any diagnostics."""
+    folder.mkdir(parents=True)
+    columns = ["epoch", "step", "phase", "wake_epoch", "pretrain/condition_2", "train_loss_epoch", "val_acc", "val_loss"]
+    rows, epoch = [], 0
+    for k in range(pretrain_epochs):
+        rows.append({"epoch": epoch, "step": epoch, "phase": 0, "wake_epoch": 0, "pretrain/condition_2": 0.3 + 0.1 * k})
+        epoch += 1
+    for w in range(1, wake_epochs + 1):
+        rows.append({"epoch": epoch, "step": epoch, "phase": 1, "wake_epoch": w})
+        rows.append({"epoch": epoch + 1, "step": epoch + 1, "phase": 2, "wake_epoch": w, "train_loss_epoch": 1.0 / w})
+        rows.append({"epoch": epoch + 1, "step": epoch + 1, "val_acc": 0.8 + 0.05 * w, "val_loss": 0.5 / w})
+        epoch += 2
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_the_default_plot_shows_what_the_run_logged(logs: Path, tmp_path: Path) -> None:
+    """Without diagnostics: the learning curves per wake epoch (numbered as the console numbers
+    them, one marked point per epoch, ticks on whole epochs) and Condition 2 per pre-training
+    epoch; with them, the Fig. 3 panels too."""
+    run = write_run(tmp_path / "run" / "version_0")
+    fig = plotting.run_figure([run])
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title(loc="left") for ax in axes]
+    assert titles == ["Validation accuracy", "Validation loss", "Training loss", "Feedback pre-training: Condition 2"]
+    for ax in axes[:3]:
+        (line,) = ax.get_lines()
+        assert list(line.get_xdata()) == [1, 2] and line.get_marker() == "o"
+        assert [t for t in ax.get_xticks()] == [1, 2] and ax.get_xlabel() == "wake epoch"
+    assert list(axes[0].get_lines()[0].get_ydata()) == pytest.approx([0.85, 0.9])
+    assert list(axes[3].get_lines()[0].get_xdata()) == [1, 2, 3] and axes[3].get_xlabel() == "pre-training epoch"
+    with_diagnostics = [ax.get_title(loc="left") for ax in plotting.run_figure([logs / "toy_dfc" / "version_0"]).axes
+                        if ax.get_visible()]
+    assert with_diagnostics[:3] == titles[:3] and [t.split()[0] for t in with_diagnostics[-6:]] == list("ABCDEF")
+
+
+def test_a_tensorboard_run_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "tb" / "version_0"
+    run.mkdir(parents=True)
+    (run / "events.out.tfevents.1.host").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        main(["plot", str(tmp_path / "tb"), "--output", str(tmp_path / "fig")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "TensorBoard event files and no metrics.csv" in err and "CSVLogger" in err
 
 
 def test_cli_plot_reads_sys_argv(logs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,11 +85,11 @@ def test_strong_sleep_needs_labels():
         dfc.sleep(torch.randn(4, 8, dtype=DT))
 
 
-def test_the_example_runs(monkeypatch, capsys):
+def test_the_example_runs(monkeypatch, capsys, tmp_path):
     """examples/plain_pytorch.py on its random data: its 20 pre-training batches raise Condition 2
     (a sleep rule of the wrong sign lowers it), every wake step lowers its own batch's loss (a
     wake update of the wrong sign raises it), and what it prints is what it computed."""
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--pretrain", "20", "--data-dir", "/nonexistent"])
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--batches", "3", "--pretrain", "20", "--data-dir", str(tmp_path / "no_mnist")])
     example = runpy.run_path(str(EXAMPLE))
     history = example["main"]()
     before, after = history["condition_2"]

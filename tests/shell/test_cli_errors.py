@@ -122,23 +122,24 @@ def test_what_cannot_run_is_one_error_line(subcommand, extra, said, tmp_path, ca
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 the first bytes of a zip archive, and then nothing")
-    args = [subcommand, "--config", CONFIG, "--data.data_dir=/nonexistent", "--trainer.logger=false",
-            *(a.format(tmp=tmp_path) for a in extra)]
+    args = [subcommand, "--config", CONFIG, f"--data.data_dir={tmp_path / 'no_data'}", "--data.download=false",
+            "--trainer.logger=false", *(a.format(tmp=tmp_path) for a in extra)]
     line = one_error_line(args, capsys)
     assert line.startswith("lightning-dfc: error: ") and said.format(tmp=tmp_path) in line, line
 
 
 @pytest.mark.parametrize("override, said", TYPE_ROWS, ids=["union", "int", "unknown-key", "trainer"])
-def test_a_wrong_type_is_one_error_line(override, said, capsys, monkeypatch):
+def test_a_wrong_type_is_one_error_line(override, said, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
-    line = one_error_line(["fit", "--config", CONFIG, override, "--data.data_dir=/nonexistent"], capsys)
+    line = one_error_line(["fit", "--config", CONFIG, override, f"--data.data_dir={tmp_path}", "--data.download=false"],
+                          capsys)
     assert line.startswith("lightning-dfc fit: error: ") and line.endswith(said), line
 
 
-def test_a_wrong_type_in_full_on_request(capsys, monkeypatch):
+def test_a_wrong_type_in_full_on_request(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(TRACEBACK_ENV, "1")
     with pytest.raises(SystemExit):
-        main(["fit", "--config", CONFIG, "--model.init_args.dynamics.steps=abc", "--data.data_dir=/nonexistent"])
+        main(["fit", "--config", CONFIG, "--model.init_args.dynamics.steps=abc", f"--data.data_dir={tmp_path}"])
     assert "NestedArg(key='dynamics.steps', val='abc')" in capsys.readouterr().err
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
-
 import zipfile
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -46,11 +45,11 @@ class DFCArgumentParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get(TRACEBACK_ENV):  # nested parsers raise; the top one reports
             return super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
-        self.exit(2, f"{prog}: error: {parse_error_line(message, ex)}\n"
+        self.exit(2, f"{prog}: error: {parse_error_line(message)}\n"
                      f"(run {prog} --help for the options; set {TRACEBACK_ENV}=1 for the parser's full message)\n")
 
 
-def parse_error_line(message: str, ex: BaseException | None = None) -> str:
+def parse_error_line(message: str) -> str:
     """One line for a jsonargparse error. A nested value that failed (jsonargparse reports a
     tree: every union member of every level, down to the key that refused the value) becomes the
     option as typed, the value given and the deepest level's reason, for example

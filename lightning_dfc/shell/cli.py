@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from . import data as _data  # noqa: F401  (short class names in configs)
 from .data import DataNotFoundError
 from .distributed import check_precision
 from .module import DFCModule  # noqa: F401
+from .phases import ResumeError
 
 __all__ = ["DFCLightningCLI", "build_cli", "main", "resolve_last_checkpoint"]
 
@@ -145,6 +147,8 @@ class DFCLightningCLI(LightningCLI):
         where there is none, and would start from scratch with a warning."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        # the model as given, before LightningCLI replaces it by a checkpoint's hyperparameters
+        self.dfc_given_model = copy.deepcopy(self.config[subcommand].get("model")) if subcommand == "fit" else None
         if subcommand:
             problem = check_run_arguments(self.config[subcommand])
             if problem is not None:
@@ -158,6 +162,19 @@ class DFCLightningCLI(LightningCLI):
         if path is not None:
             self.config[subcommand]["ckpt_path"] = path
             sys.stderr.write(f"{self.parser.prog}: --ckpt_path last: resuming from {path}\n")
+
+    def before_instantiate_classes(self) -> None:
+        """A resumed fit (``fit --config ... --ckpt_path ...``) builds the model as the command
+        line and config give it. LightningCLI would build it from the checkpoint's hyperparameters
+        instead, and silently drop every changed setting; the module's resume check then names
+        each change and refuses it, unless ``resume_with_changes`` (see ``_dfc_check_resume``),
+        and the run's saved ``config.yaml`` holds what it ran with. ``test``, ``validate`` and
+        ``predict`` keep LightningCLI's rule: there the checkpoint's model is the one asked for."""
+        subcommand = self.config.get("subcommand")
+        given = getattr(self, "dfc_given_model", None)
+        if subcommand == "fit" and self.config[subcommand].get("ckpt_path") and given is not None and \
+                given.get("class_path"):
+            self.config[subcommand]["model"] = given
 
     def instantiate_classes(self) -> None:
         try:
@@ -260,6 +277,11 @@ def main(args: ArgsType = None) -> None:
             print(PLOT_HELP)
     try:
         build_cli(args)
+    except ResumeError as error:  # fit --ckpt_path with settings that differ from the checkpoint's
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        sys.stderr.write(f"lightning-dfc: error: {error}\n(set {TRACEBACK_ENV}=1 for the full traceback)\n")
+        raise SystemExit(2) from None
     except DataNotFoundError as error:  # e.g. the main job on a machine without MNIST or internet
         if os.environ.get(TRACEBACK_ENV):
             raise

@@ -58,8 +58,11 @@ class DFCConfiguration:
         feedback_optimizer: OptimizerCallable | None = None,
         pretrain_optimizer: OptimizerCallable | None = None,
         numerics: str | Numerics = "fast",
+        resume_with_changes: bool = False,
     ) -> None:
-        """Validate the settings and wrap ``network`` (already an attribute of this module)."""
+        """Validate the settings and wrap ``network`` (already an attribute of this module).
+        ``resume_with_changes``: a fit resumed from a checkpoint may change the checkpoint's DFC
+        settings (each is named); without it, a change is refused (see ``_dfc_check_resume``)."""
         method = resolve_method(variant)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
@@ -71,6 +74,7 @@ class DFCConfiguration:
         self.dfc_loss = loss
         self.dfc_target_stepsize = float(target_stepsize)
         self.dfc_numerics = resolve_numerics(numerics)
+        self.dfc_resume_with_changes = bool(resume_with_changes)
         dynamics = as_config(dynamics, SimulationConfig) or SimulationConfig()
         feedback = (as_config(feedback, FeedbackConfig) or FeedbackConfig()).resolved(method.strong)
         # the levers set by hand against the preset, for the run summary

@@ -40,8 +40,8 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
             decoder) is refused, naming them, unless this is set: then they are left untrained,
             and a warning names them.
         dfc_variant, dfc_loss, dfc_target_stepsize, dfc_dynamics, dfc_feedback, dfc_updates,
-        dfc_forward_optimizer, dfc_feedback_optimizer, dfc_pretrain_optimizer, dfc_numerics: as the
-            arguments of :class:`~lightning_dfc.DFCModule` without the prefix.
+        dfc_forward_optimizer, dfc_feedback_optimizer, dfc_pretrain_optimizer, dfc_numerics,
+        dfc_resume_with_changes: as the arguments of :class:`~lightning_dfc.DFCModule` without the prefix.
 
     Everything else is passed on to the host module's ``__init__``.
 
@@ -66,6 +66,7 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
         dfc_pretrain_optimizer: OptimizerCallable | None = None,
         dfc_numerics: str | Numerics = "fast",
         dfc_allow_untrained: bool = False,
+        dfc_resume_with_changes: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -84,6 +85,7 @@ class DFCMixin(DFCSteps, DFCPhases, DFCConfiguration):
             feedback_optimizer=dfc_feedback_optimizer,
             pretrain_optimizer=dfc_pretrain_optimizer,
             numerics=dfc_numerics,
+            resume_with_changes=dfc_resume_with_changes,
         )
 
     def dfc_attach(self, network_attribute: str = "network", allow_untrained: bool = False, **settings: Any) -> None:

@@ -48,6 +48,11 @@ class DFCModule(DFCMixin, LightningModule):
             closed form, two-point noise) or ``exact`` (the published numerics: float64, every
             Euler step, Gaussian noise; equal to the authors' code draw for draw). Levers set in
             ``dynamics`` or ``feedback.simulation`` override the preset's.
+        resume_with_changes: a fit resumed from a checkpoint (``--ckpt_path``) may change the
+            checkpoint's DFC settings (variant, loss, lambda, numerics, dynamics, feedback, updates,
+            network), each named on the console as ``old -> new``. Off (default): a change is
+            refused, one line per setting. (``feedback.resume_with_new_schedule`` allows a new
+            schedule only.)
 
     Dataclass arguments also accept dicts of their fields, and optimizers a
     ``{"class_path": ..., "init_args": ...}`` dict: that is how they are stored in checkpoints.
@@ -71,6 +76,7 @@ class DFCModule(DFCMixin, LightningModule):
         feedback_optimizer: OptimizerCallable | None = None,
         pretrain_optimizer: OptimizerCallable | None = None,
         numerics: str | Numerics = "fast",
+        resume_with_changes: bool = False,
     ) -> None:
         super().__init__(
             dfc_network=network,
@@ -85,6 +91,7 @@ class DFCModule(DFCMixin, LightningModule):
             dfc_feedback_optimizer=feedback_optimizer,
             dfc_pretrain_optimizer=pretrain_optimizer,
             dfc_numerics=numerics,
+            dfc_resume_with_changes=resume_with_changes,
         )
         if _given_hyperparameters.get() is None:
             # Plain Python: the network module is not a hyperparameter (pass it again to

@@ -80,6 +80,7 @@ class DFCWrapper(pl.LightningModule):
         pretrain_optimizer: OptimizerCallable | None = None,
         numerics: str | Numerics = "fast",
         allow_untrained: bool = False,
+        resume_with_changes: bool = False,
     ) -> pl.LightningModule:
         """``module`` itself, turned into a ``DFC<its class>``: no DFCWrapper instance is made.
 
@@ -101,10 +102,13 @@ class DFCWrapper(pl.LightningModule):
             numerics: ``fast`` (default) or ``exact`` (the published numerics).
             allow_untrained: leave trainable parameters outside ``network`` untrained, with a warning
                 naming them, instead of refusing.
+            resume_with_changes: a fit resumed from a checkpoint may change its DFC settings
+                (each change is named); without it a change is refused.
         """
         return wrap(module, network, allow_untrained, variant=variant, loss=loss, target_stepsize=target_stepsize,
                     dynamics=dynamics, feedback=feedback, updates=updates, forward_optimizer=forward_optimizer,
-                    feedback_optimizer=feedback_optimizer, pretrain_optimizer=pretrain_optimizer, numerics=numerics)
+                    feedback_optimizer=feedback_optimizer, pretrain_optimizer=pretrain_optimizer, numerics=numerics,
+                    resume_with_changes=resume_with_changes)
 
 
 def wrap(module: pl.LightningModule, network: str = "network", allow_untrained: bool = False,

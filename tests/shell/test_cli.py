@@ -164,6 +164,40 @@ def test_fit_writes_checkpoints(fitted: dict[str, Any]) -> None:
     assert math.isfinite(float(trainer.callback_metrics["val_loss"]))
 
 
+def test_a_resume_from_the_command_line_keeps_its_changed_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str], caplog) -> None:
+    """LightningCLI builds a resumed model from the checkpoint's hyperparameters, which would drop
+    a changed setting without a word: the command line's are kept, so a change is named and
+    refused (one line per setting, status 2), or, with resume_with_changes, named and used, and
+    the new run's config.yaml says what it ran with."""
+    import logging
+
+    write_fake_mnist(tmp_path / "data", 64, 32)
+    monkeypatch.setattr(sys, "argv", ["lightning-dfc"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIGHTNING_DFC_TRACEBACK", raising=False)
+    fit = ["fit", "--config", CONFIG, *data_args(tmp_path / "data"), *SHORT,
+           f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"]
+    first = build_cli([*fit, "--trainer.max_epochs=1"])
+    last = first.trainer.checkpoint_callback.last_model_path
+    changed = [*fit, "--trainer.max_epochs=2", f"--ckpt_path={last}", "--model.init_args.dynamics.dt=0.01"]
+    with pytest.raises(SystemExit) as info:
+        main(changed)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lightning-dfc: error: cannot resume training from this checkpoint" in err
+    assert "\n  dynamics.dt: 0.02 -> 0.01\n" in err and "--model.init_args.resume_with_changes=true" in err
+    assert "Traceback" not in err
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        resumed = build_cli([*changed, "--model.init_args.resume_with_changes=true"])
+    assert resumed.model.dfc_dynamics.dt == 0.01 and resumed.trainer.current_epoch == 4
+    assert "lightning-dfc: resuming with a changed setting: dynamics.dt: 0.02 -> 0.01" in [
+        r.getMessage() for r in caplog.records]
+    saved = yaml.safe_load((Path(resumed.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["dynamics"]["dt"] == 0.01
+    assert saved["model"]["init_args"]["resume_with_changes"] is True
+
+
 def test_ckpt_path_last_resumes_the_newest_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """``fit --ckpt_path last`` continues from the newest run's last.ckpt under the logger's

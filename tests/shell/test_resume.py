@@ -3,6 +3,8 @@ message saying what differs (issue 13); a new schedule only when the config perm
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -10,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from helpers import tiny_loader, tiny_sleep
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig
+from lightning_dfc.shell.phases import ResumeError
 
 SLEEP = tiny_sleep()
 _data = tiny_loader
@@ -102,3 +105,36 @@ def test_loading_weights_for_inference_is_not_a_resume(checkpoint, tmp_path):
     w1, b1, w2, b2 = layers[1], layers[0], layers[3], layers[2]  # sorted: 0.bias, 0.weight, 2.bias, 2.weight
     expected = torch.tanh(x @ w1.T + b1) @ w2.T + b2
     torch.testing.assert_close(loaded(x), expected)
+
+
+def test_a_changed_setting_is_named_and_refused(checkpoint, tmp_path):
+    """Any DFC setting that differs from the checkpoint's is named, one line each (old -> new),
+    and refused, with the opt-in named; the weights stay untouched."""
+    model = DFCModule(MLP([8, 10, 3]), variant="dfc", target_stepsize=0.2, dynamics=SimulationConfig(steps=20, dt=0.01),
+                      feedback=FeedbackConfig(pretrain_epochs=1, simulation=SLEEP))
+    with pytest.raises(ResumeError) as info:
+        _trainer(tmp_path, 2).fit(model, _data(), ckpt_path=checkpoint)
+    message = str(info.value)
+    assert "\n  dynamics.dt: 0.02 -> 0.01" in message and "\n  target_stepsize: 0.1 -> 0.2" in message
+    assert "resume_with_changes: true" in message and "variant" not in message
+
+
+def test_resume_with_changes_names_them_and_runs_with_them(checkpoint, tmp_path, caplog):
+    model = DFCModule(MLP([8, 10, 3]), variant="dfc", target_stepsize=0.1, dynamics=SimulationConfig(steps=20, dt=0.01),
+                      feedback=FeedbackConfig(pretrain_epochs=1, simulation=SLEEP), resume_with_changes=True)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        trainer = _fit(tmp_path, model, 2, checkpoint)
+    said = [r.getMessage() for r in caplog.records]
+    assert "lightning-dfc: resuming with a changed setting: dynamics.dt: 0.02 -> 0.01" in said
+    assert trainer.current_epoch == 9 and model.dfc_dynamics.dt == 0.01
+
+
+def test_a_checkpoint_without_recorded_settings_is_compared_as_before(checkpoint, tmp_path):
+    """Checkpoints written before the settings were recorded: only variant, sizes and schedule
+    are compared (a changed dt passes, as it did)."""
+    old = torch.load(checkpoint, weights_only=False)
+    del old["dfc"]["settings"]
+    torch.save(old, tmp_path / "old.ckpt")
+    model = DFCModule(MLP([8, 10, 3]), variant="dfc", target_stepsize=0.1, dynamics=SimulationConfig(steps=20, dt=0.01),
+                      feedback=FeedbackConfig(pretrain_epochs=1, simulation=SLEEP))
+    assert _fit(tmp_path, model, 2, tmp_path / "old.ckpt").current_epoch == 9

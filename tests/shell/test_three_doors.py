@@ -112,7 +112,7 @@ def test_the_doors_take_the_same_settings_with_the_same_defaults():
 
     reference = _settings_of(DFCConfiguration.configure_dfc)
     shared = ("variant", "loss", "target_stepsize", "dynamics", "feedback", "updates", "numerics")
-    lightning = ("forward_optimizer", "feedback_optimizer", "pretrain_optimizer")
+    lightning = ("forward_optimizer", "feedback_optimizer", "pretrain_optimizer", "resume_with_changes")
     doors = {"DFCModule": _settings_of(DFCModule.__init__), "DFCMixin": _settings_of(DFCMixin.__init__, "dfc_"),
              "DFCWrapper": _settings_of(DFCWrapper.__new__), "DFC": _settings_of(DFC.__init__)}
     for door, settings in doors.items():

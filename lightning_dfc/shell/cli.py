@@ -23,7 +23,7 @@ from . import data as _data  # noqa: F401  (short class names in configs)
 from .data import DataNotFoundError
 from .distributed import check_precision
 from .module import DFCModule  # noqa: F401
-from .phases import ResumeError
+from .resume import ResumeError
 
 __all__ = ["DFCLightningCLI", "build_cli", "main", "resolve_last_checkpoint"]
 
@@ -167,7 +167,7 @@ class DFCLightningCLI(LightningCLI):
         """A resumed fit (``fit --config ... --ckpt_path ...``) builds the model as the command
         line and config give it. LightningCLI would build it from the checkpoint's hyperparameters
         instead, and silently drop every changed setting; the module's resume check then names
-        each change and refuses it, unless ``resume_with_changes`` (see ``_dfc_check_resume``),
+        each change and refuses it, unless ``resume_with_changes`` (see ``shell.resume.check_resume``),
         and the run's saved ``config.yaml`` holds what it ran with. ``test``, ``validate`` and
         ``predict`` keep LightningCLI's rule: there the checkpoint's model is the one asked for."""
         subcommand = self.config.get("subcommand")

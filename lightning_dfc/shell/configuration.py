@@ -62,7 +62,7 @@ class DFCConfiguration:
     ) -> None:
         """Validate the settings and wrap ``network`` (already an attribute of this module).
         ``resume_with_changes``: a fit resumed from a checkpoint may change the checkpoint's DFC
-        settings (each is named); without it, a change is refused (see ``_dfc_check_resume``)."""
+        settings (each is named); without it, a change is refused (see ``shell.resume.check_resume``)."""
         method = resolve_method(variant)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")

@@ -21,6 +21,7 @@ from .epochs import (WakeEpochStopMessage, fit_running, install_stop_message, na
                      plural, remove_stop_message, restore_val_limit, users_val_limit, validate_in_epoch)
 from .lightning_internals import (attached_trainer, epochs_processed, save_last_checkpoint, set_max_steps,
                                   train_progress_bar)
+from .resume import check_resume, schedule_record, settings_record
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -209,25 +210,11 @@ class DFCPhases:
             "forward_epochs": self._dfc_forward_epochs,
             "variant": self.dfc_variant,
             "sizes": list(self.dfc_net.sizes),
-            "schedule": self._dfc_schedule_record(),
+            "schedule": schedule_record(self),
             "pretrain_ran": self._dfc_pretrain_ended_early,
             "pretrain_condition_2": self._dfc_pretrain_condition_2,
-            "settings": self._dfc_settings_record(),
+            "settings": settings_record(self),
         }
-
-    def _dfc_settings_record(self) -> dict[str, Any]:
-        """The resolved DFC settings, as dotted keys with plain values (what a resume compares):
-        variant, loss, lambda, numerics, the network's sizes and activations, and every field of
-        the resolved dynamics, feedback and update settings."""
-        record: dict[str, Any] = {
-            "variant": self.dfc_variant, "loss": self.dfc_loss, "target_stepsize": self.dfc_target_stepsize,
-            "numerics": self.dfc_numerics.name, "network.sizes": list(self.dfc_net.sizes),
-            "network.activations": [act.name for act in self.dfc_net.activations],
-        }
-        for prefix, cfg in (("dynamics", self.dfc_dynamics), ("feedback", self.dfc_feedback_config),
-                            ("updates", self.dfc_updates)):
-            record.update(flat_settings(prefix, dataclasses.asdict(cfg)))
-        return record
 
     @property
     def _dfc_pretrain_ended_early(self) -> int | None:
@@ -235,51 +222,11 @@ class DFCPhases:
         ran = self.dfc_schedule.pretrain_epochs
         return ran if ran != self.dfc_feedback_config.pretrain_epochs else None
 
-    def _dfc_schedule_record(self) -> dict[str, Any]:
-        """The schedule as configured (an early end of the pre-training is stored apart)."""
-        cfg = self.dfc_feedback_config
-        s = cfg.schedule(self.dfc_method.train_feedback)
-        return {"pretrain_epochs": s.pretrain_epochs, "pretrain_until": cfg.pretrain_until,
-                "sleep_before": s.sleep_before, "sleep_after": s.sleep_after, "train_feedback": s.train_feedback}
-
-    def _dfc_check_resume(self, state: dict[str, Any]) -> None:
-        """Refuse to resume training from a checkpoint of another variant, network or schedule,
-        or with other settings: each changed setting is named (``old -> new``), and allowed with
-        ``resume_with_changes`` (a new schedule also with ``feedback.resume_with_new_schedule``;
-        other network sizes never: the weights would not fit)."""
-        opted_in = self.dfc_resume_with_changes
-        differences = []
-        if "variant" in state and state["variant"] != self.dfc_variant and not opted_in:
-            differences.append(f"variant {state['variant']!r} (now {self.dfc_variant!r})")
-        if "sizes" in state and list(state["sizes"]) != list(self.dfc_net.sizes):
-            differences.append(f"network sizes {state['sizes']} (now {list(self.dfc_net.sizes)})")
-        schedule = self._dfc_schedule_record()
-        changed = {k: v for k, v in state.get("schedule", {}).items() if schedule.get(k) != v}
-        if changed and not (self.dfc_feedback_config.resume_with_new_schedule or opted_in):
-            differences.append("schedule " + ", ".join(f"{k}={v} (now {schedule[k]})" for k, v in changed.items()))
-        settings = changed_settings(state.get("settings"), self._dfc_settings_record())
-        refused = [c for c in settings if c[0] not in RESUME_NOTICE_ONLY and c[0] not in RESUME_CHECKED_APART]
-        if differences or (refused and not opted_in):
-            lines = "" if opted_in else "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in refused)
-            raise ResumeError(
-                "cannot resume training from this checkpoint: "
-                + ("it was trained with " + "; ".join(differences) + ". " if differences else "")
-                + (f"these settings differ from the checkpoint's (old -> new):{lines}\n" if lines else "")
-                + "Resume with the checkpoint's settings, or start a new run (fit without --ckpt_path)"
-                + (". A new schedule is accepted with feedback.resume_with_new_schedule: true (past epochs "
-                   "keep the phases they ran)" if changed else "")
-                + ("" if not (refused or changed) else ", or pass resume_with_changes: true "
-                   "(--model.init_args.resume_with_changes=true) to resume with the new settings") + "."
-            )
-        for key, old, new in settings:
-            if key in RESUME_NOTICE_ONLY or opted_in:
-                _console.info("lightning-dfc: resuming with a changed setting: %s: %r -> %r", key, old, new)
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dfc", {})
         if attached_trainer(self) is not None and self.trainer.state.fn == "fit":
-            self._dfc_check_resume(state)
+            check_resume(self, state)
         self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
         self._dfc_pretrain_condition_2 = state.get("pretrain_condition_2")
         if state.get("pretrain_ran") is not None:  # the pre-training had ended early: so it stays
@@ -288,39 +235,6 @@ class DFCPhases:
 
 
 _console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
-
-class ResumeError(ValueError):
-    """A fit cannot resume from the checkpoint it was given: its settings differ (the message
-    names each). The ``lightning-dfc`` command prints it as its error lines, status 2."""
-
-
-# settings a resume may change with a notice: they do not change what the run computes
-RESUME_NOTICE_ONLY = ("feedback.validate", "feedback.resume_with_new_schedule")
-# settings the resume check compares on their own (variant, network sizes, schedule)
-RESUME_CHECKED_APART = ("variant", "network.sizes", "feedback.pretrain_epochs", "feedback.pretrain_until",
-                        "feedback.sleep_before", "feedback.sleep_after")
-
-
-def flat_settings(prefix: str, value: Any) -> dict[str, Any]:
-    """A nested dict of settings as ``prefix.key[.subkey]`` -> plain value (tuples as lists;
-    anything but numbers, strings, booleans and None as its ``str``: checkpoint-safe)."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flat_settings(f"{prefix}.{key}", item))
-        return out
-    if isinstance(value, (list, tuple)):
-        return {prefix: [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in value]}
-    return {prefix: value if isinstance(value, (int, float, str, bool)) or value is None else str(value)}
-
-
-def changed_settings(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, the checkpoint's value, this run's) for every setting that differs (``saved``
-    ``None``: a checkpoint from before settings were recorded, nothing to compare)."""
-    if not saved:
-        return []
-    return [(key, saved.get(key), now.get(key)) for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
-
 
 def wake_epochs_only(callback: Any) -> None:
     """Let a monitoring callback (``EarlyStopping``, ``ModelCheckpoint`` with a ``monitor``) act

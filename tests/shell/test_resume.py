@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from helpers import tiny_loader, tiny_sleep
 from lightning_dfc import MLP, DFCModule, FeedbackConfig, SimulationConfig
-from lightning_dfc.shell.phases import ResumeError
+from lightning_dfc.shell.resume import ResumeError
 
 SLEEP = tiny_sleep()
 _data = tiny_loader

@@ -24,6 +24,7 @@ from ..core.numerics import Numerics, resolve_numerics
 from ..core.losses import LOSSES, check_loss
 from ..core.schedule import PhaseSchedule
 from ..core.targets import Target
+from .resume import optimizer_settings
 
 if TYPE_CHECKING:
     from .steps import WakeRecord
@@ -153,6 +154,7 @@ class DFCConfiguration:
             for group in forward.param_groups:
                 group["lr"] = group["lr"] / self.dfc_target_stepsize
         if not self.dfc_method.train_feedback:
+            self.dfc_optimizer_settings = optimizer_settings(["forward"], [forward])
             return [forward]
         qs = self.dfc_net.trainable_feedback()
         if not qs:
@@ -175,6 +177,7 @@ class DFCConfiguration:
                     )
                 elif decay:
                     group["weight_decay"] = decay
+        self.dfc_optimizer_settings = optimizer_settings(["forward", "feedback", "pretrain"], [forward, *feedback])
         return [forward, *feedback]
 
     def dfc_target(self) -> Target:

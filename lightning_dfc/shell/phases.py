@@ -21,7 +21,7 @@ from .epochs import (WakeEpochStopMessage, fit_running, install_stop_message, na
                      plural, remove_stop_message, restore_val_limit, users_val_limit, validate_in_epoch)
 from .lightning_internals import (attached_trainer, epochs_processed, save_last_checkpoint, set_max_steps,
                                   train_progress_bar)
-from .resume import check_resume, schedule_record, settings_record
+from .resume import apply_optimizer_changes, check_resume, schedule_record, settings_record
 from .summary import PhaseClock, fit_summary
 
 __all__ = ["DFCPhases"]
@@ -222,11 +222,18 @@ class DFCPhases:
         ran = self.dfc_schedule.pretrain_epochs
         return ran if ran != self.dfc_feedback_config.pretrain_epochs else None
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if getattr(self, "_dfc_resumed_settings", None) is not None:  # the optimizers' states are restored now
+            apply_optimizer_changes(self, self._dfc_resumed_settings, self.trainer.optimizers)
+            self._dfc_resumed_settings = None
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dfc", {})
         if attached_trainer(self) is not None and self.trainer.state.fn == "fit":
             check_resume(self, state)
+            self._dfc_resumed_settings = state.get("settings")  # its optimizers: at on_train_start
         self._dfc_diverged_in_a_row = int(state.get("diverged_in_a_row", 0))
         self._dfc_pretrain_condition_2 = state.get("pretrain_condition_2")
         if state.get("pretrain_ran") is not None:  # the pre-training had ended early: so it stays

@@ -8,7 +8,8 @@ import dataclasses
 import logging
 from typing import Any
 
-__all__ = ["ResumeError", "check_resume", "schedule_record", "settings_record", "flat_settings", "changed_settings"]
+__all__ = ["ResumeError", "check_resume", "schedule_record", "settings_record", "flat_settings", "changed_settings",
+           "optimizer_settings", "apply_optimizer_changes"]
 
 _console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
 
@@ -44,7 +45,38 @@ def settings_record(module: Any) -> dict[str, Any]:
     for prefix, cfg in (("dynamics", module.dfc_dynamics), ("feedback", module.dfc_feedback_config),
                         ("updates", module.dfc_updates)):
         record.update(flat_settings(prefix, dataclasses.asdict(cfg)))
+    record.update(getattr(module, "dfc_optimizer_settings", {}))
     return record
+
+
+# the optimizers' hyperparameters a resume compares (those of torch's optimizers' param groups)
+OPTIMIZER_KEYS = ("lr", "betas", "eps", "weight_decay", "momentum", "alpha", "rho")
+
+
+def optimizer_settings(names: list[str], optimizers: list[Any]) -> dict[str, Any]:
+    """``optimizers.<name>.<key>`` of each optimizer as configured (its first param group, before
+    any step or restore; the forward lr after the division by lambda), and its class."""
+    out: dict[str, Any] = {}
+    for name, opt in zip(names, optimizers):
+        out[f"optimizers.{name}.type"] = type(opt).__name__
+        group = opt.param_groups[0]
+        out.update(flat_settings(f"optimizers.{name}", {k: group[k] for k in OPTIMIZER_KEYS if k in group}))
+    return out
+
+
+def apply_optimizer_changes(module: Any, saved: dict[str, Any] | None, optimizers: list[Any]) -> None:
+    """After a resume has restored the optimizers' states (their hyperparameters included) from
+    the checkpoint: set each hyperparameter configured differently from the checkpoint's run back
+    to this run's value, with a notice per setting (``old -> new``)."""
+    configured = getattr(module, "dfc_optimizer_settings", {})
+    names = [key.split(".")[1] for key in configured if key.endswith(".type")]
+    for key, old, new in changed_settings(saved and {k: v for k, v in saved.items() if k.startswith("optimizers.")},
+                                          configured):
+        _console.info("lightning-dfc: resuming with a changed optimizer setting: %s: %r -> %r", key, old, new)
+        _, name, setting = key.split(".", 2)
+        if setting in OPTIMIZER_KEYS and name in names and new is not None:
+            for group in optimizers[names.index(name)].param_groups:
+                group[setting] = tuple(new) if isinstance(group.get(setting), tuple) else new
 
 
 def flat_settings(prefix: str, value: Any) -> dict[str, Any]:
@@ -87,7 +119,9 @@ def check_resume(module: Any, state: dict[str, Any]) -> None:
     changed = {k: v for k, v in state.get("schedule", {}).items() if schedule.get(k) != v}
     if changed and not (module.dfc_feedback_config.resume_with_new_schedule or opted_in):
         differences.append("schedule " + ", ".join(f"{k}={v} (now {schedule[k]})" for k, v in changed.items()))
-    settings = changed_settings(state.get("settings"), settings_record(module))
+    # the optimizers are compared once their states are restored (apply_optimizer_changes)
+    settings = [c for c in changed_settings(state.get("settings"), settings_record(module))
+                if not c[0].startswith("optimizers.")]
     refused = [c for c in settings if c[0] not in RESUME_NOTICE_ONLY and c[0] not in RESUME_CHECKED_APART]
     if differences or (refused and not opted_in):
         lines = "" if opted_in else "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in refused)

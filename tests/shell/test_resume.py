@@ -138,3 +138,31 @@ def test_a_checkpoint_without_recorded_settings_is_compared_as_before(checkpoint
     model = DFCModule(MLP([8, 10, 3]), variant="dfc", target_stepsize=0.1, dynamics=SimulationConfig(steps=20, dt=0.01),
                       feedback=FeedbackConfig(pretrain_epochs=1, simulation=SLEEP))
     assert _fit(tmp_path, model, 2, tmp_path / "old.ckpt").current_epoch == 9
+
+
+def test_a_changed_learning_rate_is_named_and_used(checkpoint, tmp_path, caplog):
+    """A resume restores the optimizers' states, their learning rates included: a learning rate
+    configured differently from the checkpoint's run is named (old -> new) and set back to this
+    run's value once the states are restored; an unchanged one gives no notice."""
+    from lightning_dfc.shell.configuration import FORWARD_BETAS, default_optimizer
+
+    faster = default_optimizer(2e-3, 9.446e-8, FORWARD_BETAS)  # the default forward optimizer, another lr
+    model = DFCModule(MLP([8, 10, 3]), variant="dfc", target_stepsize=0.1, dynamics=SimulationConfig(steps=20),
+                      feedback=FeedbackConfig(pretrain_epochs=1, simulation=SLEEP), forward_optimizer=faster)
+    seen = []
+
+    class LearningRates(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        _trainer(tmp_path, 2, callbacks=[LearningRates()]).fit(model, _data(), ckpt_path=checkpoint)
+    said = [r.getMessage() for r in caplog.records if "changed optimizer setting" in r.getMessage()]
+    old = torch.load(checkpoint, weights_only=False)["dfc"]["settings"]["optimizers.forward.lr"]
+    assert said == [f"lightning-dfc: resuming with a changed optimizer setting: optimizers.forward.lr: {old!r} -> "
+                    f"{2e-3 / 0.1!r}"]
+    assert seen and all(lr == pytest.approx(2e-3 / 0.1) for lr in seen)  # normalize_lr: lr / lambda
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        _fit(tmp_path / "same", _model(), 2, checkpoint)
+    assert not [r for r in caplog.records if "resuming with a changed" in r.getMessage()]

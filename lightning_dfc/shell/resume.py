@@ -69,6 +69,8 @@ def apply_optimizer_changes(module: Any, saved: dict[str, Any] | None, optimizer
     the checkpoint: set each hyperparameter configured differently from the checkpoint's run back
     to this run's value, with a notice per setting (``old -> new``)."""
     configured = getattr(module, "dfc_optimizer_settings", {})
+    if not configured:  # a host's own configure_optimizers: nothing of ours to compare
+        return
     names = [key.split(".")[1] for key in configured if key.endswith(".type")]
     for key, old, new in changed_settings(saved and {k: v for k, v in saved.items() if k.startswith("optimizers.")},
                                           configured):

@@ -264,7 +264,7 @@ MUTATIONS = [
              "            p.grad = -g.to(p.dtype)\n",
              ("tests/core/test_plain_api.py::test_the_example_runs",)),
     Mutation("module-sleep-step-sign", "the training step writes the negated sleep update into Q's .grad",
-             "lightning_dfc/shell/steps.py",
+             "lightning_dfc/core/clipping.py",
              "            q.grad = g.to(q.dtype)\n",
              "            q.grad = -g.to(q.dtype)\n",
              ("tests/shell/test_module.py::test_sleep_trains_feedback_and_wake_trains_forward",)),

@@ -5,13 +5,12 @@ the check that names every difference (``old -> new``) and refuses it unless the
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
 
 __all__ = ["ResumeError", "check_resume", "schedule_record", "settings_record", "flat_settings", "changed_settings",
            "optimizer_settings", "apply_optimizer_changes"]
-
-_console = logging.getLogger("lightning.pytorch")  # Lightning's console logger (INFO and up)
 
 # settings a resume may change with a notice: they do not change what the run computes
 RESUME_NOTICE_ONLY = ("feedback.validate", "feedback.resume_with_new_schedule")
@@ -74,7 +73,7 @@ def apply_optimizer_changes(module: Any, saved: dict[str, Any] | None, optimizer
     names = [key.split(".")[1] for key in configured if key.endswith(".type")]
     for key, old, new in changed_settings(saved and {k: v for k, v in saved.items() if k.startswith("optimizers.")},
                                           configured):
-        _console.info("lightning-dfc: resuming with a changed optimizer setting: %s: %r -> %r", key, old, new)
+        rank_zero_info(f"lightning-dfc: resuming with a changed optimizer setting: {key}: {old!r} -> {new!r}")
         _, name, setting = key.split(".", 2)
         if setting in OPTIMIZER_KEYS and name in names and new is not None:
             for group in optimizers[names.index(name)].param_groups:
@@ -139,4 +138,4 @@ def check_resume(module: Any, state: dict[str, Any]) -> None:
         )
     for key, old, new in settings:
         if key in RESUME_NOTICE_ONLY or opted_in:
-            _console.info("lightning-dfc: resuming with a changed setting: %s: %r -> %r", key, old, new)
+            rank_zero_info(f"lightning-dfc: resuming with a changed setting: {key}: {old!r} -> {new!r}")

@@ -364,7 +364,10 @@ class _ApicalDrive:
         self.v_apical = torch.zeros(batch, self.width, dtype=x.dtype, device=x.device)
         # the split drive writes v^A = Qbar c (+ eta) into one buffer whose per-layer views are made
         # once: a step's v^A is used within the step only
-        self.buffer = torch.empty_like(self.v_apical) if self.split and not self.fused and self.drive_t is None else None
+        buffered = self.split and not self.fused and self.drive_t is None
+        # noisy: v^A advanced in place in eta's own buffer (see the class docstring)
+        self.recursive = buffered and cfg.noisy
+        self.buffer = torch.empty_like(self.v_apical) if buffered and not self.recursive else None
         self.views = None if self.buffer is None else torch.split(self.buffer, self.sizes, dim=1)
         self.control = torch.zeros(batch, self.sizes[-1], dtype=x.dtype, device=x.device)
         self.eta = torch.zeros_like(self.v_apical) if cfg.noisy else None
@@ -380,9 +383,7 @@ class _ApicalDrive:
                 torch.empty_like(self.eta) if own is None else own)
             if self.draw is None and own is not None:
                 self.eta = own
-        # v^A advanced in place (see the class docstring): D, the decay of eta per step
-        self.recursive = self.buffer is not None and self.noise_std is not None
-        if self.recursive:
+        if self.recursive:  # D, the decay of eta per step
             self.buffer = self.eta
             self.views = torch.split(self.buffer, self.sizes, dim=1)
             self.decay = 0.0 if self.draw is None else (

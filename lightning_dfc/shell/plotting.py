@@ -419,25 +419,35 @@ def run_figure(
     training loss) against ``x``, Condition 2 per pre-training epoch where a run logged it, and
     the six diagnostics panels of Fig. 3 where a run logged any of them (an empty one names the
     callback that logs it). A :class:`matplotlib.figure.Figure`."""
-    Figure = _matplotlib()
     loaded = _load_runs(runs, labels)
     panels: list[tuple[Panel, str, str]] = [(p, x, "not logged") for p in CURVE_PANELS]
     if any(r.has(k) for r in loaded for k in PRETRAIN_PANEL.keys):
         panels.append((PRETRAIN_PANEL, "pretrain_epoch", "not logged"))
     if any(r.has(k) for r in loaded for p in FIG3_PANELS for k in p.keys):
         panels += [(p, x, DIAGNOSTICS_MISSING) for p in FIG3_PANELS]
-    ncols = 3 if len(panels) > 4 else len(panels)
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.6), layout="constrained")
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
-    styles = _styles([r.label for r in loaded])
-    for ax, (panel, panel_x, missing) in zip(axes, panels):
+
+    def draw(ax, i: int, styles: list[dict]) -> None:
+        panel, panel_x, missing = panels[i]
         _draw_panel(ax, loaded, styles, panel.keys, panel_x, reduce, panel.ylabel, panel.hline, missing)
         name = f"{panel.letter}   {panel.title}" if panel.letter else panel.title
         ax.set_title(name, loc="left", fontweight="bold", fontsize=11)
-    for ax in axes[len(panels):]:
+
+    return _grid_figure(loaded, len(panels), 3 if len(panels) > 4 else len(panels), draw, title)
+
+
+def _grid_figure(loaded: list[Run], count: int, ncols: int, draw, title: str | None):
+    """A figure of ``count`` panels in rows of ``ncols`` (4.4 x 3.4 inches each):
+    ``draw(ax, i, styles)`` fills panel i (``styles``: one per run), one legend for all."""
+    Figure = _matplotlib()
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.6), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    styles = _styles([r.label for r in loaded])
+    for i, ax in enumerate(axes[:count]):
+        draw(ax, i, styles)
+    for ax in axes[count:]:
         ax.set_visible(False)
-    _legend(fig, axes[: len(panels)])
+    _legend(fig, axes[:count])
     if title:
         fig.suptitle(title)
     return fig
@@ -515,7 +525,7 @@ def plot_metrics(
     ``keys`` may contain shell-style patterns (``"diag/angle_mn/layer_*"``), expanded against
     the columns of all runs (a pattern matching nothing gives one "not logged" panel).
     """
-    Figure = _matplotlib()
+    _matplotlib()  # before reading the runs: a missing matplotlib is the first thing said
     if not keys:
         raise ValueError("no metrics given")
     loaded = _load_runs(runs, labels)
@@ -528,21 +538,13 @@ def plot_metrics(
         for k in matches or [key]:
             if k not in expanded:
                 expanded.append(k)
-    ncols = min(3, len(expanded))
-    nrows = math.ceil(len(expanded) / ncols)
     paths = _output_paths(output, formats, "metrics")
-    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.6), layout="constrained")
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
-    styles = _styles([r.label for r in loaded])
-    for ax, key in zip(axes, expanded):
-        _draw_panel(ax, loaded, styles, (key,), x, reduce, None, None)
-        ax.set_title(key, fontsize=10)
-    for ax in axes[len(expanded):]:
-        ax.set_visible(False)
-    _legend(fig, axes[: len(expanded)])
-    if title:
-        fig.suptitle(title)
-    return _save(fig, paths)
+
+    def draw(ax, i: int, styles: list[dict]) -> None:
+        _draw_panel(ax, loaded, styles, (expanded[i],), x, reduce, None, None)
+        ax.set_title(expanded[i], fontsize=10)
+
+    return _save(_grid_figure(loaded, len(expanded), min(3, len(expanded)), draw, title), paths)
 
 
 # --------------------------------------------------------------------------------------------
